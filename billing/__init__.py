@@ -1,0 +1,1 @@
+"""Billing: the token ledger, holds, recharge, reports. Never imports the service or the engine."""

@@ -1,0 +1,1 @@
+"""Double-entry token ledger: accounts, transactions, entries and two-phase holds."""

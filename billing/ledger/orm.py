@@ -1,0 +1,157 @@
+"""Ledger tables. Rules the database enforces, whatever the code does:
+- a tracked (user or pool) account's available (balance - held) never goes below zero;
+- transactions and entries are append-only (triggers in the migration);
+- the entries of every transaction sum to zero (statement trigger in the migration);
+- a hold leaves `held` once, to exactly one outcome (trigger in the migration)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billing.db import BillingBase
+
+
+class AccountKind(StrEnum):
+    user = "user"
+    tenant_pool = "tenant_pool"
+    # System accounts: never updated per entry (no hot rows); their balance is the sum of their entries.
+    issuance = "issuance"
+    usage_revenue = "usage_revenue"
+    adjustments = "adjustments"
+
+
+SYSTEM_KINDS = (AccountKind.issuance, AccountKind.usage_revenue, AccountKind.adjustments)
+
+
+class TransactionKind(StrEnum):
+    recharge = "recharge"
+    capture = "capture"
+    adjustment = "adjustment"
+    reversal = "reversal"
+
+
+class HoldStatus(StrEnum):
+    held = "held"
+    captured = "captured"
+    released = "released"
+    expired = "expired"
+
+
+class LedgerAccount(BillingBase):
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (
+        CheckConstraint("held >= 0", name="held_nonnegative"),
+        CheckConstraint("NOT balance_tracked OR balance - held >= 0", name="available_nonnegative"),
+        CheckConstraint("balance_tracked OR (balance = 0 AND held = 0)", name="untracked_has_no_cache"),
+        CheckConstraint(
+            "kind IN ('user', 'tenant_pool', 'issuance', 'usage_revenue', 'adjustments')", name="kind"
+        ),
+        CheckConstraint("balance_tracked = (kind IN ('user', 'tenant_pool'))", name="tracked_by_kind"),
+        Index(
+            "uq_ledger_accounts_system_kind",
+            "kind",
+            unique=True,
+            postgresql_where=text("NOT balance_tracked"),
+        ),
+        {"postgresql_with": {"fillfactor": "80"}},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    balance_tracked: Mapped[bool] = mapped_column(Boolean)
+    balance: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    held: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerTransaction(BillingBase):
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('recharge', 'capture', 'adjustment', 'reversal')", name="kind"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(Text, unique=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("recharge_batches.id"), index=True)
+    hold_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("holds.id"), unique=True)
+    reverses_transaction_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("ledger_transactions.id"), unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+
+
+class LedgerEntry(BillingBase):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="amount_nonzero"),
+        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ledger_transactions.id"), index=True
+    )
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    # The account's balance right after this entry; NULL on untracked system accounts.
+    balance_after: Mapped[int | None] = mapped_column(BigInteger)
+    row_no: Mapped[int | None] = mapped_column(Integer)
+    reference: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Hold(BillingBase):
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("status IN ('held', 'captured', 'released', 'expired')", name="status"),
+        CheckConstraint(
+            "(status = 'captured') = (captured_amount IS NOT NULL)", name="captured_amount_iff_captured"
+        ),
+        CheckConstraint("captured_amount > 0 AND captured_amount <= amount", name="captured_within_amount"),
+        CheckConstraint("(status = 'held') = (resolved_at IS NULL)", name="resolved_at_iff_resolved"),
+        Index("ix_holds_open_expires_at", "expires_at", postgresql_where=text("status = 'held'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), index=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(Text, server_default="held")
+    captured_amount: Mapped[int | None] = mapped_column(BigInteger)
+    # Caller's idempotency handle for the reserve (for jobs: the job id).
+    reference: Mapped[str] = mapped_column(Text, unique=True)
+    metadata_: Mapped[dict[str, object] | None] = mapped_column("metadata", JSONB)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,215 @@
+"""Set-based batch recharge. The caller stages the valid rows (account, amount, row number, reference) in
+the `recharge_stage` temporary table; applying them is a handful of statements whatever the row count."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from billing.errors import IdempotencyConflict, InsufficientTokens, InvalidAmount
+from billing.ledger.service import database_refusals
+
+STAGE_TABLE = "recharge_stage"
+# Batches are serialised with one transaction-scoped advisory lock: two overlapping batches would otherwise
+# lock the same accounts in different orders and deadlock. A batch holds it for as long as it applies.
+_BATCH_LOCK_KEY = 0x46_4D_42_41_54_43_48  # "FMBATCH"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    batch_id: int
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    batch_id: int
+    transaction_id: int | None
+    applied: int
+    total_amount: int
+
+
+def create_stage(session: Session) -> str:
+    """The temporary table the caller fills with valid rows; dropped at commit or rollback."""
+    session.execute(
+        text(
+            f"CREATE TEMP TABLE {STAGE_TABLE} (row_no integer NOT NULL, account_id bigint NOT NULL, "
+            "amount bigint NOT NULL CHECK (amount > 0), reference text) ON COMMIT DROP"
+        )
+    )
+    return STAGE_TABLE
+
+
+def stage_totals(session: Session) -> tuple[int, int]:
+    row = session.execute(text(f"SELECT count(*), coalesce(sum(amount), 0) FROM {STAGE_TABLE}")).one()
+    return int(row[0]), int(row[1])
+
+
+def find_batch(session: Session, *, idempotency_key: str, request_hash: bytes) -> StoredBatch | None:
+    """The stored result of an already applied batch, or None. A different request under the same key is
+    refused."""
+    row = session.execute(
+        text("SELECT id, request_hash, result FROM recharge_batches WHERE idempotency_key = :key"),
+        {"key": idempotency_key},
+    ).one_or_none()
+    if row is None:
+        return None
+    if bytes(row.request_hash) != request_hash:
+        raise IdempotencyConflict("this idempotency key was already used for a different batch")
+    return StoredBatch(batch_id=row.id, result=row.result)
+
+
+def begin_batch(
+    session: Session,
+    *,
+    idempotency_key: str,
+    request_hash: bytes,
+    mode: str,
+    tenant_id: int | None,
+    actor: str,
+    reason: str,
+    source_account_id: int,
+    row_count: int,
+) -> int | StoredBatch:
+    """Claim the idempotency key for a new batch. A concurrent request with the same key waits here until the
+    first commits, then gets the stored batch back instead of applying it twice."""
+    batch_id = session.execute(
+        text(
+            """
+            INSERT INTO recharge_batches
+                (idempotency_key, request_hash, mode, tenant_id, actor, reason, source_account_id,
+                 row_count, applied_count, failed_count, total_amount, result)
+            VALUES (:key, :hash, :mode, :tenant_id, :actor, :reason, :source, :rows, 0, 0, 0, '{}')
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+            """
+        ),
+        {
+            "key": idempotency_key,
+            "hash": request_hash,
+            "mode": mode,
+            "tenant_id": tenant_id,
+            "actor": actor,
+            "reason": reason,
+            "source": source_account_id,
+            "rows": row_count,
+        },
+    ).scalar_one_or_none()
+    if batch_id is not None:
+        return int(batch_id)
+    stored = find_batch(session, idempotency_key=idempotency_key, request_hash=request_hash)
+    assert stored is not None  # the conflicting row committed before ON CONFLICT could see it
+    return stored
+
+
+def apply_staged(
+    session: Session,
+    *,
+    batch_id: int,
+    request_hash: bytes,
+    tenant_id: int | None,
+    actor: str,
+    reason: str,
+    source_account_id: int,
+    source_tracked: bool,
+) -> AppliedBatch:
+    """Credit every staged row and debit the source once, as one balanced transaction."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
+    applied, total = stage_totals(session)
+    if applied == 0:
+        return AppliedBatch(batch_id=batch_id, transaction_id=None, applied=0, total_amount=0)
+    source_balance_after: int | None = None
+    with database_refusals():
+        if source_tracked:
+            # The source (a tenant's pool) is debited first: a single guarded statement, so a pool never
+            # hands out more than it holds, and it is locked before any user account.
+            source_balance_after = session.execute(
+                text(
+                    "UPDATE ledger_accounts SET balance = balance - :total, version = version + 1 "
+                    "WHERE id = :source AND balance - held >= :total RETURNING balance"
+                ),
+                {"total": total, "source": source_account_id},
+            ).scalar_one_or_none()
+            if source_balance_after is None:
+                available = session.execute(
+                    text("SELECT balance - held FROM ledger_accounts WHERE id = :id"),
+                    {"id": source_account_id},
+                ).scalar_one()
+                raise InsufficientTokens(
+                    f"the pool holds {available} tokens; this batch needs {total}",
+                    needed=total,
+                    available=available,
+                )
+        row = session.execute(
+            text(
+                f"""
+                WITH txn AS (
+                    INSERT INTO ledger_transactions
+                        (kind, idempotency_key, request_hash, amount, tenant_id, actor, reason, batch_id)
+                    VALUES ('recharge', 'batch:' || :batch_id, :hash, :total, :tenant_id, :actor, :reason,
+                            :batch_id)
+                    RETURNING id
+                ),
+                credited AS (
+                    UPDATE ledger_accounts a SET balance = a.balance + s.amount, version = a.version + 1
+                    FROM {STAGE_TABLE} s
+                    WHERE a.id = s.account_id AND a.balance_tracked
+                    RETURNING a.id, a.balance, s.amount, s.row_no, s.reference
+                ),
+                entries AS (
+                    INSERT INTO ledger_entries
+                        (transaction_id, account_id, amount, balance_after, row_no, reference)
+                    SELECT txn.id, c.id, c.amount, c.balance, c.row_no, c.reference FROM txn, credited c
+                    UNION ALL
+                    SELECT txn.id, :source, -CAST(:total AS bigint), CAST(:source_after AS bigint), NULL, NULL
+                    FROM txn
+                    RETURNING 1
+                )
+                SELECT (SELECT id FROM txn) AS transaction_id, (SELECT count(*) FROM entries) AS n_entries
+                """
+            ),
+            {
+                "batch_id": batch_id,
+                "hash": request_hash,
+                "total": total,
+                "tenant_id": tenant_id,
+                "actor": actor,
+                "reason": reason,
+                "source": source_account_id,
+                "source_after": source_balance_after,
+            },
+        ).one()
+    if row.n_entries != applied + 1:
+        # A staged account vanished or is not a tracked account: refuse the batch rather than half-apply it.
+        raise InvalidAmount("a staged row did not match a user account; nothing was applied")
+    return AppliedBatch(
+        batch_id=batch_id, transaction_id=row.transaction_id, applied=applied, total_amount=total
+    )
+
+
+def finish_batch(
+    session: Session,
+    *,
+    batch_id: int,
+    applied: int,
+    failed: int,
+    total_amount: int,
+    result: dict[str, Any],
+) -> None:
+    session.execute(
+        text(
+            "UPDATE recharge_batches SET applied_count = :applied, failed_count = :failed, "
+            "total_amount = :total, result = CAST(:result AS jsonb) WHERE id = :id"
+        ),
+        {
+            "id": batch_id,
+            "applied": applied,
+            "failed": failed,
+            "total": total_amount,
+            "result": json.dumps(result),
+        },
+    )

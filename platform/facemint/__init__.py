@@ -1,0 +1,1 @@
+"""Facemint: the token-metered face-swap API service (HTTP, auth, tenancy, CLI)."""

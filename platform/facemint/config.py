@@ -1,0 +1,118 @@
+"""Service settings: one pydantic-settings object, read from FACEMINT_* environment variables."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+DEV_API_KEY_PEPPER = "dev-only-api-key-pepper-change-me-0123456789"
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    prod = "prod"
+
+
+DEFAULT_PLAN_LIMITS: dict[str, dict[str, str]] = {
+    # Per plan: requests per API key (or JWT subject) and per tenant, in `limits` notation.
+    "free": {"key": "60/minute", "tenant": "300/minute"},
+    "pro": {"key": "600/minute", "tenant": "3000/minute"},
+    "enterprise": {"key": "6000/minute", "tenant": "30000/minute"},
+    # Platform staff (no tenant) are limited per principal only.
+    "platform": {"key": "6000/minute", "tenant": "60000/minute"},
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEMINT_", extra="ignore")
+
+    env: Environment = Environment.dev
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".facemint")
+
+    # JWT: HS256 pinned. `jwt_previous_keys` ({"kid": "secret"}) keeps tokens signed by a retired key valid.
+    jwt_secret: SecretStr | None = None
+    jwt_kid: str = "k1"
+    jwt_previous_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    jwt_issuer: str = "facemint"
+    jwt_audience: str = "facemint-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+
+    # HMAC pepper for API-key hashes: a database dump alone cannot confirm a guessed key.
+    api_key_pepper: SecretStr | None = None
+
+    recharge_max_amount: int = Field(default=10_000_000, ge=1)
+    batch_max_rows: int = Field(default=100_000, ge=1)
+    batch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    plan_limits: dict[str, dict[str, str]] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
+    login_limit_per_ip: str = "20/minute"
+    login_limit_per_account: str = "10/minute"
+    anonymous_limit_per_ip: str = "120/minute"
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    api_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("plan_limits", mode="before")
+    @classmethod
+    def _parse_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, dict):
+            merged = {k: dict(v) for k, v in DEFAULT_PLAN_LIMITS.items()}
+            for plan, limits in value.items():
+                merged.setdefault(plan, {}).update(limits)
+            return merged
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_prod(self) -> Settings:
+        if self.env is Environment.prod:
+            problems = []
+            for name, default in (("jwt_secret", DEV_JWT_SECRET), ("api_key_pepper", DEV_API_KEY_PEPPER)):
+                value: SecretStr | None = getattr(self, name)
+                if value is None or value.get_secret_value() in ("", default):
+                    problems.append(f"FACEMINT_{name.upper()} is missing or a default")
+                elif len(value.get_secret_value()) < 32:
+                    problems.append(f"FACEMINT_{name.upper()} must be at least 32 characters")
+            if problems:
+                raise ValueError("refusing to start in prod: " + "; ".join(problems))
+        return self
+
+    @property
+    def jwt_signing_secret(self) -> str:
+        return self.jwt_secret.get_secret_value() if self.jwt_secret else DEV_JWT_SECRET
+
+    @property
+    def jwt_verification_keys(self) -> dict[str, str]:
+        keys = {kid: secret.get_secret_value() for kid, secret in self.jwt_previous_keys.items()}
+        keys[self.jwt_kid] = self.jwt_signing_secret
+        return keys
+
+    @property
+    def api_key_pepper_bytes(self) -> bytes:
+        value = self.api_key_pepper.get_secret_value() if self.api_key_pepper else DEV_API_KEY_PEPPER
+        return value.encode()
+
+    def require_urls(self) -> tuple[str, str]:
+        if not self.database_url or not self.redis_url:
+            raise RuntimeError(
+                "FACEMINT_DATABASE_URL and FACEMINT_REDIS_URL must be set (or use `facemint up`, "
+                "which starts embedded Postgres and Redis)"
+            )
+        return self.database_url, self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

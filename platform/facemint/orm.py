@@ -1,0 +1,22 @@
+"""Every table of the schema, imported in one place for Alembic and the drift test."""
+
+from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
+from billing.recharge.orm import RechargeBatch
+from facemint.api_keys.orm import ApiKey
+from facemint.audit.orm import AuditEvent
+from facemint.db import Base
+from facemint.tenants.orm import Tenant
+from facemint.users.orm import User
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Hold",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerTransaction",
+    "RechargeBatch",
+    "Tenant",
+    "User",
+]

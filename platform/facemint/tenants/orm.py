@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from facemint.db import Base
+
+
+class TenantStatus(StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+class Plan(StrEnum):
+    free = "free"
+    pro = "pro"
+    enterprise = "enterprise"
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint("plan IN ('free', 'pro', 'enterprise')", name="plan"),
+        CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    plan: Mapped[str] = mapped_column(Text, server_default="free")
+    # The tenant's token pool: tenant admins hand out tokens from it.
+    pool_account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

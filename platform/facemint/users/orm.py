@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from facemint.db import Base
+
+
+class Role(StrEnum):
+    platform_admin = "platform_admin"
+    operator = "operator"
+    finance = "finance"
+    tenant_admin = "tenant_admin"
+    member = "member"
+
+
+STAFF_ROLES = frozenset({Role.platform_admin, Role.operator, Role.finance})
+
+
+class UserStatus(StrEnum):
+    active = "active"
+    frozen = "frozen"
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(
+            "role IN ('platform_admin', 'operator', 'finance', 'tenant_admin', 'member')", name="role"
+        ),
+        CheckConstraint("status IN ('active', 'frozen')", name="status"),
+        # Emails are stored lower-cased, so the unique index is case-insensitive.
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+        # Platform staff belong to no tenant; everyone else to exactly one.
+        CheckConstraint(
+            "(role IN ('platform_admin', 'operator', 'finance')) = (tenant_id IS NULL)", name="tenant_by_role"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("tenants.id"), index=True)
+    email: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

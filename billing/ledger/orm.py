@@ -61,9 +61,7 @@ class LedgerAccount(BillingBase):
         CheckConstraint("held >= 0", name="held_nonnegative"),
         CheckConstraint("NOT balance_tracked OR balance - held >= 0", name="available_nonnegative"),
         CheckConstraint("balance_tracked OR (balance = 0 AND held = 0)", name="untracked_has_no_cache"),
-        CheckConstraint(
-            "kind IN ('user', 'tenant_pool', 'issuance', 'usage_revenue', 'adjustments')", name="kind"
-        ),
+        CheckConstraint("kind IN ('user', 'tenant_pool', 'issuance', 'usage_revenue', 'adjustments')", name="kind"),
         CheckConstraint("balance_tracked = (kind IN ('user', 'tenant_pool'))", name="tracked_by_kind"),
         Index(
             "uq_ledger_accounts_system_kind",
@@ -105,9 +103,7 @@ class LedgerTransaction(BillingBase):
     reverses_transaction_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("ledger_transactions.id"), unique=True
     )
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class LedgerEntry(BillingBase):
@@ -118,9 +114,7 @@ class LedgerEntry(BillingBase):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    transaction_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("ledger_transactions.id"), index=True
-    )
+    transaction_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"), index=True)
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
     # The account's balance right after this entry; NULL on untracked system accounts.
@@ -135,9 +129,7 @@ class Hold(BillingBase):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("status IN ('held', 'captured', 'released', 'expired')", name="status"),
-        CheckConstraint(
-            "(status = 'captured') = (captured_amount IS NOT NULL)", name="captured_amount_iff_captured"
-        ),
+        CheckConstraint("(status = 'captured') = (captured_amount IS NOT NULL)", name="captured_amount_iff_captured"),
         CheckConstraint("captured_amount > 0 AND captured_amount <= amount", name="captured_within_amount"),
         CheckConstraint("(status = 'held') = (resolved_at IS NULL)", name="resolved_at_iff_resolved"),
         Index("ix_holds_open_expires_at", "expires_at", postgresql_where=text("status = 'held'")),

@@ -73,6 +73,13 @@ def open_account(session: Session, *, kind: AccountKind, tenant_id: int | None) 
     )
 
 
+def assign_tenant(session: Session, *, account_id: int, tenant_id: int) -> None:
+    session.execute(
+        text("UPDATE ledger_accounts SET tenant_id = :tenant_id WHERE id = :id AND tenant_id IS NULL"),
+        {"tenant_id": tenant_id, "id": account_id},
+    )
+
+
 def system_account_id(session: Session, *, kind: AccountKind) -> int:
     account_id = session.execute(
         text("SELECT id FROM ledger_accounts WHERE kind = :kind AND NOT balance_tracked"),
@@ -211,10 +218,7 @@ def post(
 
 def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting:
     stored = session.execute(
-        text(
-            "SELECT id, kind, amount, request_hash, created_at FROM ledger_transactions "
-            "WHERE idempotency_key = :key"
-        ),
+        text("SELECT id, kind, amount, request_hash, created_at FROM ledger_transactions WHERE idempotency_key = :key"),
         {"key": idempotency_key},
     ).one()
     if bytes(stored.request_hash) != request_hash:
@@ -465,9 +469,7 @@ SELECT hold.id FROM hold
 def release(session: Session, *, hold_id: int) -> HoldResult:
     """Release a hold once. Releasing an already released hold replays; a captured one is refused."""
     with database_refusals():
-        released = session.execute(
-            _RELEASE_SQL, {"hold_ids": [hold_id], "status": "released"}
-        ).scalars().all()
+        released = session.execute(_RELEASE_SQL, {"hold_ids": [hold_id], "status": "released"}).scalars().all()
     current = _hold_by_id(session, hold_id=hold_id)
     if released:
         return HoldResult(**{**_as_dict(current), "replayed": False})
@@ -479,19 +481,21 @@ def release(session: Session, *, hold_id: int) -> HoldResult:
 def expire_due_holds(session: Session, *, limit: int = 500) -> list[int]:
     """Release holds past their deadline. SKIP LOCKED: a hold being captured right now is not waited on,
     and several sweepers can run at once; whoever loses the `status = 'held'` guard changes nothing."""
-    due = session.execute(
-        text(
-            "SELECT id FROM holds WHERE status = 'held' AND expires_at <= now() "
-            "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
-        ),
-        {"limit": limit},
-    ).scalars().all()
+    due = (
+        session.execute(
+            text(
+                "SELECT id FROM holds WHERE status = 'held' AND expires_at <= now() "
+                "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+            ),
+            {"limit": limit},
+        )
+        .scalars()
+        .all()
+    )
     if not due:
         return []
     with database_refusals():
-        return list(
-            session.execute(_RELEASE_SQL, {"hold_ids": list(due), "status": "expired"}).scalars().all()
-        )
+        return list(session.execute(_RELEASE_SQL, {"hold_ids": list(due), "status": "expired"}).scalars().all())
 
 
 def get_hold(session: Session, *, hold_id: int) -> HoldResult:
@@ -542,9 +546,7 @@ def _as_dict(hold: HoldResult) -> dict[str, Any]:
 # --- reading the journal ----------------------------------------------------------------------------
 
 
-def list_entries(
-    session: Session, *, account_id: int, before_id: int | None, limit: int
-) -> list[dict[str, Any]]:
+def list_entries(session: Session, *, account_id: int, before_id: int | None, limit: int) -> list[dict[str, Any]]:
     rows = session.execute(
         text(
             """

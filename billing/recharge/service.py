@@ -186,9 +186,7 @@ def apply_staged(
     if row.n_entries != applied + 1:
         # A staged account vanished or is not a tracked account: refuse the batch rather than half-apply it.
         raise InvalidAmount("a staged row did not match a user account; nothing was applied")
-    return AppliedBatch(
-        batch_id=batch_id, transaction_id=row.transaction_id, applied=applied, total_amount=total
-    )
+    return AppliedBatch(batch_id=batch_id, transaction_id=row.transaction_id, applied=applied, total_amount=total)
 
 
 def finish_batch(

@@ -28,9 +28,7 @@ class UserStatus(StrEnum):
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint(
-            "role IN ('platform_admin', 'operator', 'finance', 'tenant_admin', 'member')", name="role"
-        ),
+        CheckConstraint("role IN ('platform_admin', 'operator', 'finance', 'tenant_admin', 'member')", name="role"),
         CheckConstraint("status IN ('active', 'frozen')", name="status"),
         # Emails are stored lower-cased, so the unique index is case-insensitive.
         CheckConstraint("email = lower(email)", name="email_lowercase"),

@@ -1,0 +1,77 @@
+"""The application factory: `create_app(settings)`; uvicorn uses `facemint.app:create_app --factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from redis import Redis
+
+from facemint import health
+from facemint.api_keys.endpoints import router as api_keys_router
+from facemint.audit.endpoints import router as audit_router
+from facemint.auth.endpoints import router as auth_router
+from facemint.balances.endpoints import admin_router as balances_admin_router
+from facemint.balances.endpoints import v1_router as balances_v1_router
+from facemint.config import Environment, Settings, get_settings
+from facemint.db import make_engine, make_sessionmaker
+from facemint.errors import install_error_handlers
+from facemint.middleware import RequestIdMiddleware
+from facemint.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from facemint.recharges.endpoints import router as recharges_router
+from facemint.tenants.endpoints import router as tenants_router
+from facemint.users.endpoints import router as users_router
+
+ADMIN_UI_DIR = Path(__file__).resolve().parents[2] / "admin_ui"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database_url, redis_url = settings.require_urls()
+    engine = make_engine(database_url)
+    redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+        redis.close()
+
+    dev = settings.env is Environment.dev
+    app = FastAPI(
+        title="Facemint",
+        version="0.1.0",
+        description="Token-metered face-swap API. Errors are RFC 9457 problem details with a stable `code`.",
+        docs_url="/docs" if dev else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if dev else None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.redis = redis
+    app.state.limiter = RateLimiter(settings, redis_url=redis_url)
+
+    install_error_handlers(app)
+    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+
+    for router in (
+        health.router,
+        auth_router,
+        balances_v1_router,
+        tenants_router,
+        users_router,
+        api_keys_router,
+        recharges_router,
+        balances_admin_router,
+        audit_router,
+    ):
+        app.include_router(router)
+    if ADMIN_UI_DIR.is_dir():
+        app.mount("/admin", StaticFiles(directory=ADMIN_UI_DIR, html=True), name="admin_ui")
+    return app

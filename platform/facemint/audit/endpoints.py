@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from facemint.audit import service as audit_service
+from facemint.audit.schemas import AuditEventRead
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope
+from facemint.deps import SessionDep, require
+from facemint.pagination import Page, PageParams, make_page, page_params
+
+router = APIRouter(prefix="/admin/v1/audit-events", tags=["audit"])
+
+
+@router.get("", response_model=Page[AuditEventRead])
+def list_audit_events(
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(Scope.audit_read))],
+    page: Annotated[PageParams, Depends(page_params)],
+    tenant_id: int | None = None,
+    action: Annotated[str | None, Query(max_length=100)] = None,
+    actor_user_id: int | None = None,
+    target_type: Annotated[str | None, Query(max_length=100)] = None,
+    target_id: Annotated[str | None, Query(max_length=100)] = None,
+) -> Page[AuditEventRead]:
+    events = audit_service.list_events(
+        session,
+        tenant_scope=principal.tenant_scope,
+        tenant_id=tenant_id,
+        action=action,
+        actor_user_id=actor_user_id,
+        target_type=target_type,
+        target_id=target_id,
+        before_id=page.before_id,
+        limit=page.limit,
+    )
+    items = [AuditEventRead.model_validate(e) for e in events]
+    return make_page(items, limit=page.limit)

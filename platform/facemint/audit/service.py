@@ -1,0 +1,69 @@
+"""Audit events: written in the same transaction as the admin write they describe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from facemint.audit.orm import AuditEvent
+from facemint.deps import RequestContext
+
+
+def record(
+    session: Session,
+    *,
+    context: RequestContext | None,
+    action: str,
+    target_type: str,
+    target_id: object | None,
+    tenant_id: int | None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            # No context: the command line (e.g. `facemint admin bootstrap`), run by whoever holds the server.
+            actor_user_id=context.principal.user_id if context else None,
+            actor_api_key_id=context.principal.api_key_id if context else None,
+            tenant_id=tenant_id,
+            action=action,
+            target_type=target_type,
+            target_id=None if target_id is None else str(target_id),
+            request_id=context.request_id if context else None,
+            ip=context.ip if context and context.ip != "unknown" else None,
+            before=before,
+            after=after,
+        )
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    tenant_scope: int | None,
+    tenant_id: int | None,
+    action: str | None,
+    actor_user_id: int | None,
+    target_type: str | None,
+    target_id: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[AuditEvent]:
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
+    if tenant_scope is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_scope)
+    if tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if actor_user_id is not None:
+        query = query.where(AuditEvent.actor_user_id == actor_user_id)
+    if target_type:
+        query = query.where(AuditEvent.target_type == target_type)
+    if target_id:
+        query = query.where(AuditEvent.target_id == target_id)
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    return list(session.scalars(query))

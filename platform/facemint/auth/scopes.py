@@ -1,0 +1,63 @@
+"""Scopes (`<resource>:read|write`) and what each role may hold. An API key's scopes are a subset of its
+user's role scopes, checked when the key is created and again on every request."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from facemint.users.orm import Role
+
+
+class Scope(StrEnum):
+    tenants_read = "tenants:read"
+    tenants_write = "tenants:write"
+    users_read = "users:read"
+    users_write = "users:write"
+    api_keys_read = "api-keys:read"
+    api_keys_write = "api-keys:write"
+    recharges_read = "recharges:read"
+    recharges_write = "recharges:write"
+    ledger_adjust = "ledger:adjust"
+    balances_read = "balances:read"
+    audit_read = "audit:read"
+    reports_read = "reports:read"
+    # /v1: the caller's own account.
+    balance_read = "balance:read"
+    ledger_read = "ledger:read"
+
+
+_V1 = {Scope.balance_read, Scope.ledger_read}
+_READ_ALL = {
+    Scope.tenants_read,
+    Scope.users_read,
+    Scope.api_keys_read,
+    Scope.recharges_read,
+    Scope.balances_read,
+    Scope.audit_read,
+    Scope.reports_read,
+}
+
+ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
+    Role.platform_admin: frozenset(Scope),
+    Role.operator: frozenset(Scope),
+    Role.finance: frozenset(_READ_ALL | _V1),
+    Role.tenant_admin: frozenset(
+        {
+            Scope.tenants_read,
+            Scope.users_read,
+            Scope.users_write,
+            Scope.api_keys_read,
+            Scope.api_keys_write,
+            Scope.recharges_read,
+            Scope.recharges_write,
+            Scope.balances_read,
+            Scope.audit_read,
+        }
+        | _V1
+    ),
+    Role.member: frozenset(_V1),
+}
+
+
+def scopes_for_role(role: str) -> frozenset[Scope]:
+    return ROLE_SCOPES[Role(role)]

@@ -1,0 +1,114 @@
+"""Resolving credentials to a Principal: one query for a JWT subject, one for an API key."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+import jwt
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from facemint.api_keys import keys
+from facemint.auth.jwt_tokens import decode_access_token
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope, scopes_for_role
+from facemint.config import Settings
+from facemint.errors import Forbidden, Unauthorized
+from facemint.users.orm import Role
+
+logger = logging.getLogger("facemint.auth")
+
+LAST_USED_KEY = "facemint:api-key:last-used:{}"
+_LAST_USED_FLUSH_KEY = "facemint:api-key:last-used-flushed:{}"
+LAST_USED_FLUSH_SECONDS = 60
+
+_PRINCIPAL_COLUMNS = """
+    u.id AS user_id, u.email, u.role, u.status AS user_status, u.tenant_id, u.account_id,
+    t.status AS tenant_status, coalesce(t.plan, 'platform') AS plan
+"""
+
+
+def principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:
+    try:
+        user_id = decode_access_token(settings, token)
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("invalid or expired access token") from exc
+    row = session.execute(
+        text(f"SELECT {_PRINCIPAL_COLUMNS} FROM users u LEFT JOIN tenants t ON t.id = u.tenant_id WHERE u.id = :id"),
+        {"id": user_id},
+    ).one_or_none()
+    if row is None:
+        raise Unauthorized("invalid or expired access token")
+    _ensure_active(row)
+    return Principal(
+        user_id=row.user_id,
+        email=row.email,
+        role=Role(row.role),
+        tenant_id=row.tenant_id,
+        account_id=row.account_id,
+        plan=row.plan,
+        scopes=scopes_for_role(row.role),
+    )
+
+
+def principal_from_api_key(session: Session, settings: Settings, redis: Redis, key: str) -> Principal:
+    try:
+        public_id = keys.parse_public_id(key)
+    except keys.MalformedKey as exc:
+        raise Unauthorized(str(exc)) from exc
+    row = session.execute(
+        text(
+            f"""
+            SELECT k.id AS key_id, k.secret_hash, k.scopes, k.revoked_at,
+                   (k.expires_at IS NOT NULL AND k.expires_at <= now()) AS expired, {_PRINCIPAL_COLUMNS}
+            FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN tenants t ON t.id = u.tenant_id
+            WHERE k.public_id = :public_id
+            """
+        ),
+        {"public_id": public_id},
+    ).one_or_none()
+    presented = keys.hash_key(settings.api_key_pepper_bytes, key)
+    if row is None or not hmac.compare_digest(bytes(row.secret_hash), presented):
+        raise Unauthorized("invalid API key")
+    if row.revoked_at is not None:
+        raise Unauthorized("this API key was revoked")
+    if row.expired:
+        raise Unauthorized("this API key has expired")
+    _ensure_active(row)
+    _track_last_use(session, redis, key_id=row.key_id)
+    role_scopes = scopes_for_role(row.role)
+    return Principal(
+        user_id=row.user_id,
+        email=row.email,
+        role=Role(row.role),
+        tenant_id=row.tenant_id,
+        account_id=row.account_id,
+        plan=row.plan,
+        # A key never exceeds its user's current role, even if the role was lowered after it was issued.
+        scopes=frozenset(Scope(s) for s in row.scopes if s in role_scopes),
+        api_key_id=row.key_id,
+        api_key_public_id=public_id,
+    )
+
+
+def _ensure_active(row: object) -> None:
+    if getattr(row, "user_status", "active") != "active":
+        raise Forbidden("this user is frozen", code_override="user_frozen")
+    if getattr(row, "tenant_status", None) == "suspended":
+        raise Forbidden("this tenant is suspended", code_override="tenant_suspended")
+
+
+def _track_last_use(session: Session, redis: Redis, *, key_id: int) -> None:
+    """Exact last use goes to Redis on every request; the database copy at most once a minute per key."""
+    try:
+        redis.set(LAST_USED_KEY.format(key_id), int(time.time()))
+        flush = redis.set(_LAST_USED_FLUSH_KEY.format(key_id), 1, nx=True, ex=LAST_USED_FLUSH_SECONDS)
+    except RedisError:
+        logger.warning("could not record last use of API key %s", key_id)
+        return
+    if flush:
+        session.execute(text("UPDATE api_keys SET last_used_at = now() WHERE id = :id"), {"id": key_id})

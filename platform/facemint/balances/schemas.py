@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class BalanceRead(BaseModel):
+    available: int
+    held: int
+    balance: int
+
+
+class AccountBalanceRead(BalanceRead):
+    account_id: int
+    user_id: int | None = None
+    email: str | None = None
+    tenant_id: int | None = None
+    kind: str
+
+
+class LedgerEntryRead(BaseModel):
+    id: int
+    transaction_id: int
+    kind: str
+    amount: int
+    balance_after: int | None
+    reason: str | None
+    reference: str | None
+    created_at: datetime
+
+
+class AdjustmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: int = Field(gt=0)
+    amount: int = Field(description="Signed whole tokens: positive credits the user, negative debits")
+    reason: Reason
+
+
+class ReversalCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason
+
+
+class PostingRead(BaseModel):
+    transaction_id: int
+    kind: str
+    amount: int
+    replayed: bool
+    created_at: datetime

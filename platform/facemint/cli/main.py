@@ -1,0 +1,313 @@
+"""`facemint` command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from facemint.config import Settings, get_settings
+
+
+def _settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """The configured database, or the embedded one under the data dir when none is configured."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from facemint import embedded
+
+    url, server = embedded.start_postgres(settings.data_dir)
+    try:
+        yield url
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def _session(database_url: str) -> Iterator[object]:
+    from facemint.db import make_engine, make_sessionmaker, unit_of_work
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@click.group()
+def cli() -> None:
+    """Facemint: token-metered face-swap platform."""
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: ./.facemint")
+@click.option("--host", default=None, help="default: 127.0.0.1")
+@click.option("--port", type=int, default=None, help="default: 8000")
+@click.option("--no-demo", is_flag=True, help="do not seed the demo tenant")
+def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool) -> None:
+    """Start everything: embedded Postgres/Redis when no URLs are set, migrations, demo data, the API."""
+    import uvicorn
+
+    from facemint import demo, embedded, migrate
+    from facemint.app import create_app
+
+    settings = _settings()
+    data_dir = data_dir or settings.data_dir
+    host = host or settings.host
+    port = port or settings.port
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started: list[str] = []
+    postgres_server = redis_server = None
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if not database_url:
+        database_url, postgres_server = embedded.start_postgres(data_dir)
+        started.append(f"embedded Postgres  {database_url}")
+    if not redis_url:
+        redis_url, redis_server = embedded.start_redis(data_dir)
+        started.append(f"embedded Redis     {redis_url}")
+    try:
+        api_url = f"http://{host}:{port}"
+        settings = settings.model_copy(
+            update={"database_url": database_url, "redis_url": redis_url, "data_dir": data_dir, "api_url": api_url}
+        )
+        migrate.upgrade(database_url)
+        click.echo("Facemint is starting.")
+        for line in started or ["using the configured Postgres and Redis"]:
+            click.echo(f"  {line}")
+        click.echo(f"  data dir           {data_dir.resolve()}")
+        click.echo("  migrations         up to date")
+        if not no_demo:
+            with _session(database_url) as session:
+                seeded = demo.seed(session, settings=settings, data_dir=data_dir)  # type: ignore[arg-type]
+            click.echo(demo.describe(seeded, api_url=api_url))
+        click.echo(f"\nAPI on {api_url} (docs at {api_url}/docs). Ctrl-C stops everything started here.")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        if redis_server is not None:
+            redis_server.shutdown(save=True, now=True)
+        if postgres_server is not None:
+            postgres_server.cleanup()
+        if started:
+            click.echo("stopped: " + ", ".join(s.split()[1] for s in started))
+
+
+@cli.command()
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--workers", type=int, default=1, show_default=True)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the API on configured Postgres and Redis (FACEMINT_DATABASE_URL, FACEMINT_REDIS_URL)."""
+    import uvicorn
+
+    settings = _settings()
+    settings.require_urls()
+    uvicorn.run(
+        "facemint.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from facemint import migrate as migrations
+
+    settings = _settings()
+    with _database(settings) as url:
+        migrations.upgrade(url)
+    click.echo("migrations applied", err=True)
+
+
+@cli.group()
+def admin() -> None:
+    """Administration from the command line."""
+
+
+@admin.command("bootstrap")
+@click.option("--email", required=True)
+@click.option("--password", required=True, help="at least 8 characters")
+def admin_bootstrap(email: str, password: str) -> None:
+    """Create or update a platform admin (idempotent)."""
+    from facemint.users import service as user_service
+
+    if len(password) < 8:
+        raise click.BadParameter("at least 8 characters", param_hint="--password")
+    settings = _settings()
+    with _database(settings) as url, _session(url) as session:
+        try:
+            user, created = user_service.bootstrap_admin(session, email=email, password=password)  # type: ignore[arg-type]
+        except Exception as exc:
+            _fail(exc)
+    click.echo(f"platform admin {user.email} (id {user.id}) {'created' if created else 'updated'}", err=True)
+
+
+@admin.command("create-key")
+@click.option("--email", required=True)
+@click.option("--scope", "scopes", multiple=True, required=True, help="repeat for several scopes")
+@click.option("--name", default="cli", show_default=True)
+def admin_create_key(email: str, scopes: tuple[str, ...], name: str) -> None:
+    """Issue an API key; prints only the key on stdout."""
+    from facemint.api_keys import service as key_service
+    from facemint.api_keys.schemas import ApiKeyCreate
+    from facemint.auth.scopes import Scope
+    from facemint.users import service as user_service
+
+    try:
+        parsed = [Scope(s) for s in scopes]
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; known scopes: {', '.join(s.value for s in Scope)}") from exc
+    settings = _settings()
+    with _database(settings) as url, _session(url) as session:
+        user = user_service.get_by_email(session, email=email)  # type: ignore[arg-type]
+        if user is None:
+            _fail(f"no user {email}")
+        try:
+            _, plaintext = key_service.create(
+                session,  # type: ignore[arg-type]
+                context=None,
+                settings=settings,
+                data=ApiKeyCreate(user_id=user.id, name=name, scopes=parsed),
+            )
+        except Exception as exc:
+            _fail(exc)
+    click.echo(plaintext)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def reconcile(as_json: bool) -> None:
+    """Prove the books balance; exit code 0 only when they do."""
+    from sqlalchemy import text
+
+    from billing.reports.reconcile import reconcile as run_reconcile
+
+    settings = _settings()
+    with _database(settings) as url, _session(url) as session:
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))  # type: ignore[attr-defined]
+        report = run_reconcile(session)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "balanced": report.balanced,
+                    "checks": report.checks_run,
+                    "totals": report.totals,
+                    "discrepancies": [d.__dict__ for d in report.discrepancies],
+                },
+                default=str,
+            )
+        )
+    else:
+        click.echo(
+            f"{len(report.checks_run)} checks; totals: " + ", ".join(f"{k}={v}" for k, v in report.totals.items())
+        )
+        for d in report.discrepancies:
+            click.echo(f"DISCREPANCY {d.check}: {d.description}; ids {d.ids[:20]} details {d.details[:20]}")
+        click.echo("the books balance" if report.balanced else f"{len(report.discrepancies)} check(s) failed")
+    sys.exit(0 if report.balanced else 1)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["atomic", "partial"]), required=True)
+@click.option("--dry-run", is_flag=True)
+@click.option("--reason", required=True)
+@click.option("--idempotency-key", default=None, help="default: derived from the file's content and options")
+@click.option("--tenant-id", type=int, default=None, help="staff: every row must belong to this tenant")
+def recharge(
+    file: Path, mode: str, dry_run: bool, reason: str, idempotency_key: str | None, tenant_id: int | None
+) -> None:
+    """Apply a recharge CSV through the API (FACEMINT_API_URL, FACEMINT_API_KEY). Safe to run twice.
+
+    Exit codes: 0 all rows applied (or validated, with --dry-run); 3 applied with failed rows (partial);
+    2 refused, nothing applied; 1 any other error."""
+    import httpx
+
+    api_url = os.environ.get("FACEMINT_API_URL") or _settings().api_url
+    api_key = os.environ.get("FACEMINT_API_KEY")
+    if not api_key:
+        _fail("set FACEMINT_API_KEY")
+    content = file.read_bytes()
+    key = (
+        idempotency_key
+        or "csv-"
+        + hashlib.sha256(b"\x00".join([content, mode.encode(), reason.encode(), str(tenant_id).encode()])).hexdigest()[
+            :40
+        ]
+    )
+    total = len(content)
+
+    def body() -> Iterator[bytes]:
+        chunk = 256 * 1024
+        for start in range(0, total, chunk):
+            yield content[start : start + chunk]
+            if total > 1024 * 1024:
+                click.echo(f"\r  uploaded {min(start + chunk, total) * 100 // total:3d}%", nl=False, err=True)
+        if total > 1024 * 1024:
+            click.echo("  waiting for the server...", err=True)
+
+    params: dict[str, str] = {"mode": mode, "dry_run": str(dry_run).lower(), "reason": reason}
+    if tenant_id is not None:
+        params["tenant_id"] = str(tenant_id)
+    try:
+        response = httpx.post(
+            f"{api_url.rstrip('/')}/admin/v1/recharges/batch",
+            params=params,
+            content=body(),
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Idempotency-Key": key,
+                "Content-Type": "text/csv",
+                "Content-Length": str(total),
+            },
+            timeout=httpx.Timeout(300.0, connect=10.0),
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"could not reach {api_url}: {exc}")
+    try:
+        result = response.json()
+    except ValueError:
+        _fail(f"unexpected response {response.status_code}")
+    failed = result.get("failed", [])
+    if response.status_code >= 400:
+        click.echo(f"refused ({response.status_code} {result.get('code')}): {result.get('detail')}", err=True)
+        for f in failed[:50]:
+            click.echo(f"  row {f['row']}: {f['code']} {f['detail']}", err=True)
+        if len(failed) > 50:
+            click.echo(f"  ... and {len(failed) - 50} more", err=True)
+        sys.exit(2 if response.status_code in (402, 409, 413, 422) else 1)
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    verb = "would apply" if dry_run else ("already applied" if replayed else "applied")
+    click.echo(
+        f"batch {result.get('batch_id')}: {verb} {result['applied']} of {result['rows']} rows, "
+        f"{result['total_amount']} tokens; {len(failed)} failed (idempotency key {key})"
+    )
+    for f in failed[:50]:
+        click.echo(f"  row {f['row']}: {f['code']} {f['detail']}")
+    sys.exit(3 if failed else 0)
+
+
+def _fail(message: object) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,123 @@
+"""FastAPI dependencies: the request's session (the commit boundary), the caller, scope checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+from sqlalchemy.orm import Session
+
+from facemint.api_keys import keys
+from facemint.auth import service as auth_service
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope
+from facemint.config import Settings
+from facemint.errors import FacemintError, Forbidden, Unauthorized
+from facemint.ratelimit import RateLimiter, client_ip
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request. The request boundary commits when the endpoint returns and rolls back
+    on any error; services only flush."""
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def authenticate(request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep) -> Principal:
+    limiter: RateLimiter = request.app.state.limiter
+    ip = client_ip(request, settings.trusted_proxies)
+    try:
+        principal = _resolve(request, session, settings, redis)
+    except FacemintError:
+        # Failed authentication counts against the caller's address, so guessing is throttled too.
+        limiter.hit(request, [(f"anon-ip:{ip}", settings.anonymous_limit_per_ip)])
+        raise
+    plan_limits = settings.plan_limits.get(principal.plan) or settings.plan_limits["free"]
+    buckets = [(principal.rate_limit_subject, plan_limits["key"])]
+    if principal.tenant_id is not None:
+        buckets.append((f"tenant:{principal.tenant_id}", plan_limits["tenant"]))
+    limiter.hit(request, buckets)
+    request.state.principal = principal
+    return principal
+
+
+def _resolve(request: Request, session: Session, settings: Settings, redis: Redis) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send `Authorization: Bearer <access token or API key>`")
+    if keys.looks_like_key(token):
+        return auth_service.principal_from_api_key(session, settings, redis, token)
+    return auth_service.principal_from_jwt(session, settings, token)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require(*scopes: Scope) -> Callable[[Principal], Principal]:
+    def check(principal: CurrentPrincipal) -> Principal:
+        missing = [s.value for s in scopes if s not in principal.scopes]
+        if missing:
+            raise Forbidden(f"missing scope: {', '.join(missing)}", code_override="insufficient_scope", missing=missing)
+        return principal
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the audit trail records about the request behind a write."""
+
+    principal: Principal
+    request_id: str | None
+    ip: str
+
+
+def request_context(request: Request, principal: Principal, settings: Settings) -> RequestContext:
+    return RequestContext(
+        principal=principal,
+        request_id=getattr(request.state, "request_id", None),
+        ip=client_ip(request, settings.trusted_proxies),
+    )
+
+
+def idempotency_key_header(request: Request) -> str:
+    """Every money-moving write names an Idempotency-Key: 1 to 255 printable ASCII characters."""
+    key = request.headers.get("idempotency-key", "").strip()
+    if not key:
+        raise FacemintError("the Idempotency-Key header is required", code_override="idempotency_key_required")
+    if len(key) > 255 or not key.isascii() or not key.isprintable():
+        raise FacemintError(
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+            code_override="invalid_idempotency_key",
+        )
+    return key
+
+
+IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]

@@ -1,0 +1,205 @@
+"""One error format for every 4xx and 5xx: RFC 9457 problem details with a stable `code`.
+
+`FacemintError` is the service's error base. Billing raises `BillingError`, which carries the same contract
+(billing cannot import the service); `problem_response` renders both, and nothing else builds error bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from billing.errors import BillingError
+
+logger = logging.getLogger("facemint.errors")
+
+PROBLEM_TYPE_BASE = "https://docs.facemint.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class FacemintError(Exception):
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        code_override: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+        if code_override:
+            self.code = code_override
+
+
+class BadRequest(FacemintError):
+    pass
+
+
+class Unauthorized(FacemintError):
+    status_code = 401
+    code = "unauthorized"
+    title = "Authentication required"
+
+    def __init__(self, detail: str = "missing or invalid credentials", **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Forbidden(FacemintError):
+    status_code = 403
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(FacemintError):
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(FacemintError):
+    status_code = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(FacemintError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(FacemintError):
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class Unprocessable(FacemintError):
+    status_code = 422
+    code = "unprocessable"
+    title = "Request cannot be processed"
+
+
+class RateLimited(FacemintError):
+    status_code = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
+class ServiceUnavailable(FacemintError):
+    status_code = 503
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+
+def problem_response(
+    request: Request | None,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        request_id = getattr(request.state, "request_id", None)
+        if request_id:
+            body["request_id"] = request_id
+    if extra:
+        body.update({k: v for k, v in extra.items() if k not in body})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+_STATUS_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def handle_app_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FacemintError | BillingError)
+        headers = getattr(exc, "headers", None)
+        return problem_response(
+            request,
+            status=exc.status_code,
+            code=exc.code,
+            title=exc.title,
+            detail=exc.detail,
+            extra=exc.extra,
+            headers=headers,
+        )
+
+    def handle_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "location": [str(part) for part in err.get("loc", ())],
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in exc.errors()
+        ]
+        return problem_response(
+            request,
+            status=422,
+            code="validation_error",
+            title="Invalid request",
+            detail="; ".join(f"{'.'.join(e['location'])}: {e['message']}" for e in errors[:5]),
+            extra={"errors": errors},
+        )
+
+    def handle_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(
+            request,
+            status=exc.status_code,
+            code=code,
+            title=title,
+            detail=detail,
+            headers=dict(exc.headers or {}),
+        )
+
+    def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(
+            request,
+            status=500,
+            code="internal_error",
+            title="Internal error",
+            detail="an unexpected error occurred; nothing was half-applied, retry with the same idempotency key",
+        )
+
+    app.add_exception_handler(FacemintError, handle_app_error)
+    app.add_exception_handler(BillingError, handle_app_error)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
+    app.add_exception_handler(Exception, handle_unexpected)

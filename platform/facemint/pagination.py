@@ -1,0 +1,63 @@
+"""Cursor pagination: newest first, the cursor is an opaque token for the last id seen."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from facemint.errors import FacemintError
+
+T = TypeVar("T")
+
+MAX_LIMIT = 200
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class PageParams(BaseModel):
+    before_id: int | None
+    limit: int
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise FacemintError("the cursor is not one this API returned", code_override="invalid_cursor") from exc
+    if not isinstance(value, int) or value < 1:
+        raise FacemintError("the cursor is not one this API returned", code_override="invalid_cursor")
+    return value
+
+
+def page_params(
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+) -> PageParams:
+    return PageParams(before_id=decode_cursor(cursor), limit=limit)
+
+
+def make_page(
+    items: list[T], *, limit: int, id_of: Callable[[T], int | None] = lambda item: getattr(item, "id", None)
+) -> Page[T]:
+    """`items` were fetched with limit + 1 rows, newest first, to know whether another page exists."""
+    if len(items) <= limit:
+        return Page(items=items, next_cursor=None)
+    items = items[:limit]
+    last_id = id_of(items[-1])
+    return Page(items=items, next_cursor=encode_cursor(last_id) if last_id else None)

@@ -1,0 +1,122 @@
+"""Request rate limits: slowapi's Limiter on Redis storage (shared by every API process), keyed on the
+API key's public id or the user id, and on the tenant; never on a plaintext key, never on an empty key.
+
+Limits are applied by the authentication dependency, once the caller is known, so a single request counts
+against its key bucket and its tenant bucket with the plan's limits (`FACEMINT_PLAN_LIMITS`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+from limits import RateLimitItem, parse
+from slowapi import Limiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facemint.config import Settings
+from facemint.errors import RateLimited, ServiceUnavailable
+
+_NAMESPACE = "facemint"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    limit: int
+    remaining: int
+    reset_at: float
+
+
+def limits_storage_uri(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://") :]
+    return redis_url
+
+
+def client_ip(request: Request, trusted_proxies: list[str]) -> str:
+    """The peer address; X-Forwarded-For is believed only when the peer is a configured proxy."""
+    peer = request.client.host if request.client else "unknown"
+    if peer in trusted_proxies:
+        forwarded = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+        for hop in reversed(forwarded):
+            if hop not in trusted_proxies:
+                return hop
+    return peer or "unknown"
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings, *, redis_url: str) -> None:
+        self.settings = settings
+        self.limiter = Limiter(
+            key_func=lambda request: client_ip(request, settings.trusted_proxies),
+            storage_uri=limits_storage_uri(redis_url),
+            storage_options={"socket_timeout": 1, "socket_connect_timeout": 1},
+            strategy="fixed-window",
+            headers_enabled=True,
+            key_prefix=_NAMESPACE,
+            in_memory_fallback_enabled=False,
+        )
+        self._parsed: dict[str, RateLimitItem] = {}
+
+    def _item(self, limit: str) -> RateLimitItem:
+        item = self._parsed.get(limit)
+        if item is None:
+            item = self._parsed[limit] = parse(limit)
+        return item
+
+    def hit(self, request: Request, buckets: list[tuple[str, str]]) -> None:
+        """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted."""
+        strategy = self.limiter.limiter
+        tightest: WindowState | None = None
+        exhausted: WindowState | None = None
+        for bucket, limit in buckets:
+            if not bucket:
+                raise ValueError("rate-limit buckets are never empty")  # slowapi would skip the limit
+            item = self._item(limit)
+            try:
+                allowed = strategy.hit(item, bucket)
+                stats = strategy.get_window_stats(item, bucket)
+            except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
+                raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
+            state = WindowState(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
+            if tightest is None or state.remaining < tightest.remaining:
+                tightest = state
+            if not allowed and exhausted is None:
+                exhausted = state
+        if tightest is not None:
+            request.state.rate_limit = exhausted or tightest
+        if exhausted is not None:
+            retry_after = max(1, math.ceil(exhausted.reset_at - time.time()))
+            raise RateLimited(
+                f"rate limit of {exhausted.limit} requests exceeded; retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+                retry_after=retry_after,
+            )
+
+
+class RateLimitHeadersMiddleware:
+    """Adds X-RateLimit-* to every response whose request was counted (pure ASGI: no body buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state = scope.get("state", {}).get("rate_limit")
+                if isinstance(state, WindowState):
+                    headers = list(message.get("headers", []))
+                    headers += [
+                        (b"x-ratelimit-limit", str(state.limit).encode()),
+                        (b"x-ratelimit-remaining", str(max(0, state.remaining)).encode()),
+                        (b"x-ratelimit-reset", str(math.ceil(state.reset_at)).encode()),
+                    ]
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope
+from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
+from facemint.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from facemint.recharges import service as recharge_service
+from facemint.recharges.parsing import parse_csv, parse_json
+from facemint.recharges.schemas import BatchResult, RechargeCreate, RechargeRead
+
+router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
+
+Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
+
+
+@router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED)
+def create_recharge(
+    body: RechargeCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Writer,
+    idempotency_key: IdempotencyKey,
+) -> RechargeRead:
+    if body.amount > settings.recharge_max_amount:
+        raise Unprocessable(
+            f"amount is above the ceiling of {settings.recharge_max_amount} tokens",
+            code_override="amount_above_ceiling",
+        )
+    outcome = recharge_service.recharge_one(
+        session,
+        context=request_context(request, principal, settings),
+        data=body,
+        idempotency_key=idempotency_key,
+    )
+    if outcome.replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return RechargeRead(
+        transaction_id=outcome.transaction_id,
+        amount=outcome.amount,
+        replayed=outcome.replayed,
+        target=outcome.target,
+        balance=outcome.balance,
+        held=outcome.held,
+        available=outcome.balance - outcome.held,
+    )
+
+
+async def limited_body(request: Request) -> bytes:
+    """The request body, refused with 413 past FACEMINT_BATCH_MAX_BYTES before it is all read."""
+    limit: int = request.app.state.settings.batch_max_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes", max_bytes=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes", max_bytes=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResult,
+    responses={
+        201: {"description": "batch applied"},
+        422: {"description": "atomic batch with failing rows: nothing applied, every failure listed"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+def create_batch(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Writer,
+    idempotency_key: IdempotencyKey,
+    body: Annotated[bytes, Depends(limited_body)],
+    mode: Literal["atomic", "partial"] = "atomic",
+    dry_run: bool = False,
+    reason: Annotated[str | None, Query(max_length=500)] = None,
+    tenant_id: Annotated[int | None, Query(gt=0, description="staff: every row must belong to it")] = None,
+) -> JSONResponse:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "text/csv":
+        parsed = parse_csv(body, max_rows=settings.batch_max_rows, ceiling=settings.recharge_max_amount)
+        body_reason = None
+    elif content_type == "application/json":
+        body_reason, parsed = parse_json(body, max_rows=settings.batch_max_rows, ceiling=settings.recharge_max_amount)
+    else:
+        raise UnsupportedMediaType("send text/csv or application/json")
+    final_reason = (reason or body_reason or "").strip()
+    if not final_reason:
+        raise Unprocessable(
+            "a reason is required (query parameter, or `reason` in the JSON body)",
+            code_override="reason_required",
+        )
+    result, created = recharge_service.run_batch(
+        session,
+        context=request_context(request, principal, settings),
+        request=recharge_service.BatchRequest(
+            mode=mode,
+            dry_run=dry_run,
+            reason=final_reason[:500],
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            content_kind=content_type,
+            body=body,
+        ),
+        parsed=parsed,
+    )
+    headers = {} if created or dry_run else {"Idempotent-Replayed": "true"}
+    return JSONResponse(result, status_code=201 if created else 200, headers=headers)

@@ -1,0 +1,242 @@
+"""Batch input parsing: CSV or JSON into one row shape. Problems with one row are row failures (reported,
+never fatal in partial mode); problems with the whole document (encoding, header, size) are 4xx errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from facemint.errors import FacemintError, PayloadTooLarge, Unprocessable
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_REFERENCE_LENGTH = 200
+MAX_EMAIL_LENGTH = 320
+
+
+@dataclass(slots=True)
+class RowFailure:
+    row: int
+    code: str
+    detail: str
+    email: str | None = None
+    user_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"row": self.row, "code": self.code, "detail": self.detail}
+        if self.email is not None:
+            out["email"] = self.email
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        return out
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """Column-wise rows that passed parsing, plus the rows that did not."""
+
+    row_count: int = 0
+    row_nos: list[int] = field(default_factory=list)
+    user_ids: list[int | None] = field(default_factory=list)
+    emails: list[str | None] = field(default_factory=list)
+    amounts: list[int] = field(default_factory=list)
+    references: list[str | None] = field(default_factory=list)
+    failures: list[RowFailure] = field(default_factory=list)
+
+    def add(
+        self,
+        row: int,
+        *,
+        user_id_raw: Any,
+        email_raw: Any,
+        amount_raw: Any,
+        reference_raw: Any,
+        ceiling: int,
+    ) -> None:
+        email = email_raw.strip().lower() if isinstance(email_raw, str) and email_raw.strip() else None
+        user_id: int | None = None
+        if user_id_raw is not None and user_id_raw != "":
+            if isinstance(user_id_raw, bool) or not (
+                (isinstance(user_id_raw, int) and user_id_raw > 0)
+                or (isinstance(user_id_raw, str) and _DIGITS.fullmatch(user_id_raw.strip()))
+            ):
+                self.failures.append(RowFailure(row, "malformed_row", "user_id must be a positive integer"))
+                return
+            user_id = int(user_id_raw)
+            if user_id <= 0 or user_id >= 2**63:
+                self.failures.append(RowFailure(row, "malformed_row", "user_id must be a positive integer"))
+                return
+        if (user_id is None) == (email is None):
+            self.failures.append(RowFailure(row, "malformed_row", "each row names exactly one email or user_id"))
+            return
+        if email is not None and (len(email) > MAX_EMAIL_LENGTH or "@" not in email):
+            self.failures.append(RowFailure(row, "malformed_row", "not an email address", email=email[:320]))
+            return
+        amount = _parse_amount(amount_raw)
+        if amount is None:
+            self.failures.append(
+                RowFailure(
+                    row,
+                    "invalid_amount",
+                    "amount must be a positive integer number of tokens",
+                    email=email,
+                    user_id=user_id,
+                )
+            )
+            return
+        if amount > ceiling:
+            self.failures.append(
+                RowFailure(
+                    row,
+                    "amount_above_ceiling",
+                    f"amount {amount} is above the per-row ceiling of {ceiling}",
+                    email=email,
+                    user_id=user_id,
+                )
+            )
+            return
+        reference = None
+        if reference_raw is not None and reference_raw != "":
+            if not isinstance(reference_raw, str) or len(reference_raw) > MAX_REFERENCE_LENGTH:
+                self.failures.append(
+                    RowFailure(
+                        row,
+                        "malformed_row",
+                        f"reference must be text of at most {MAX_REFERENCE_LENGTH} characters",
+                        email=email,
+                        user_id=user_id,
+                    )
+                )
+                return
+            reference = reference_raw
+        self.row_nos.append(row)
+        self.user_ids.append(user_id)
+        self.emails.append(email)
+        self.amounts.append(amount)
+        self.references.append(reference)
+
+
+def _parse_amount(raw: Any) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and _DIGITS.fullmatch(raw.strip()):
+        value = int(raw.strip())
+    else:
+        return None
+    return value if 0 < value < 2**62 else None
+
+
+def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
+    try:
+        content = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FacemintError("the CSV is not UTF-8", code_override="invalid_encoding") from exc
+    if "\x00" in content:
+        raise FacemintError("the CSV contains NUL bytes", code_override="invalid_csv")
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise FacemintError(f"unreadable CSV header: {exc}", code_override="invalid_csv") from exc
+    if not header:
+        raise Unprocessable("the CSV is empty", code_override="empty_batch")
+    columns = [h.strip().lower() for h in header]
+    if columns not in (
+        ["email", "amount"],
+        ["email", "amount", "reference"],
+        ["user_id", "amount"],
+        ["user_id", "amount", "reference"],
+    ):
+        raise FacemintError(
+            "the CSV header must be email,amount[,reference] or user_id,amount[,reference]",
+            code_override="invalid_csv_header",
+            header=header[:10],
+        )
+    by_email = columns[0] == "email"
+    width = len(columns)
+    batch = ParsedBatch()
+    row = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row += 1
+            batch.failures.append(RowFailure(row, "malformed_row", f"unreadable line: {exc}"))
+            continue
+        if not values or (len(values) == 1 and not values[0].strip()):
+            continue  # blank lines are not rows
+        row += 1
+        if row > max_rows:
+            raise PayloadTooLarge(
+                f"a batch holds at most {max_rows} rows", code_override="batch_too_large", max_rows=max_rows
+            )
+        if len(values) != width:
+            batch.failures.append(RowFailure(row, "malformed_row", f"expected {width} columns, found {len(values)}"))
+            continue
+        batch.add(
+            row,
+            user_id_raw=None if by_email else values[0],
+            email_raw=values[0] if by_email else None,
+            amount_raw=values[1],
+            reference_raw=values[2].strip() if width == 3 else None,
+            ceiling=ceiling,
+        )
+    batch.row_count = row
+    if row == 0:
+        raise Unprocessable("the batch has no rows", code_override="empty_batch")
+    return batch
+
+
+def parse_json(body: bytes, *, max_rows: int, ceiling: int) -> tuple[str | None, ParsedBatch]:
+    """Returns the body's `reason` and its rows."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FacemintError("the body is not valid JSON", code_override="invalid_json") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+        raise Unprocessable('the body must be {"reason": ..., "items": [...]}', code_override="invalid_batch")
+    unknown = set(document) - {"reason", "items"}
+    if unknown:
+        raise Unprocessable(f"unknown fields: {', '.join(sorted(unknown))}", code_override="invalid_batch")
+    reason = document.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise Unprocessable("reason must be text", code_override="invalid_batch")
+    items = document["items"]
+    if not items:
+        raise Unprocessable("the batch has no rows", code_override="empty_batch")
+    if len(items) > max_rows:
+        raise PayloadTooLarge(
+            f"a batch holds at most {max_rows} rows", code_override="batch_too_large", max_rows=max_rows
+        )
+    batch = ParsedBatch(row_count=len(items))
+    allowed = {"email", "user_id", "amount", "reference"}
+    for index, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            batch.failures.append(RowFailure(index, "malformed_row", "each item must be an object"))
+            continue
+        extra = set(item) - allowed
+        if extra:
+            batch.failures.append(
+                RowFailure(index, "malformed_row", f"unknown fields: {', '.join(sorted(map(str, extra)))}")
+            )
+            continue
+        email = item.get("email")
+        if email is not None and not isinstance(email, str):
+            batch.failures.append(RowFailure(index, "malformed_row", "email must be text"))
+            continue
+        batch.add(
+            index,
+            user_id_raw=item.get("user_id"),
+            email_raw=email,
+            amount_raw=item.get("amount"),
+            reference_raw=item.get("reference"),
+            ceiling=ceiling,
+        )
+    return reason, batch

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class RechargeCreate(BaseModel):
+    """Credit one user (by `user_id` or `email`), or, for platform staff, one tenant's pool (`tenant_id`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"email": "a@b.co", "amount": 100}]})
+    user_id: int | None = Field(default=None, gt=0)
+    email: Annotated[str | None, StringConstraints(strip_whitespace=True, to_lower=True, max_length=320)] = None
+    tenant_id: int | None = Field(default=None, gt=0)
+    amount: int = Field(gt=0, description="Whole tokens, a positive integer")
+    reason: Reason
+    reference: Annotated[str | None, StringConstraints(max_length=200)] = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RechargeCreate:
+        if sum(x is not None for x in (self.user_id, self.email, self.tenant_id)) != 1:
+            raise ValueError("name exactly one of user_id, email or tenant_id")
+        return self
+
+
+class RechargeRead(BaseModel):
+    transaction_id: int
+    amount: int
+    replayed: bool
+    target: dict[str, Any]
+    balance: int
+    held: int
+    available: int
+
+
+class BatchFailure(BaseModel):
+    row: int
+    code: str
+    detail: str
+    email: str | None = None
+    user_id: int | None = None
+
+
+class BatchResult(BaseModel):
+    batch_id: int | None
+    transaction_id: int | None = None
+    mode: str
+    dry_run: bool
+    rows: int
+    applied: int
+    total_amount: int
+    failed: list[BatchFailure]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.ledger import service as ledger
+from billing.ledger.orm import AccountKind
+from facemint.audit import service as audit
+from facemint.deps import RequestContext
+from facemint.errors import Conflict, NotFound
+from facemint.tenants.orm import Tenant, TenantStatus
+from facemint.tenants.schemas import TenantCreate, TenantUpdate
+
+
+def snapshot(tenant: Tenant) -> dict[str, object]:
+    return {"name": tenant.name, "plan": tenant.plan, "status": tenant.status}
+
+
+def create(session: Session, *, context: RequestContext, data: TenantCreate) -> Tenant:
+    if session.scalar(select(Tenant.id).where(Tenant.name == data.name)) is not None:
+        raise Conflict(f"a tenant named {data.name!r} already exists", code_override="tenant_exists")
+    tenant = Tenant(name=data.name, plan=data.plan.value, status=TenantStatus.active.value)
+    tenant.pool_account_id = ledger.open_account(session, kind=AccountKind.tenant_pool, tenant_id=None)
+    session.add(tenant)
+    session.flush()
+    # The pool account learns its tenant once the tenant has an id.
+    ledger.assign_tenant(session, account_id=tenant.pool_account_id, tenant_id=tenant.id)
+    audit.record(
+        session,
+        context=context,
+        action="tenant.create",
+        target_type="tenant",
+        target_id=tenant.id,
+        tenant_id=tenant.id,
+        after=snapshot(tenant),
+    )
+    return tenant
+
+
+def get(session: Session, *, tenant_id: int, tenant_scope: int | None) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None or (tenant_scope is not None and tenant.id != tenant_scope):
+        raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+    return tenant
+
+
+def list_tenants(
+    session: Session,
+    *,
+    tenant_scope: int | None,
+    status: str | None,
+    plan: str | None,
+    name_contains: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[Tenant]:
+    query = select(Tenant).order_by(Tenant.id.desc()).limit(limit + 1)
+    if tenant_scope is not None:
+        query = query.where(Tenant.id == tenant_scope)
+    if status:
+        query = query.where(Tenant.status == status)
+    if plan:
+        query = query.where(Tenant.plan == plan)
+    if name_contains:
+        query = query.where(Tenant.name.icontains(name_contains, autoescape=True))
+    if before_id is not None:
+        query = query.where(Tenant.id < before_id)
+    return list(session.scalars(query))
+
+
+def update(session: Session, *, context: RequestContext, tenant: Tenant, data: TenantUpdate) -> Tenant:
+    before = snapshot(tenant)
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "name" in changes and changes["name"] != tenant.name:
+        if session.scalar(select(Tenant.id).where(Tenant.name == changes["name"])) is not None:
+            raise Conflict(f"a tenant named {changes['name']!r} already exists", code_override="tenant_exists")
+    for field, value in changes.items():
+        setattr(tenant, field, getattr(value, "value", value))
+    session.flush()
+    after = snapshot(tenant)
+    if after != before:
+        action = "tenant.update"
+        if before["status"] != after["status"]:
+            action = "tenant.suspend" if after["status"] == TenantStatus.suspended else "tenant.activate"
+        audit.record(
+            session,
+            context=context,
+            action=action,
+            target_type="tenant",
+            target_id=tenant.id,
+            tenant_id=tenant.id,
+            before=before,
+            after=after,
+        )
+    return tenant

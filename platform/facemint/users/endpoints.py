@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope
+from facemint.deps import SessionDep, SettingsDep, request_context, require
+from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.users import service as user_service
+from facemint.users.orm import Role, UserStatus
+from facemint.users.schemas import UserCreate, UserRead, UserUpdate
+
+router = APIRouter(prefix="/admin/v1/users", tags=["users"])
+
+Reader = Annotated[Principal, Depends(require(Scope.users_read))]
+Writer = Annotated[Principal, Depends(require(Scope.users_write))]
+
+
+@router.post("", response_model=UserRead, status_code=status.HTTP_201_CREATED)
+def create_user(
+    body: UserCreate, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
+) -> UserRead:
+    user = user_service.create(session, context=request_context(request, principal, settings), data=body)
+    return UserRead.model_validate(user)
+
+
+@router.get("", response_model=Page[UserRead])
+def list_users(
+    session: SessionDep,
+    principal: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+    tenant_id: int | None = None,
+    role: Role | None = None,
+    status: UserStatus | None = None,
+    email: Annotated[str | None, Query(max_length=320, description="substring match")] = None,
+) -> Page[UserRead]:
+    users = user_service.list_users(
+        session,
+        tenant_scope=principal.tenant_scope,
+        tenant_id=tenant_id,
+        role=role,
+        status=status,
+        email_contains=email,
+        before_id=page.before_id,
+        limit=page.limit,
+    )
+    items = [UserRead.model_validate(u) for u in users]
+    return make_page(items, limit=page.limit)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+def get_user(user_id: int, session: SessionDep, principal: Reader) -> UserRead:
+    return UserRead.model_validate(user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope))
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+def update_user(
+    user_id: int,
+    body: UserUpdate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Writer,
+) -> UserRead:
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    user = user_service.update(session, context=request_context(request, principal, settings), user=user, data=body)
+    return UserRead.model_validate(user)
+
+
+@router.post("/{user_id}/freeze", response_model=UserRead)
+def freeze_user(
+    user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
+) -> UserRead:
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    user = user_service.set_status(
+        session, context=request_context(request, principal, settings), user=user, status=UserStatus.frozen
+    )
+    return UserRead.model_validate(user)
+
+
+@router.post("/{user_id}/unfreeze", response_model=UserRead)
+def unfreeze_user(
+    user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
+) -> UserRead:
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    user = user_service.set_status(
+        session, context=request_context(request, principal, settings), user=user, status=UserStatus.active
+    )
+    return UserRead.model_validate(user)

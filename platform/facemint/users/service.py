@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.ledger import service as ledger
+from billing.ledger.orm import AccountKind
+from facemint.audit import service as audit
+from facemint.auth.passwords import hash_password
+from facemint.auth.principal import Principal
+from facemint.deps import RequestContext
+from facemint.errors import Conflict, Forbidden, NotFound, Unprocessable
+from facemint.tenants.orm import Tenant
+from facemint.users.orm import STAFF_ROLES, Role, User, UserStatus
+from facemint.users.schemas import UserCreate, UserUpdate
+
+_TENANT_ADMIN_ASSIGNABLE = frozenset({Role.tenant_admin, Role.member})
+
+
+def snapshot(user: User) -> dict[str, object]:
+    return {
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "status": user.status,
+        "tenant_id": user.tenant_id,
+    }
+
+
+def _check_role_assignment(principal: Principal | None, role: Role) -> None:
+    if principal is None or principal.role is Role.platform_admin:
+        return
+    if principal.role is Role.operator and role is not Role.platform_admin:
+        return
+    if principal.role is Role.tenant_admin and role in _TENANT_ADMIN_ASSIGNABLE:
+        return
+    raise Forbidden(f"a {principal.role.value} cannot assign the {role.value} role")
+
+
+def create(
+    session: Session, *, context: RequestContext | None, data: UserCreate, password_hash: str | None = None
+) -> User:
+    principal = context.principal if context else None
+    _check_role_assignment(principal, data.role)
+    tenant_id = data.tenant_id
+    if principal is not None and not principal.is_staff:
+        if tenant_id not in (None, principal.tenant_id):
+            raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+        tenant_id = principal.tenant_id
+    if data.role in STAFF_ROLES:
+        if tenant_id is not None:
+            raise Unprocessable("platform staff (platform_admin, operator, finance) belong to no tenant")
+    else:
+        if tenant_id is None:
+            raise Unprocessable(f"a {data.role.value} needs a tenant_id")
+        if session.get(Tenant, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+    if session.scalar(select(User.id).where(User.email == data.email)) is not None:
+        raise Conflict("a user with this email already exists", code_override="email_taken")
+    user = User(
+        tenant_id=tenant_id,
+        email=data.email,
+        name=data.name,
+        role=data.role.value,
+        status=UserStatus.active.value,
+        password_hash=password_hash or (hash_password(data.password) if data.password else None),
+        account_id=ledger.open_account(session, kind=AccountKind.user, tenant_id=tenant_id),
+    )
+    session.add(user)
+    session.flush()
+    audit.record(
+        session,
+        context=context,
+        action="user.create",
+        target_type="user",
+        target_id=user.id,
+        tenant_id=tenant_id,
+        after=snapshot(user),
+    )
+    return user
+
+
+def get(session: Session, *, user_id: int, tenant_scope: int | None) -> User:
+    user = session.get(User, user_id)
+    if user is None or (tenant_scope is not None and user.tenant_id != tenant_scope):
+        raise NotFound(f"user {user_id} not found", code_override="user_not_found")
+    return user
+
+
+def get_by_email(session: Session, *, email: str) -> User | None:
+    return session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def list_users(
+    session: Session,
+    *,
+    tenant_scope: int | None,
+    tenant_id: int | None,
+    role: str | None,
+    status: str | None,
+    email_contains: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[User]:
+    query = select(User).order_by(User.id.desc()).limit(limit + 1)
+    if tenant_scope is not None:
+        query = query.where(User.tenant_id == tenant_scope)
+    if tenant_id is not None:
+        query = query.where(User.tenant_id == tenant_id)
+    if role:
+        query = query.where(User.role == role)
+    if status:
+        query = query.where(User.status == status)
+    if email_contains:
+        query = query.where(User.email.contains(email_contains.lower(), autoescape=True))
+    if before_id is not None:
+        query = query.where(User.id < before_id)
+    return list(session.scalars(query))
+
+
+def update(session: Session, *, context: RequestContext | None, user: User, data: UserUpdate) -> User:
+    before = snapshot(user)
+    if data.role is not None and data.role.value != user.role:
+        principal = context.principal if context else None
+        _check_role_assignment(principal, data.role)
+        _check_role_assignment(principal, Role(user.role))
+        if (data.role in STAFF_ROLES) != (user.role in STAFF_ROLES):
+            raise Unprocessable("a user cannot move between platform staff and a tenant")
+        user.role = data.role.value
+    if data.name is not None:
+        user.name = data.name
+    if data.password is not None:
+        user.password_hash = hash_password(data.password)
+    session.flush()
+    after = snapshot(user)
+    if after != before or data.password is not None:
+        audit.record(
+            session,
+            context=context,
+            action="user.update",
+            target_type="user",
+            target_id=user.id,
+            tenant_id=user.tenant_id,
+            before=before,
+            after={**after, "password_changed": data.password is not None},
+        )
+    return user
+
+
+def set_status(session: Session, *, context: RequestContext, user: User, status: UserStatus) -> User:
+    if context.principal.user_id == user.id:
+        raise Forbidden("you cannot freeze or unfreeze yourself")
+    _check_role_assignment(context.principal, Role(user.role))
+    before = snapshot(user)
+    if user.status != status.value:
+        user.status = status.value
+        session.flush()
+        audit.record(
+            session,
+            context=context,
+            action="user.freeze" if status is UserStatus.frozen else "user.unfreeze",
+            target_type="user",
+            target_id=user.id,
+            tenant_id=user.tenant_id,
+            before=before,
+            after=snapshot(user),
+        )
+    return user
+
+
+def bootstrap_admin(session: Session, *, email: str, password: str) -> tuple[User, bool]:
+    """Create or update a platform admin from the command line. Idempotent: returns (user, created)."""
+    existing = get_by_email(session, email=email)
+    if existing is None:
+        user = create(
+            session,
+            context=None,
+            data=UserCreate(email=email, role=Role.platform_admin, password=password),
+        )
+        return user, True
+    if existing.role != Role.platform_admin.value:
+        raise Conflict(f"{email} exists with role {existing.role}; refusing to promote it silently")
+    existing.password_hash = hash_password(password)
+    existing.status = UserStatus.active.value
+    session.flush()
+    audit.record(
+        session,
+        context=None,
+        action="user.bootstrap",
+        target_type="user",
+        target_id=existing.id,
+        tenant_id=None,
+        after=snapshot(existing),
+    )
+    return existing, False
+
+
+def bootstrap_password(session: Session, *, user: User, password: str) -> None:
+    """Reset a password from the command line (demo seeding)."""
+    user.password_hash = hash_password(password)
+    session.flush()

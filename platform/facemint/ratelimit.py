@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from fastapi import Request
 from limits import RateLimitItem, parse
@@ -51,7 +52,8 @@ class RateLimiter:
         self.limiter = Limiter(
             key_func=lambda request: client_ip(request, settings.trusted_proxies),
             storage_uri=limits_storage_uri(redis_url),
-            storage_options={"socket_timeout": 1, "socket_connect_timeout": 1},
+            # slowapi annotates these as strings; redis-py wants numbers (seconds).
+            storage_options=cast(dict[str, str], {"socket_timeout": 1, "socket_connect_timeout": 1}),
             strategy="fixed-window",
             headers_enabled=True,
             key_prefix=_NAMESPACE,

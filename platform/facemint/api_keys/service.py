@@ -125,7 +125,7 @@ def revoke(session: Session, *, context: RequestContext, api_key: ApiKey) -> Api
 
 def to_read(api_keys: list[ApiKey], *, redis: Redis) -> list[ApiKeyRead]:
     """Listing shows the exact last use from Redis, falling back to the database's per-minute copy."""
-    live: list[bytes | None] = [None] * len(api_keys)
+    live: list[bytes | str | None] = [None] * len(api_keys)
     if api_keys:
         try:
             live = redis.mget([LAST_USED_KEY.format(k.id) for k in api_keys])

@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from pydantic import ValidationError
 
 from facemint.config import Settings, get_settings
 
 
 def _settings() -> Settings:
     get_settings.cache_clear()
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        # e.g. FACEMINT_ENV=prod with a default secret: one clear line, not a traceback.
+        problems = "; ".join(str(e.get("msg", e)) for e in exc.errors())
+        click.echo(f"error: invalid settings: {problems}", err=True)
+        sys.exit(1)
 
 
 @contextmanager
@@ -27,10 +34,11 @@ def _database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from facemint import embedded
+    from facemint import embedded, migrate
 
     url, server = embedded.start_postgres(settings.data_dir)
     try:
+        migrate.upgrade(url)  # a fresh data dir gets its schema before anything reads it
         yield url
     finally:
         server.cleanup()

@@ -1,0 +1,1 @@
+"""The swap engine (insightface on ONNX Runtime). Never imports the service or billing."""

@@ -8,6 +8,7 @@ the ledger invariants are checked (see `ledger_invariants`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -22,9 +23,7 @@ from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
 from tests.invariants import assert_ledger_invariants
 
-TABLES_TO_EMPTY = (
-    "audit_events, api_keys, users, tenants, ledger_entries, ledger_transactions, holds, recharge_batches"
-)
+TABLES_TO_EMPTY = "audit_events, api_keys, users, tenants, ledger_entries, ledger_transactions, holds, recharge_batches"
 
 
 def _worker_index(worker_id: str) -> int:
@@ -58,14 +57,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterato
         redis_url = given_redis.rstrip("/").rsplit("/", 1)[0] + f"/{1 + index % 15}"
     else:
         redis_url, redis_server = embedded.start_redis(Path(tmp_path_factory.mktemp("redis")))
-        stoppers.append(lambda: redis_server.shutdown(nosave=True, now=True))
+        stoppers.append(lambda: embedded.stop_redis(redis_server, save=False))
     migrate.upgrade(database_url)
     yield database_url, redis_url
     for stop in reversed(stoppers):
-        try:
+        with contextlib.suppress(Exception):  # a server that is already gone needs no stopping
             stop()
-        except Exception:  # a server that is already gone needs no stopping
-            pass
 
 
 @pytest.fixture(scope="session")

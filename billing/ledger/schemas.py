@@ -24,6 +24,7 @@ class Posting:
     amount: int
     replayed: bool
     created_at: datetime
+    tenant_id: int | None
 
 
 @dataclass(frozen=True, slots=True)

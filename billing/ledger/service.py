@@ -213,6 +213,7 @@ def post(
         amount=total,
         replayed=False,
         created_at=row.created_at,
+        tenant_id=tenant_id,
     )
 
 
@@ -229,6 +230,7 @@ def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> P
         amount=stored.amount,
         replayed=True,
         created_at=stored.created_at,
+        tenant_id=stored.tenant_id,
     )
 
 
@@ -289,8 +291,8 @@ def reverse(
         (r.account_id, -r.amount)
         for r in session.execute(
             text(
-                "SELECT account_id, sum(amount) AS amount FROM ledger_entries WHERE transaction_id = :id "
-                "GROUP BY account_id HAVING sum(amount) <> 0 ORDER BY account_id"
+                "SELECT account_id, CAST(sum(amount) AS bigint) AS amount FROM ledger_entries "
+                "WHERE transaction_id = :id GROUP BY account_id HAVING sum(amount) <> 0 ORDER BY account_id"
             ),
             {"id": transaction_id},
         )

@@ -211,3 +211,33 @@ def finish_batch(
             "result": json.dumps(result),
         },
     )
+
+
+def list_batches(session: Session, *, tenant_id: int | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """Newest first; `tenant_id` limits the list to one tenant's batches."""
+    rows = session.execute(
+        text(
+            """
+            SELECT id, mode, tenant_id, actor, reason, source_account_id, row_count, applied_count, failed_count,
+                   total_amount, created_at
+            FROM recharge_batches
+            WHERE (CAST(:tenant_id AS bigint) IS NULL OR tenant_id = :tenant_id)
+              AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+            ORDER BY id DESC
+            LIMIT :limit
+            """
+        ),
+        {"tenant_id": tenant_id, "before_id": before_id, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+def get_batch(session: Session, *, batch_id: int) -> dict[str, Any] | None:
+    row = session.execute(
+        text(
+            "SELECT id, mode, tenant_id, actor, reason, source_account_id, row_count, applied_count, failed_count, "
+            "total_amount, created_at, result FROM recharge_batches WHERE id = :id"
+        ),
+        {"id": batch_id},
+    ).one_or_none()
+    return dict(row._mapping) if row is not None else None

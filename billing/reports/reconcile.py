@@ -5,6 +5,7 @@ Each check is one set-based query returning the offending ids; an empty report m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -106,6 +107,13 @@ class ReconciliationReport:
         return not self.discrepancies
 
 
+def _plain(value: Any) -> Any:
+    """Postgres sums bigints into numeric: report a whole number as int (7), not Decimal('7') or "7" in JSON."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
 def reconcile(session: Session, *, sample: int = 50) -> ReconciliationReport:
     """Run every check in one REPEATABLE READ snapshot when the caller's session allows it."""
     report = ReconciliationReport()
@@ -114,7 +122,9 @@ def reconcile(session: Session, *, sample: int = 50) -> ReconciliationReport:
         report.checks_run.append(name)
         if rows:
             report.discrepancies.append(
-                Discrepancy(check=name, description=description, ids=[r[0] for r in rows], details=[r[1] for r in rows])
+                Discrepancy(
+                    check=name, description=description, ids=[r[0] for r in rows], details=[_plain(r[1]) for r in rows]
+                )
             )
     totals = session.execute(
         text(

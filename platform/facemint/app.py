@@ -22,6 +22,7 @@ from facemint.errors import install_error_handlers
 from facemint.middleware import RequestIdMiddleware
 from facemint.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from facemint.recharges.endpoints import router as recharges_router
+from facemint.reports.endpoints import router as reports_router
 from facemint.tenants.endpoints import router as tenants_router
 from facemint.users.endpoints import router as users_router
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recharges_router,
         balances_admin_router,
         audit_router,
+        reports_router,
     ):
         app.include_router(router)
     if ADMIN_UI_DIR.is_dir():

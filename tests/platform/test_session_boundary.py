@@ -19,8 +19,7 @@ def test_a_failed_commit_is_never_reported_as_success(settings: Settings) -> Non
         session.execute(text("CREATE TEMP TABLE parent (id int PRIMARY KEY) ON COMMIT DROP"))
         session.execute(
             text(
-                "CREATE TEMP TABLE child (parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED) "
-                "ON COMMIT DROP"
+                "CREATE TEMP TABLE child (parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP"
             )
         )
         session.execute(text("INSERT INTO child VALUES (1)"))

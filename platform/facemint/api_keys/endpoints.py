@@ -43,6 +43,8 @@ def list_api_keys(
     user_id: int | None = None,
     include_revoked: bool = False,
 ) -> Page[ApiKeyRead]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
     rows = key_service.list_keys(
         session,
         tenant_scope=principal.tenant_scope,

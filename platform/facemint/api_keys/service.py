@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -127,10 +128,8 @@ def to_read(api_keys: list[ApiKey], *, redis: Redis) -> list[ApiKeyRead]:
     """Listing shows the exact last use from Redis, falling back to the database's per-minute copy."""
     live: list[bytes | str | None] = [None] * len(api_keys)
     if api_keys:
-        try:
+        with contextlib.suppress(RedisError):
             live = redis.mget([LAST_USED_KEY.format(k.id) for k in api_keys])
-        except RedisError:
-            pass
     out = []
     for api_key, seen in zip(api_keys, live, strict=True):
         last_used = api_key.last_used_at

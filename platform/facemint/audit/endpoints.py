@@ -25,6 +25,8 @@ def list_audit_events(
     target_type: Annotated[str | None, Query(max_length=100)] = None,
     target_id: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Page[AuditEventRead]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
     events = audit_service.list_events(
         session,
         tenant_scope=principal.tenant_scope,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from sqlalchemy import select
@@ -32,11 +33,20 @@ def record(
             target_type=target_type,
             target_id=None if target_id is None else str(target_id),
             request_id=context.request_id if context else None,
-            ip=context.ip if context and context.ip != "unknown" else None,
+            ip=_inet(context.ip) if context else None,
             before=before,
             after=after,
         )
     )
+
+
+def _inet(ip: str) -> str | None:
+    """The address as the inet column takes it; None for anything that is not one (a test client's name,
+    "unknown", a garbled X-Forwarded-For hop), so a bad address never fails the write it describes."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return None
 
 
 def list_events(

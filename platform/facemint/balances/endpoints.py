@@ -64,6 +64,8 @@ def list_balances(
     tenant_id: int | None = None,
     user_id: int | None = None,
 ) -> Page[AccountBalanceRead]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
     items = balance_service.list_user_balances(
         session,
         tenant_scope=principal.tenant_scope,

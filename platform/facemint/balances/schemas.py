@@ -36,7 +36,8 @@ class LedgerEntryRead(BaseModel):
 class AdjustmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: int = Field(gt=0)
-    amount: int = Field(description="Signed whole tokens: positive credits the user, negative debits")
+    # Strict: JSON `true`, `1.0` or `"10"` are not token amounts (lax mode would post `true` as 1 token).
+    amount: int = Field(strict=True, description="Signed whole tokens: positive credits the user, negative debits")
     reason: Reason
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.errors import InvalidAmount
@@ -13,6 +13,7 @@ from facemint.audit import service as audit
 from facemint.balances.schemas import AccountBalanceRead, AdjustmentCreate, ReversalCreate
 from facemint.deps import RequestContext
 from facemint.users import service as user_service
+from facemint.users.orm import User
 
 
 def list_user_balances(
@@ -24,39 +25,29 @@ def list_user_balances(
     before_id: int | None,
     limit: int,
 ) -> list[AccountBalanceRead]:
-    rows = session.execute(
-        text(
-            """
-            SELECT a.id AS account_id, a.kind, a.balance, a.held, u.id AS user_id, u.email, u.tenant_id
-            FROM users u JOIN ledger_accounts a ON a.id = u.account_id
-            WHERE (CAST(:scope AS bigint) IS NULL OR u.tenant_id = :scope)
-              AND (CAST(:tenant_id AS bigint) IS NULL OR u.tenant_id = :tenant_id)
-              AND (CAST(:user_id AS bigint) IS NULL OR u.id = :user_id)
-              AND (CAST(:before_id AS bigint) IS NULL OR u.id < :before_id)
-            ORDER BY u.id DESC
-            LIMIT :limit
-            """
-        ),
-        {
-            "scope": tenant_scope,
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-            "before_id": before_id,
-            "limit": limit + 1,
-        },
-    )
+    query = select(User.id, User.email, User.tenant_id, User.account_id).order_by(User.id.desc()).limit(limit + 1)
+    if tenant_scope is not None:
+        query = query.where(User.tenant_id == tenant_scope)
+    if tenant_id is not None:
+        query = query.where(User.tenant_id == tenant_id)
+    if user_id is not None:
+        query = query.where(User.id == user_id)
+    if before_id is not None:
+        query = query.where(User.id < before_id)
+    users = session.execute(query).all()
+    balances = ledger.get_balances(session, account_ids=[u.account_id for u in users])
     return [
         AccountBalanceRead(
-            account_id=r.account_id,
-            kind=r.kind,
-            user_id=r.user_id,
-            email=r.email,
-            tenant_id=r.tenant_id,
-            balance=r.balance,
-            held=r.held,
-            available=r.balance - r.held,
+            account_id=u.account_id,
+            kind=AccountKind.user.value,
+            user_id=u.id,
+            email=u.email,
+            tenant_id=u.tenant_id,
+            balance=balances[u.account_id].balance,
+            held=balances[u.account_id].held,
+            available=balances[u.account_id].available,
         )
-        for r in rows
+        for u in users
     ]
 
 
@@ -112,7 +103,8 @@ def reverse(
             action="ledger.reverse",
             target_type="ledger_transaction",
             target_id=posting.transaction_id,
-            tenant_id=context.principal.tenant_scope,
+            # The reversal belongs to the original's tenant (the ledger copies it), not the caller's.
+            tenant_id=posting.tenant_id,
             after={"reverses_transaction_id": transaction_id, "reason": data.reason},
         )
     return posting

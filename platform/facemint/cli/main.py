@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -106,7 +107,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:
         if redis_server is not None:
-            redis_server.shutdown(save=True, now=True)
+            embedded.stop_redis(redis_server)
         if postgres_server is not None:
             postgres_server.cleanup()
         if started:
@@ -202,14 +203,18 @@ def admin_create_key(email: str, scopes: tuple[str, ...], name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def reconcile(as_json: bool) -> None:
     """Prove the books balance; exit code 0 only when they do."""
-    from sqlalchemy import text
-
     from billing.reports.reconcile import reconcile as run_reconcile
 
     settings = _settings()
-    with _database(settings) as url, _session(url) as session:
-        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))  # type: ignore[attr-defined]
-        report = run_reconcile(session)  # type: ignore[arg-type]
+    from facemint.db import make_engine, snapshot_session
+
+    with _database(settings) as url:
+        engine = make_engine(url, pool_size=1)
+        try:
+            with snapshot_session(engine) as session:
+                report = run_reconcile(session)
+        finally:
+            engine.dispose()
     if as_json:
         click.echo(
             json.dumps(
@@ -217,7 +222,8 @@ def reconcile(as_json: bool) -> None:
                     "balanced": report.balanced,
                     "checks": report.checks_run,
                     "totals": report.totals,
-                    "discrepancies": [d.__dict__ for d in report.discrepancies],
+                    # Discrepancy is a slots dataclass: it has no __dict__.
+                    "discrepancies": [dataclasses.asdict(d) for d in report.discrepancies],
                 },
                 default=str,
             )
@@ -244,8 +250,9 @@ def recharge(
 ) -> None:
     """Apply a recharge CSV through the API (FACEMINT_API_URL, FACEMINT_API_KEY). Safe to run twice.
 
-    Exit codes: 0 all rows applied (or validated, with --dry-run); 3 applied with failed rows (partial);
-    2 refused, nothing applied; 1 any other error."""
+    Exit codes: 0 every row applied (with --dry-run: every row would apply); 3 some rows failed, the others
+    applied (with --dry-run: would apply); 2 the API refused the request (any 4xx), nothing applied;
+    1 anything else (unreachable API, a 5xx, a missing FACEMINT_API_KEY)."""
     import httpx
 
     api_url = os.environ.get("FACEMINT_API_URL") or _settings().api_url
@@ -300,7 +307,7 @@ def recharge(
             click.echo(f"  row {f['row']}: {f['code']} {f['detail']}", err=True)
         if len(failed) > 50:
             click.echo(f"  ... and {len(failed) - 50} more", err=True)
-        sys.exit(2 if response.status_code in (402, 409, 413, 422) else 1)
+        sys.exit(2 if response.status_code < 500 else 1)
     replayed = response.headers.get("Idempotent-Replayed") == "true"
     verb = "would apply" if dry_run else ("already applied" if replayed else "applied")
     click.echo(

@@ -5,17 +5,20 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from billing.recharge import service as batches
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
-from facemint.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from facemint.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from facemint.pagination import Page, PageParams, make_page, page_params
 from facemint.recharges import service as recharge_service
 from facemint.recharges.parsing import parse_csv, parse_json
-from facemint.recharges.schemas import BatchResult, RechargeCreate, RechargeRead
+from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
 
 router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
 
 Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
+Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
 
 
 @router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED)
@@ -127,3 +130,29 @@ def create_batch(
     )
     headers = {} if created or dry_run else {"Idempotent-Replayed": "true"}
     return JSONResponse(result, status_code=201 if created else 200, headers=headers)
+
+
+@router.get("/batches", response_model=Page[BatchSummary])
+def list_batches(
+    session: SessionDep,
+    principal: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+    tenant_id: Annotated[int | None, Query(gt=0)] = None,
+) -> Page[BatchSummary]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
+    rows = batches.list_batches(
+        session,
+        tenant_id=principal.tenant_scope if principal.tenant_scope is not None else tenant_id,
+        before_id=page.before_id,
+        limit=page.limit + 1,
+    )
+    return make_page([BatchSummary(**row) for row in rows], limit=page.limit)
+
+
+@router.get("/batches/{batch_id}", response_model=BatchDetail)
+def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDetail:
+    row = batches.get_batch(session, batch_id=batch_id)
+    if row is None or (principal.tenant_scope is not None and row["tenant_id"] != principal.tenant_scope):
+        raise NotFound(f"recharge batch {batch_id} not found", code_override="batch_not_found")
+    return BatchDetail(**row)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -14,7 +15,8 @@ class RechargeCreate(BaseModel):
     user_id: int | None = Field(default=None, gt=0)
     email: Annotated[str | None, StringConstraints(strip_whitespace=True, to_lower=True, max_length=320)] = None
     tenant_id: int | None = Field(default=None, gt=0)
-    amount: int = Field(gt=0, description="Whole tokens, a positive integer")
+    # Strict: JSON `true`, `1.0` or `"10"` are not token amounts (lax mode would credit `true` as 1 token).
+    amount: int = Field(gt=0, strict=True, description="Whole tokens, a positive integer")
     reason: Reason
     reference: Annotated[str | None, StringConstraints(max_length=200)] = None
 
@@ -52,3 +54,21 @@ class BatchResult(BaseModel):
     applied: int
     total_amount: int
     failed: list[BatchFailure]
+
+
+class BatchSummary(BaseModel):
+    id: int
+    mode: str
+    tenant_id: int | None
+    actor: str
+    reason: str
+    source_account_id: int
+    row_count: int
+    applied_count: int
+    failed_count: int
+    total_amount: int
+    created_at: datetime
+
+
+class BatchDetail(BatchSummary):
+    result: BatchResult

@@ -83,6 +83,10 @@ def recharge_one(
         user = _find_user(session, principal=principal, user_id=data.user_id, email=data.email)
         if user.status != "active":
             raise Unprocessable(f"user {user.id} is frozen", code_override="user_frozen")
+        # As in a batch (`tenant_suspended` row failure): a suspended tenant's users are not credited.
+        user_tenant = session.get(Tenant, user.tenant_id) if user.tenant_id is not None else None
+        if user_tenant is not None and user_tenant.status == "suspended":
+            raise Unprocessable(f"tenant {user_tenant.id} is suspended", code_override="tenant_suspended")
         target_account, target_tenant_id = user.account_id, user.tenant_id
         target = {"user_id": user.id, "email": user.email}
     source = source_for(session, principal)

@@ -71,9 +71,12 @@ def list_tenants(
 def update(session: Session, *, context: RequestContext, tenant: Tenant, data: TenantUpdate) -> Tenant:
     before = snapshot(tenant)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
-    if "name" in changes and changes["name"] != tenant.name:
-        if session.scalar(select(Tenant.id).where(Tenant.name == changes["name"])) is not None:
-            raise Conflict(f"a tenant named {changes['name']!r} already exists", code_override="tenant_exists")
+    if (
+        "name" in changes
+        and changes["name"] != tenant.name
+        and session.scalar(select(Tenant.id).where(Tenant.name == changes["name"])) is not None
+    ):
+        raise Conflict(f"a tenant named {changes['name']!r} already exists", code_override="tenant_exists")
     for field, value in changes.items():
         setattr(tenant, field, getattr(value, "value", value))
     session.flush()

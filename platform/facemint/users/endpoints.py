@@ -36,6 +36,8 @@ def list_users(
     status: UserStatus | None = None,
     email: Annotated[str | None, Query(max_length=320, description="substring match")] = None,
 ) -> Page[UserRead]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
     users = user_service.list_users(
         session,
         tenant_scope=principal.tenant_scope,

@@ -1,0 +1,29 @@
+# The Facemint API image (used by docker-compose.yml for both `migrate` and `api`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+COPY pyproject.toml README.md alembic.ini ./
+COPY platform/ platform/
+COPY billing/ billing/
+COPY inference/ inference/
+COPY migrations/ migrations/
+COPY admin_ui/ admin_ui/
+
+# `pip install .`, as an editable install: facemint finds alembic.ini, migrations/ and admin_ui/ two levels above
+# its own source (facemint.migrate.ROOT, facemint.app.ADMIN_UI_DIR), which a copy in site-packages would not.
+# Every dependency is a wheel (psycopg2-binary among them), so no compiler is needed.
+RUN pip install -e . \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin facemint
+
+USER facemint
+
+EXPOSE 8000
+
+# FACEMINT_ENV=prod refuses to start without FACEMINT_JWT_SECRET and FACEMINT_API_KEY_PEPPER (32+ characters).
+CMD ["facemint", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,259 @@
+"""Tenancy and roles: another tenant's objects answer 404 on every admin route; members and finance are kept
+out of what their roles do not cover; only staff create tenants; operators cannot mint platform admins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from facemint.tenants.orm import Tenant
+from facemint.users.orm import Role
+from tests.factories import create_tenant, fund
+from tests.platform.conftest import Caller, MakeCaller
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def admin_operations(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path template) for every /admin/v1 endpoint, included routers expanded."""
+    operations = []
+    for context in iter_route_contexts(app.routes):
+        path = context.path
+        if isinstance(context.original_route, APIRoute) and path and path.startswith("/admin/v1"):
+            operations += [(method, path) for method in sorted(context.methods or ()) if method != "HEAD"]
+    return sorted(operations)
+
+
+def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+@dataclass
+class World:
+    tenant_a: Tenant
+    tenant_b: Tenant
+    admin_a: Caller
+    member_a: Caller
+    admin_b: Caller
+    member_b: Caller
+    key_b_id: int
+
+
+@pytest.fixture
+def world(client: TestClient, session: Session, make_caller: MakeCaller) -> World:
+    tenant_a, tenant_b = create_tenant(session, name="tenant-a"), create_tenant(session, name="tenant-b")
+    admin_b = make_caller(Role.tenant_admin, tenant_b)
+    member_b = make_caller(Role.member, tenant_b)
+    listing = client.get("/admin/v1/api-keys", params={"user_id": member_b.id}, headers=admin_b.headers).json()
+    # Each tenant has some history in its audit trail.
+    renamed = client.patch(f"/admin/v1/users/{member_b.id}", json={"name": "Bea"}, headers=admin_b.headers)
+    assert renamed.status_code == 200, renamed.text
+    admin_a = make_caller(Role.tenant_admin, tenant_a)
+    member_a = make_caller(Role.member, tenant_a)
+    renamed = client.patch(f"/admin/v1/users/{member_a.id}", json={"name": "Al"}, headers=admin_a.headers)
+    assert renamed.status_code == 200, renamed.text
+    return World(tenant_a, tenant_b, admin_a, member_a, admin_b, member_b, listing["items"][0]["id"])
+
+
+class TestTenantIsolation:
+    def test_another_tenants_objects_answer_404(self, client: TestClient, world: World) -> None:
+        a, tenant_b = world.admin_a.headers, world.tenant_b.id
+        user_b, key_b = world.member_b.id, world.key_b_id
+        for method, path, body in [
+            ("GET", f"/admin/v1/tenants/{tenant_b}", None),
+            ("GET", f"/admin/v1/tenants/{tenant_b}/pool", None),
+            ("GET", f"/admin/v1/users/{user_b}", None),
+            ("PATCH", f"/admin/v1/users/{user_b}", {"name": "pwned"}),
+            ("POST", f"/admin/v1/users/{user_b}/freeze", None),
+            ("POST", f"/admin/v1/users/{user_b}/unfreeze", None),
+            ("GET", f"/admin/v1/api-keys/{key_b}", None),
+            ("DELETE", f"/admin/v1/api-keys/{key_b}", None),
+            ("POST", "/admin/v1/api-keys", {"user_id": user_b, "name": "x", "scopes": ["balance:read"]}),
+            ("GET", f"/admin/v1/users?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/api-keys?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/balances?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/audit-events?tenant_id={tenant_b}", None),
+        ]:
+            response = client.request(method, path, json=body, headers=a)
+            assert response.status_code == 404, (method, path, response.text)
+            problem(response, 404)
+            assert "tenant-b" not in response.text
+        # Nothing happened to B's objects.
+        user = client.get(f"/admin/v1/users/{user_b}", headers=world.admin_b.headers).json()
+        assert (user["name"], user["status"]) == ("Bea", "active")
+        assert client.get("/v1/balance", headers=world.member_b.headers).status_code == 200
+
+    def test_lists_only_show_the_own_tenant(self, client: TestClient, world: World) -> None:
+        a, tenant_a = world.admin_a.headers, world.tenant_a.id
+        tenants = client.get("/admin/v1/tenants", headers=a).json()["items"]
+        assert [t["id"] for t in tenants] == [tenant_a]
+        users = client.get("/admin/v1/users", headers=a).json()["items"]
+        assert {u["id"] for u in users} == {world.admin_a.id, world.member_a.id}
+        keys = client.get("/admin/v1/api-keys", headers=a).json()["items"]
+        assert {k["tenant_id"] for k in keys} == {tenant_a}
+        balances = client.get("/admin/v1/balances", headers=a).json()["items"]
+        assert {b["user_id"] for b in balances} == {world.admin_a.id, world.member_a.id}
+        assert client.get(f"/admin/v1/balances?user_id={world.member_b.id}", headers=a).json()["items"] == []
+        events = client.get("/admin/v1/audit-events", headers=a).json()["items"]
+        assert events
+        assert {e["tenant_id"] for e in events} == {tenant_a}
+        assert all(e["target_id"] != str(world.member_b.id) for e in events if e["target_type"] == "user")
+        # And B sees only its own.
+        events_b = client.get("/admin/v1/audit-events", headers=world.admin_b.headers).json()["items"]
+        assert {e["tenant_id"] for e in events_b} == {world.tenant_b.id}
+
+    def test_cannot_create_users_in_another_tenant(self, client: TestClient, world: World) -> None:
+        body = {"email": "intruder@example.test", "role": "member", "tenant_id": world.tenant_b.id}
+        problem(client.post("/admin/v1/users", json=body, headers=world.admin_a.headers), 404, "tenant_not_found")
+        # Without a tenant_id the user lands in the caller's own tenant.
+        created = client.post("/admin/v1/users", json={**body, "tenant_id": None}, headers=world.admin_a.headers).json()
+        assert created["tenant_id"] == world.tenant_a.id
+
+    def test_cannot_move_money_in_another_tenant(self, client: TestClient, session: Session, world: World) -> None:
+        a = world.admin_a.headers
+        recharge = {"user_id": world.member_b.id, "amount": 5, "reason": "x"}
+        response = client.post("/admin/v1/recharges", json=recharge, headers={**a, "Idempotency-Key": "r1"})
+        problem(response, 404)
+        adjustment = {"user_id": world.member_b.id, "amount": 5, "reason": "x"}
+        response = client.post("/admin/v1/adjustments", json=adjustment, headers={**a, "Idempotency-Key": "a1"})
+        problem(response, 403, "insufficient_scope")
+        assert client.get("/v1/balance", headers=world.member_b.headers).json()["balance"] == 0
+
+
+class TestRouteWalk:
+    """Every /admin/v1 operation, each with concrete ids that exist."""
+
+    @pytest.fixture
+    def operations(self, app: FastAPI) -> list[tuple[str, str]]:
+        operations = admin_operations(app)
+        # The walk must see the admin surface, or the checks below would pass on nothing.
+        assert len(operations) >= 20
+        for expected in [
+            ("POST", "/admin/v1/tenants"),
+            ("DELETE", "/admin/v1/api-keys/{key_id}"),
+            ("POST", "/admin/v1/adjustments"),
+            ("POST", "/admin/v1/transactions/{transaction_id}/reversal"),
+            ("GET", "/admin/v1/audit-events"),
+            ("POST", "/admin/v1/recharges/batch"),
+        ]:
+            assert expected in operations
+        return operations
+
+    @pytest.fixture
+    def ids(self, client: TestClient, session: Session, world: World) -> dict[str, int]:
+        member = world.member_a
+        transaction_id = fund(session, account_id=member.user.account_id, amount=10)
+        listing = client.get("/admin/v1/api-keys", params={"user_id": member.id}, headers=world.admin_a.headers)
+        fund(session, account_id=world.tenant_a.pool_account_id, amount=10)
+        batch = client.post(
+            "/admin/v1/recharges/batch",
+            params={"reason": "walk"},
+            content=f"user_id,amount\n{member.id},1\n",
+            headers={**world.admin_a.headers, "Idempotency-Key": "walk", "Content-Type": "text/csv"},
+        )
+        assert batch.status_code == 201, batch.text
+        return {
+            "tenant_id": world.tenant_a.id,
+            "user_id": member.id,
+            "key_id": listing.json()["items"][0]["id"],
+            "transaction_id": transaction_id,
+            "batch_id": batch.json()["batch_id"],
+        }
+
+    def test_without_credentials_every_operation_is_401(
+        self, client: TestClient, operations: list[tuple[str, str]], ids: dict[str, int]
+    ) -> None:
+        for method, path in operations:
+            response = client.request(method, path.format(**ids))
+            problem(response, 401, "unauthorized")
+
+    def test_members_get_403_everywhere(
+        self, client: TestClient, world: World, operations: list[tuple[str, str]], ids: dict[str, int]
+    ) -> None:
+        for method, path in operations:
+            response = client.request(method, path.format(**ids), headers=world.member_a.headers)
+            assert response.status_code == 403, (method, path, response.text)
+            problem(response, 403, "insufficient_scope")
+
+    def test_finance_reads_everything_and_writes_nothing(
+        self,
+        client: TestClient,
+        make_caller: MakeCaller,
+        operations: list[tuple[str, str]],
+        ids: dict[str, int],
+    ) -> None:
+        finance = make_caller(Role.finance)
+        writes = [(m, p) for m, p in operations if m in WRITE_METHODS]
+        reads = [(m, p) for m, p in operations if m not in WRITE_METHODS]
+        assert writes
+        assert reads
+        for method, path in writes:
+            response = client.request(method, path.format(**ids), json={}, headers=finance.headers)
+            assert response.status_code == 403, (method, path, response.text)
+        for method, path in reads:
+            response = client.request(method, path.format(**ids), headers=finance.headers)
+            assert response.status_code == 200, (method, path, response.text)
+
+
+class TestStaffRoles:
+    @pytest.mark.parametrize("role", [Role.tenant_admin, Role.member, Role.finance])
+    def test_only_platform_admins_and_operators_create_tenants(
+        self, client: TestClient, session: Session, make_caller: MakeCaller, role: Role
+    ) -> None:
+        caller = make_caller(role, None if role is Role.finance else create_tenant(session))
+        problem(client.post("/admin/v1/tenants", json={"name": "new"}, headers=caller.headers), 403)
+
+    @pytest.mark.parametrize("role", [Role.platform_admin, Role.operator])
+    def test_staff_create_tenants(self, client: TestClient, make_caller: MakeCaller, role: Role) -> None:
+        caller = make_caller(role)
+        response = client.post("/admin/v1/tenants", json={"name": f"by-{role.value}"}, headers=caller.headers)
+        assert response.status_code == 201, response.text
+
+    def test_tenant_admins_cannot_change_their_tenant(
+        self, client: TestClient, session: Session, make_caller: MakeCaller
+    ) -> None:
+        tenant = create_tenant(session)
+        admin = make_caller(Role.tenant_admin, tenant)
+        for path, body in [(f"/admin/v1/tenants/{tenant.id}", {"plan": "enterprise"})] + [
+            (f"/admin/v1/tenants/{tenant.id}/{action}", None) for action in ("suspend", "activate")
+        ]:
+            problem(client.request("PATCH" if body else "POST", path, json=body, headers=admin.headers), 403)
+
+    def test_operators_cannot_create_or_promote_platform_admins(
+        self, client: TestClient, make_caller: MakeCaller
+    ) -> None:
+        operator = make_caller(Role.operator)
+        body = {"email": "root@example.test", "role": "platform_admin"}
+        problem(client.post("/admin/v1/users", json=body, headers=operator.headers), 403, "forbidden")
+        created = client.post(
+            "/admin/v1/users", json={"email": "ops2@example.test", "role": "operator"}, headers=operator.headers
+        )
+        assert created.status_code == 201, created.text
+        promote = client.patch(
+            f"/admin/v1/users/{created.json()['id']}", json={"role": "platform_admin"}, headers=operator.headers
+        )
+        problem(promote, 403, "forbidden")
+        admin = make_caller(Role.platform_admin)
+        problem(client.post(f"/admin/v1/users/{admin.id}/freeze", headers=operator.headers), 403, "forbidden")
+        assert client.get("/admin/v1/tenants", headers=admin.headers).status_code == 200
+
+    def test_tenant_admins_only_assign_tenant_roles(
+        self, client: TestClient, session: Session, make_caller: MakeCaller
+    ) -> None:
+        admin = make_caller(Role.tenant_admin, create_tenant(session))
+        for role in ("operator", "finance", "platform_admin"):
+            body = {"email": f"{role}@example.test", "role": role}
+            problem(client.post("/admin/v1/users", json=body, headers=admin.headers), 403)
+        body = {"email": "deputy@example.test", "role": "tenant_admin"}
+        assert client.post("/admin/v1/users", json=body, headers=admin.headers).status_code == 201

@@ -1,0 +1,218 @@
+"""Architecture rules, checked on the source tree: the dependency rule between the three packages, the package
+layout, the ORM matching the migrations, errors raised only through the problem-details types, and services
+leaving the commit to the request or job boundary."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Engine, MetaData, Text
+
+ROOT = Path(__file__).resolve().parents[1]
+FACEMINT = ROOT / "platform" / "facemint"
+TOP_LEVEL_PACKAGES = {"facemint", "billing", "inference"}
+# What may depend on what: billing and inference never import the service (facemint), nor each other.
+FORBIDDEN = {"billing": {"facemint", "inference"}, "inference": {"facemint", "billing"}}
+# Repository folders that hold Python: the three packages (facemint under platform/), the migrations, the
+# tests and the benchmarks.
+PYTHON_FOLDERS = {"billing", "inference", "platform", "migrations", "tests", "bench"}
+NON_DISTRIBUTED_PACKAGES = {"tests", "bench"}
+
+
+def _python_files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            yield path
+
+
+def _imported_modules(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, absolute module) for every import, including importlib.import_module("...") and __import__."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.lineno, node.args[0].value
+
+
+def _violations(package: str, source: str, filename: str) -> list[str]:
+    found = []
+    for line, module in _imported_modules(ast.parse(source, filename=filename)):
+        if module.split(".")[0] in FORBIDDEN[package]:
+            found.append(f"{filename}:{line} imports {module}")
+    return found
+
+
+# --- the dependency rule ---------------------------------------------------------------------------------
+
+
+def test_import_linter_contracts_are_kept() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert {c["type"] for c in contracts} == {"forbidden", "independence"}
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.exists(), "import-linter is not installed in this environment"
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Contracts: {len(contracts)} kept, 0 broken." in result.stdout, result.stdout
+    for contract in contracts:
+        assert f"{contract['name']} KEPT" in result.stdout
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_billing_and_inference_import_neither_the_service_nor_each_other(package: str) -> None:
+    files = list(_python_files(ROOT / package))
+    assert files, f"no Python files under {package}/"
+    violations = [v for path in files for v in _violations(package, path.read_text(), str(path.relative_to(ROOT)))]
+    assert violations == []
+
+
+def test_the_import_scan_sees_every_kind_of_import() -> None:
+    source = "\n".join(
+        (
+            "import facemint",
+            "from facemint.errors import FacemintError",
+            "import os, inference.engine",
+            "import importlib",
+            "importlib.import_module('facemint.app')",
+            "def late():",
+            "    from facemint import deps",
+            "    return __import__('inference')",
+            "from . import sibling",
+            "from billing.ledger import service",
+        )
+    )
+    assert [v.split(" imports ")[1] for v in _violations("billing", source, "probe.py")] == [
+        "facemint",
+        "facemint.errors",
+        "inference.engine",
+        "facemint.app",
+        "facemint",
+        "inference",
+    ]
+
+
+# --- the package layout ----------------------------------------------------------------------------------
+
+
+def test_platform_is_not_a_package() -> None:
+    """`platform/` holds the facemint package; as a package itself it would shadow the standard library's
+    `platform` module for everything run from the repository root."""
+    assert not (ROOT / "platform" / "__init__.py").exists()
+    assert sorted(p.name for p in (ROOT / "platform").iterdir() if p.suffix == ".py") == []
+    packages = sorted(p.name for p in (ROOT / "platform").iterdir() if (p / "__init__.py").exists())
+    assert packages == ["facemint"]
+    result = subprocess.run(
+        [sys.executable, "-c", "import platform; print(platform.__file__); print(platform.system())"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    location, system = result.stdout.splitlines()
+    assert not Path(location).resolve().is_relative_to(ROOT / "platform")
+    assert system
+
+
+def test_no_other_top_level_python_packages() -> None:
+    visible = [p for p in ROOT.iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in visible if p.is_file() and p.suffix == ".py"] == [], "no loose modules at the root"
+    holding_python = {p.name for p in visible if p.is_dir() and any(_python_files(p))}
+    assert holding_python <= PYTHON_FOLDERS, holding_python - PYTHON_FOLDERS
+    packages = {p.name for p in visible if (p / "__init__.py").exists()}
+    assert packages <= {"billing", "inference"} | NON_DISTRIBUTED_PACKAGES, packages
+    assert {"billing", "inference"} <= packages
+    assert (FACEMINT / "__init__.py").exists()
+
+
+def test_the_distribution_ships_exactly_the_three_packages() -> None:
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = {
+        package.split(".")[0]
+        for where in config["where"]
+        for package in find_packages(where=str(ROOT / where), include=config["include"])
+    }
+    assert found == TOP_LEVEL_PACKAGES
+
+
+# --- the ORM and the migrations ---------------------------------------------------------------------------
+
+
+def _drift(engine: Engine, metadata: MetaData) -> list[object]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        return list(compare_metadata(context, metadata))
+
+
+def test_the_orm_matches_the_migrated_schema(engine: Engine) -> None:
+    import facemint.orm
+
+    tables = set(facemint.orm.Base.metadata.tables)
+    assert {"users", "tenants", "api_keys", "audit_events", "ledger_accounts", "recharge_batches"} <= tables
+    assert _drift(engine, facemint.orm.Base.metadata) == []
+
+
+def test_the_drift_check_notices_a_difference(engine: Engine) -> None:
+    import facemint.orm
+
+    changed = MetaData(naming_convention=facemint.orm.Base.metadata.naming_convention)
+    for table in facemint.orm.Base.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["users"].append_column(Column("nickname", Text))
+    diffs = _drift(engine, changed)
+    assert [d[0] for d in diffs if isinstance(d, tuple)] == ["add_column"], diffs
+
+
+# --- errors and transactions ----------------------------------------------------------------------------
+
+
+def test_http_exception_is_not_used_below_the_error_handlers() -> None:
+    """Errors are FacemintError / BillingError (rendered as problem details by errors.py), never HTTPException."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _python_files(FACEMINT)
+        if path.name != "errors.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "HTTPException" in line
+    ]
+    assert offenders == []
+
+
+def _service_modules() -> list[Path]:
+    return sorted({*ROOT.joinpath("billing").rglob("service.py"), *FACEMINT.rglob("service.py")})
+
+
+def test_services_never_commit() -> None:
+    """The request (or job, or CLI command) boundary commits; a service that commits would make a later
+    failure in the same request half-applied."""
+    services = _service_modules()
+    names = {str(p.relative_to(ROOT)) for p in services}
+    assert {
+        "billing/ledger/service.py",
+        "billing/recharge/service.py",
+        "platform/facemint/recharges/service.py",
+    } <= names
+    offenders = []
+    for path in services:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

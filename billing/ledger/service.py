@@ -219,7 +219,10 @@ def post(
 
 def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting:
     stored = session.execute(
-        text("SELECT id, kind, amount, request_hash, created_at FROM ledger_transactions WHERE idempotency_key = :key"),
+        text(
+            "SELECT id, kind, amount, request_hash, created_at, tenant_id FROM ledger_transactions "
+            "WHERE idempotency_key = :key"
+        ),
         {"key": idempotency_key},
     ).one()
     if bytes(stored.request_hash) != request_hash:

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from facemint.api_keys import keys
 from facemint.auth import service as auth_service
+from facemint.auth.errors import InsufficientScope
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
-from facemint.errors import FacemintError, Forbidden, Unauthorized
+from facemint.errors import FacemintError, IdempotencyKeyRequired, InvalidIdempotencyKey, Unauthorized
 from facemint.ratelimit import RateLimiter, client_ip
 
 
@@ -86,7 +87,7 @@ def require(*scopes: Scope) -> Callable[[Principal], Principal]:
     def check(principal: CurrentPrincipal) -> Principal:
         missing = [s.value for s in scopes if s not in principal.scopes]
         if missing:
-            raise Forbidden(f"missing scope: {', '.join(missing)}", code_override="insufficient_scope", missing=missing)
+            raise InsufficientScope(f"missing scope: {', '.join(missing)}", missing=missing)
         return principal
 
     return check
@@ -113,11 +114,10 @@ def idempotency_key_header(request: Request) -> str:
     """Every money-moving write names an Idempotency-Key: 1 to 255 printable ASCII characters."""
     key = request.headers.get("idempotency-key", "").strip()
     if not key:
-        raise FacemintError("the Idempotency-Key header is required", code_override="idempotency_key_required")
+        raise IdempotencyKeyRequired("the Idempotency-Key header is required")
     if len(key) > 255 or not key.isascii() or not key.isprintable():
-        raise FacemintError(
+        raise InvalidIdempotencyKey(
             "Idempotency-Key must be 1-255 printable ASCII characters",
-            code_override="invalid_idempotency_key",
         )
     return key
 

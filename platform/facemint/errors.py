@@ -31,19 +31,26 @@ class FacemintError(Exception):
         detail: str,
         *,
         headers: dict[str, str] | None = None,
-        code_override: str | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
-        if code_override:
-            self.code = code_override
 
 
 class BadRequest(FacemintError):
     pass
+
+
+class IdempotencyKeyRequired(BadRequest):
+    code = "idempotency_key_required"
+    title = "Idempotency-Key required"
+
+
+class InvalidIdempotencyKey(BadRequest):
+    code = "invalid_idempotency_key"
+    title = "Invalid Idempotency-Key"
 
 
 class Unauthorized(FacemintError):
@@ -65,6 +72,12 @@ class NotFound(FacemintError):
     status_code = 404
     code = "not_found"
     title = "Not found"
+
+
+class InvalidCursor(FacemintError):
+    status_code = 422
+    code = "invalid_cursor"
+    title = "Invalid cursor"
 
 
 class Conflict(FacemintError):

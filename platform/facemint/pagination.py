@@ -11,7 +11,7 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel
 
-from facemint.errors import Unprocessable
+from facemint.errors import InvalidCursor
 
 T = TypeVar("T")
 
@@ -40,10 +40,10 @@ def decode_cursor(cursor: str | None) -> int | None:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise Unprocessable("the cursor is not one this API returned", code_override="invalid_cursor") from exc
+        raise InvalidCursor("the cursor is not one this API returned") from exc
     # bool is an int subclass, and a value past bigint would fail in the query: both are forged cursors.
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
-        raise Unprocessable("the cursor is not one this API returned", code_override="invalid_cursor")
+        raise InvalidCursor("the cursor is not one this API returned")
     return value
 
 

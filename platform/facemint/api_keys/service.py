@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facemint.api_keys import keys
+from facemint.api_keys.errors import ApiKeyNotFound, InvalidExpiry, ScopeNotAllowed
 from facemint.api_keys.orm import ApiKey
 from facemint.api_keys.schemas import ApiKeyCreate, ApiKeyRead
 from facemint.audit import service as audit
@@ -16,7 +17,6 @@ from facemint.auth.scopes import scopes_for_role
 from facemint.auth.service import LAST_USED_KEY
 from facemint.config import Settings
 from facemint.deps import RequestContext
-from facemint.errors import NotFound, Unprocessable
 from facemint.users import service as user_service
 
 
@@ -43,13 +43,12 @@ def create(
         allowed = allowed & context.principal.scopes
     refused = sorted({s.value for s in data.scopes} - {s.value for s in allowed})
     if refused:
-        raise Unprocessable(
+        raise ScopeNotAllowed(
             f"scopes not allowed for this user: {', '.join(refused)}",
-            code_override="scope_not_allowed",
             scopes=refused,
         )
     if data.expires_at is not None and data.expires_at <= datetime.now(UTC):
-        raise Unprocessable("expires_at must be in the future", code_override="invalid_expiry")
+        raise InvalidExpiry("expires_at must be in the future")
     new_key = keys.generate()
     api_key = ApiKey(
         public_id=new_key.public_id,
@@ -78,7 +77,7 @@ def create(
 def get(session: Session, *, key_id: int, tenant_scope: int | None) -> ApiKey:
     api_key = session.get(ApiKey, key_id)
     if api_key is None or (tenant_scope is not None and api_key.tenant_id != tenant_scope):
-        raise NotFound(f"API key {key_id} not found", code_override="api_key_not_found")
+        raise ApiKeyNotFound(f"API key {key_id} not found")
     return api_key
 
 

@@ -9,8 +9,10 @@ from sqlalchemy import text
 from facemint.auth.jwt_tokens import issue_access_token
 from facemint.auth.passwords import verify_password
 from facemint.deps import SessionDep, SettingsDep
-from facemint.errors import Forbidden, Unauthorized
+from facemint.errors import Unauthorized
 from facemint.ratelimit import RateLimiter, client_ip
+from facemint.tenants.errors import TenantSuspended
+from facemint.users.errors import UserFrozen
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -50,8 +52,8 @@ def create_token(body: TokenRequest, request: Request, session: SessionDep, sett
     if not verify_password(row.password_hash if row else None, body.password) or row is None:
         raise Unauthorized("wrong email or password")
     if row.status != "active":
-        raise Forbidden("this user is frozen", code_override="user_frozen")
+        raise UserFrozen("this user is frozen")
     if row.tenant_status == "suspended":
-        raise Forbidden("this tenant is suspended", code_override="tenant_suspended")
+        raise TenantSuspended("this tenant is suspended")
     token = issue_access_token(settings, user_id=row.id)
     return TokenResponse(access_token=token.token, expires_in=token.expires_in)

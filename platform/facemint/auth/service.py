@@ -17,7 +17,9 @@ from facemint.auth.jwt_tokens import decode_access_token
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.config import Settings
-from facemint.errors import Forbidden, Unauthorized
+from facemint.errors import Unauthorized
+from facemint.tenants.errors import TenantSuspended
+from facemint.users.errors import UserFrozen
 from facemint.users.orm import Role
 
 logger = logging.getLogger("facemint.auth")
@@ -97,9 +99,9 @@ def principal_from_api_key(session: Session, settings: Settings, redis: Redis, k
 
 def _ensure_active(row: object) -> None:
     if getattr(row, "user_status", "active") != "active":
-        raise Forbidden("this user is frozen", code_override="user_frozen")
+        raise UserFrozen("this user is frozen")
     if getattr(row, "tenant_status", None) == "suspended":
-        raise Forbidden("this tenant is suspended", code_override="tenant_suspended")
+        raise TenantSuspended("this tenant is suspended")
 
 
 def _track_last_use(session: Session, redis: Redis, *, key_id: int) -> None:

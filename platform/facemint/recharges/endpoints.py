@@ -9,9 +9,10 @@ from billing.recharge import service as batches
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
-from facemint.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from facemint.errors import PayloadTooLarge, UnsupportedMediaType
 from facemint.pagination import Page, PageParams, make_page, page_params
 from facemint.recharges import service as recharge_service
+from facemint.recharges.errors import AmountAboveCeiling, BatchNotFound, ReasonRequired
 from facemint.recharges.parsing import parse_csv, parse_json
 from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
 
@@ -32,9 +33,8 @@ def create_recharge(
     idempotency_key: IdempotencyKey,
 ) -> RechargeRead:
     if body.amount > settings.recharge_max_amount:
-        raise Unprocessable(
+        raise AmountAboveCeiling(
             f"amount is above the ceiling of {settings.recharge_max_amount} tokens",
-            code_override="amount_above_ceiling",
         )
     outcome = recharge_service.recharge_one(
         session,
@@ -110,9 +110,8 @@ def create_batch(
         raise UnsupportedMediaType("send text/csv or application/json")
     final_reason = (reason or body_reason or "").strip()
     if not final_reason:
-        raise Unprocessable(
+        raise ReasonRequired(
             "a reason is required (query parameter, or `reason` in the JSON body)",
-            code_override="reason_required",
         )
     result, created = recharge_service.run_batch(
         session,
@@ -154,5 +153,5 @@ def list_batches(
 def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDetail:
     row = batches.get_batch(session, batch_id=batch_id)
     if row is None or (principal.tenant_scope is not None and row["tenant_id"] != principal.tenant_scope):
-        raise NotFound(f"recharge batch {batch_id} not found", code_override="batch_not_found")
+        raise BatchNotFound(f"recharge batch {batch_id} not found")
     return BatchDetail(**row)

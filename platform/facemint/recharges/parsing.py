@@ -10,7 +10,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from facemint.errors import FacemintError, PayloadTooLarge, Unprocessable
+from facemint.recharges.errors import (
+    BatchTooLarge,
+    EmptyBatch,
+    InvalidBatch,
+    InvalidCsv,
+    InvalidCsvHeader,
+    InvalidEncoding,
+    InvalidJson,
+)
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_REFERENCE_LENGTH = 200
@@ -135,16 +143,16 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
     try:
         content = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise FacemintError("the CSV is not UTF-8", code_override="invalid_encoding") from exc
+        raise InvalidEncoding("the CSV is not UTF-8") from exc
     if "\x00" in content:
-        raise FacemintError("the CSV contains NUL bytes", code_override="invalid_csv")
+        raise InvalidCsv("the CSV contains NUL bytes")
     reader = csv.reader(io.StringIO(content, newline=""), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise FacemintError(f"unreadable CSV header: {exc}", code_override="invalid_csv") from exc
+        raise InvalidCsv(f"unreadable CSV header: {exc}") from exc
     if not header:
-        raise Unprocessable("the CSV is empty", code_override="empty_batch")
+        raise EmptyBatch("the CSV is empty")
     columns = [h.strip().lower() for h in header]
     if columns not in (
         ["email", "amount"],
@@ -152,9 +160,8 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
         ["user_id", "amount"],
         ["user_id", "amount", "reference"],
     ):
-        raise FacemintError(
+        raise InvalidCsvHeader(
             "the CSV header must be email,amount[,reference] or user_id,amount[,reference]",
-            code_override="invalid_csv_header",
             header=header[:10],
         )
     by_email = columns[0] == "email"
@@ -174,9 +181,7 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
             continue  # blank lines are not rows
         row += 1
         if row > max_rows:
-            raise PayloadTooLarge(
-                f"a batch holds at most {max_rows} rows", code_override="batch_too_large", max_rows=max_rows
-            )
+            raise BatchTooLarge(f"a batch holds at most {max_rows} rows", max_rows=max_rows)
         if len(values) != width:
             batch.failures.append(RowFailure(row, "malformed_row", f"expected {width} columns, found {len(values)}"))
             continue
@@ -190,7 +195,7 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
         )
     batch.row_count = row
     if row == 0:
-        raise Unprocessable("the batch has no rows", code_override="empty_batch")
+        raise EmptyBatch("the batch has no rows")
     return batch
 
 
@@ -199,22 +204,20 @@ def parse_json(body: bytes, *, max_rows: int, ceiling: int) -> tuple[str | None,
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise FacemintError("the body is not valid JSON", code_override="invalid_json") from exc
+        raise InvalidJson("the body is not valid JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-        raise Unprocessable('the body must be {"reason": ..., "items": [...]}', code_override="invalid_batch")
+        raise InvalidBatch('the body must be {"reason": ..., "items": [...]}')
     unknown = set(document) - {"reason", "items"}
     if unknown:
-        raise Unprocessable(f"unknown fields: {', '.join(sorted(unknown))}", code_override="invalid_batch")
+        raise InvalidBatch(f"unknown fields: {', '.join(sorted(unknown))}")
     reason = document.get("reason")
     if reason is not None and not isinstance(reason, str):
-        raise Unprocessable("reason must be text", code_override="invalid_batch")
+        raise InvalidBatch("reason must be text")
     items = document["items"]
     if not items:
-        raise Unprocessable("the batch has no rows", code_override="empty_batch")
+        raise EmptyBatch("the batch has no rows")
     if len(items) > max_rows:
-        raise PayloadTooLarge(
-            f"a batch holds at most {max_rows} rows", code_override="batch_too_large", max_rows=max_rows
-        )
+        raise BatchTooLarge(f"a batch holds at most {max_rows} rows", max_rows=max_rows)
     batch = ParsedBatch(row_count=len(items))
     allowed = {"email", "user_id", "amount", "reference"}
     for index, item in enumerate(items, start=1):

@@ -20,10 +20,13 @@ from billing.recharge import service as batches
 from facemint.audit import service as audit
 from facemint.auth.principal import Principal
 from facemint.deps import RequestContext
-from facemint.errors import Forbidden, NotFound, Unprocessable
+from facemint.errors import Forbidden
+from facemint.recharges.errors import BatchRejected, RecipientFrozen, RecipientTenantSuspended
 from facemint.recharges.parsing import ParsedBatch, RowFailure
 from facemint.recharges.schemas import RechargeCreate
+from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
+from facemint.users.errors import UserNotFound
 from facemint.users.orm import User
 
 
@@ -76,17 +79,17 @@ def recharge_one(
             raise Forbidden("only platform admins and operators fill tenant pools")
         tenant = session.get(Tenant, data.tenant_id)
         if tenant is None:
-            raise NotFound(f"tenant {data.tenant_id} not found", code_override="tenant_not_found")
+            raise TenantNotFound(f"tenant {data.tenant_id} not found")
         target_account, target_tenant_id = tenant.pool_account_id, tenant.id
         target: dict[str, Any] = {"tenant_id": tenant.id, "account": "pool"}
     else:
         user = _find_user(session, principal=principal, user_id=data.user_id, email=data.email)
         if user.status != "active":
-            raise Unprocessable(f"user {user.id} is frozen", code_override="user_frozen")
+            raise RecipientFrozen(f"user {user.id} is frozen")
         # As in a batch (`tenant_suspended` row failure): a suspended tenant's users are not credited.
         user_tenant = session.get(Tenant, user.tenant_id) if user.tenant_id is not None else None
         if user_tenant is not None and user_tenant.status == "suspended":
-            raise Unprocessable(f"tenant {user_tenant.id} is suspended", code_override="tenant_suspended")
+            raise RecipientTenantSuspended(f"tenant {user_tenant.id} is suspended")
         target_account, target_tenant_id = user.account_id, user.tenant_id
         target = {"user_id": user.id, "email": user.email}
     source = source_for(session, principal)
@@ -131,7 +134,7 @@ def _find_user(session: Session, *, principal: Principal, user_id: int | None, e
     else:
         user = session.query(User).filter(User.email == (email or "").strip().lower()).one_or_none()
     if user is None or (principal.tenant_scope is not None and user.tenant_id != principal.tenant_scope):
-        raise NotFound("user not found", code_override="user_not_found")
+        raise UserNotFound("user not found")
     return user
 
 
@@ -181,7 +184,7 @@ def run_batch(
 
     scope_tenant = principal.tenant_scope if principal.tenant_scope is not None else request.tenant_id
     if request.tenant_id is not None and principal.tenant_scope not in (None, request.tenant_id):
-        raise NotFound(f"tenant {request.tenant_id} not found", code_override="tenant_not_found")
+        raise TenantNotFound(f"tenant {request.tenant_id} not found")
     failures = parsed.failures + _resolve_rows(
         session, parsed=parsed, scope_tenant=scope_tenant, hide_other_tenants=not principal.is_staff
     )
@@ -205,9 +208,8 @@ def run_batch(
         "failed": [f.as_dict() for f in failures],
     }
     if failures and request.mode == "atomic":
-        raise Unprocessable(
+        raise BatchRejected(
             f"{len(failures)} of {parsed.row_count} rows failed; nothing was applied",
-            code_override="batch_rejected",
             **{**result, "applied": 0, "total_amount": 0},
         )
     if source.tracked:

@@ -7,7 +7,7 @@ from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
 from facemint.audit import service as audit
 from facemint.deps import RequestContext
-from facemint.errors import Conflict, NotFound
+from facemint.tenants.errors import TenantExists, TenantNotFound
 from facemint.tenants.orm import Tenant, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantUpdate
 
@@ -18,7 +18,7 @@ def snapshot(tenant: Tenant) -> dict[str, object]:
 
 def create(session: Session, *, context: RequestContext | None, data: TenantCreate) -> Tenant:
     if session.scalar(select(Tenant.id).where(Tenant.name == data.name)) is not None:
-        raise Conflict(f"a tenant named {data.name!r} already exists", code_override="tenant_exists")
+        raise TenantExists(f"a tenant named {data.name!r} already exists")
     tenant = Tenant(name=data.name, plan=data.plan.value, status=TenantStatus.active.value)
     tenant.pool_account_id = ledger.open_account(session, kind=AccountKind.tenant_pool, tenant_id=None)
     session.add(tenant)
@@ -40,7 +40,7 @@ def create(session: Session, *, context: RequestContext | None, data: TenantCrea
 def get(session: Session, *, tenant_id: int, tenant_scope: int | None) -> Tenant:
     tenant = session.get(Tenant, tenant_id)
     if tenant is None or (tenant_scope is not None and tenant.id != tenant_scope):
-        raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+        raise TenantNotFound(f"tenant {tenant_id} not found")
     return tenant
 
 
@@ -76,7 +76,7 @@ def update(session: Session, *, context: RequestContext, tenant: Tenant, data: T
         and changes["name"] != tenant.name
         and session.scalar(select(Tenant.id).where(Tenant.name == changes["name"])) is not None
     ):
-        raise Conflict(f"a tenant named {changes['name']!r} already exists", code_override="tenant_exists")
+        raise TenantExists(f"a tenant named {changes['name']!r} already exists")
     for field, value in changes.items():
         setattr(tenant, field, getattr(value, "value", value))
     session.flush()

@@ -9,8 +9,10 @@ from facemint.audit import service as audit
 from facemint.auth.passwords import hash_password
 from facemint.auth.principal import Principal
 from facemint.deps import RequestContext
-from facemint.errors import Conflict, Forbidden, NotFound, Unprocessable
+from facemint.errors import Conflict, Forbidden, Unprocessable
+from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
+from facemint.users.errors import EmailTaken, UserNotFound
 from facemint.users.orm import STAFF_ROLES, Role, User, UserStatus
 from facemint.users.schemas import UserCreate, UserUpdate
 
@@ -45,7 +47,7 @@ def create(
     tenant_id = data.tenant_id
     if principal is not None and not principal.is_staff:
         if tenant_id not in (None, principal.tenant_id):
-            raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+            raise TenantNotFound(f"tenant {tenant_id} not found")
         tenant_id = principal.tenant_id
     if data.role in STAFF_ROLES:
         if tenant_id is not None:
@@ -54,9 +56,9 @@ def create(
         if tenant_id is None:
             raise Unprocessable(f"a {data.role.value} needs a tenant_id")
         if session.get(Tenant, tenant_id) is None:
-            raise NotFound(f"tenant {tenant_id} not found", code_override="tenant_not_found")
+            raise TenantNotFound(f"tenant {tenant_id} not found")
     if session.scalar(select(User.id).where(User.email == data.email)) is not None:
-        raise Conflict("a user with this email already exists", code_override="email_taken")
+        raise EmailTaken("a user with this email already exists")
     user = User(
         tenant_id=tenant_id,
         email=data.email,
@@ -83,7 +85,7 @@ def create(
 def get(session: Session, *, user_id: int, tenant_scope: int | None) -> User:
     user = session.get(User, user_id)
     if user is None or (tenant_scope is not None and user.tenant_id != tenant_scope):
-        raise NotFound(f"user {user_id} not found", code_override="user_not_found")
+        raise UserNotFound(f"user {user_id} not found")
     return user
 
 

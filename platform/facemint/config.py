@@ -6,7 +6,7 @@ import json
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     anonymous_limit_per_ip: str = "120/minute"
     trusted_proxies: list[str] = Field(default_factory=list)
 
+    # The engine: model directory (default: <data dir>/models) and ONNX Runtime provider (auto|cuda|tensorrt|cpu).
+    models_dir: Path | None = None
+    engine_provider: Literal["auto", "cuda", "tensorrt", "cpu"] = "auto"
+    engine_det_size: int = Field(default=640, ge=128, le=1280, multiple_of=32)
+    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+
     api_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -88,6 +95,10 @@ class Settings(BaseSettings):
             if problems:
                 raise ValueError("refusing to start in prod: " + "; ".join(problems))
         return self
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     @property
     def jwt_signing_secret(self) -> str:

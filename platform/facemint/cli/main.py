@@ -15,6 +15,7 @@ from typing import NoReturn
 import click
 from pydantic import ValidationError
 
+from facemint.cli import engine_commands
 from facemint.config import Settings, get_settings
 
 
@@ -99,6 +100,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
             click.echo(f"  {line}")
         click.echo(f"  data dir           {data_dir.resolve()}")
         click.echo("  migrations         up to date")
+        click.echo(f"  engine models      {_ensure_models(settings)}")
         if not no_demo:
             with _session(database_url) as session:
                 seeded = demo.seed(session, settings=settings, data_dir=data_dir)  # type: ignore[arg-type]
@@ -112,6 +114,21 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
             postgres_server.cleanup()
         if started:
             click.echo("stopped: " + ", ".join(s.split()[1] for s in started))
+
+
+def _ensure_models(settings: Settings) -> str:
+    """Real models when they are there; otherwise demo models (generated once), and say so."""
+    from inference.models import REAL_MODELS, verify_models, write_demo_models
+
+    models_dir = settings.resolved_models_dir
+    results = verify_models(REAL_MODELS, models_dir)
+    if all(r.ok for r in results):
+        return f"real models in {models_dir}"
+    if not any(r.present and not r.is_demo for r in results):
+        write_demo_models(models_dir)
+        return f"demo models in {models_dir} (no real models found: results are placeholders)"
+    broken = ", ".join(r.model.file for r in results if not r.ok)
+    return f"INCOMPLETE real models in {models_dir} ({broken}); run `facemint models fetch`"
 
 
 @cli.command()
@@ -323,6 +340,8 @@ def _fail(message: object) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
+
+engine_commands.register(cli, _settings)
 
 if __name__ == "__main__":
     cli()

@@ -340,7 +340,13 @@ def _load_models(paths: dict[str, Path], provider_plan: ProviderPlan, config: En
     with _quiet_loading():
         for name, path in paths.items():
             # Routed by insightface's own ModelRouter (by input/output shapes), never by file name.
-            model = get_model(str(path), providers=list(provider_plan.requested), sess_options=options)
+            try:
+                model = get_model(str(path), providers=list(provider_plan.requested), sess_options=options)
+            except Exception as exc:  # ONNX Runtime and onnx raise their own types for a corrupt or foreign file
+                raise ModelContractError(
+                    f"{path.name} could not be loaded as an ONNX model: {type(exc).__name__}: {exc}"[:500],
+                    model=name,
+                ) from exc
             loaded[name] = model
         expected = {"detector": SCRFD, "recognizer": ArcFaceONNX, "swapper": INSwapper}
         for name, model in loaded.items():

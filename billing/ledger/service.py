@@ -217,6 +217,15 @@ def post(
     )
 
 
+def find_posting(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting | None:
+    """The posting already made under this key (a replay), None if there is none; a different request under the
+    same key is refused."""
+    exists = session.execute(
+        text("SELECT 1 FROM ledger_transactions WHERE idempotency_key = :key"), {"key": idempotency_key}
+    ).first()
+    return _replay(session, idempotency_key=idempotency_key, request_hash=request_hash) if exists else None
+
+
 def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting:
     stored = session.execute(
         text(
@@ -278,7 +287,9 @@ def reverse(
 ) -> Posting:
     """Post the exact opposite of a transaction (corrections are new entries, never edits)."""
     original = session.execute(
-        text("SELECT id, kind, tenant_id FROM ledger_transactions WHERE id = :id"), {"id": transaction_id}
+        # Locked: a concurrent reversal of the same transaction waits here, then sees this one and is refused.
+        text("SELECT id, kind, tenant_id FROM ledger_transactions WHERE id = :id FOR UPDATE"),
+        {"id": transaction_id},
     ).one_or_none()
     if original is None or (tenant_id is not None and original.tenant_id != tenant_id):
         raise TransactionNotFound(f"transaction {transaction_id} not found")

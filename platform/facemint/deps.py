@@ -54,11 +54,15 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 def authenticate(request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep) -> Principal:
     limiter: RateLimiter = request.app.state.limiter
     ip = client_ip(request, settings.trusted_proxies)
+    failures_bucket = f"anon-ip:{ip}"
+    # An address that has used up its failed attempts is refused before any credential is checked, so a guess
+    # that happens to be right is refused too while the window lasts.
+    limiter.ensure_open(failures_bucket, settings.anonymous_limit_per_ip)
     try:
         principal = _resolve(request, session, settings, redis)
     except FacemintError:
-        # Failed authentication counts against the caller's address, so guessing is throttled too.
-        limiter.hit(request, [(f"anon-ip:{ip}", settings.anonymous_limit_per_ip)])
+        # Failed authentication counts against the caller's address, so guessing is throttled.
+        limiter.hit(request, [(failures_bucket, settings.anonymous_limit_per_ip)])
         raise
     plan_limits = settings.plan_limits.get(principal.plan) or settings.plan_limits["free"]
     buckets = [(principal.rate_limit_subject, plan_limits["key"])]

@@ -155,6 +155,30 @@ _STATUS_CODES = {
 }
 
 
+# Postgres refusing a value the client sent (the request rolled back; nothing was applied).
+_VALUE_STATES = {
+    "22003": ("value_out_of_range", "a number in the request is out of range"),
+    "22021": ("invalid_characters", "the request contains characters that cannot be stored"),
+    "22P05": ("invalid_characters", "the request contains characters that cannot be stored"),
+    "22001": ("value_too_long", "a value in the request is too long"),
+}
+
+
+def _refused_input(exc: Exception) -> tuple[str, str] | None:
+    """A last line of defence: input the database or its driver refuses becomes a 422, not a 500."""
+    from sqlalchemy.exc import StatementError
+
+    cause: BaseException = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    state = getattr(cause, "pgcode", None)  # psycopg2 errors, wrapped by SQLAlchemy or raw (COPY)
+    if state in _VALUE_STATES:
+        return _VALUE_STATES[state]
+    if isinstance(cause, ValueError) and "NUL (0x00)" in str(cause):  # psycopg2 refuses to send NUL
+        return ("invalid_characters", "the request contains NUL characters")
+    if isinstance(cause, UnicodeEncodeError):  # e.g. a lone surrogate from a JSON \ud800 escape
+        return ("invalid_characters", "the request contains characters that cannot be encoded")
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def handle_app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, FacemintError | BillingError)
@@ -202,9 +226,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         # This handler answers from outside every middleware, so it echoes the request id itself.
         request_id = getattr(request.state, "request_id", None)
+        refused = _refused_input(exc)
+        if refused is not None:
+            return problem_response(
+                request,
+                status=422,
+                code=refused[0],
+                title="Invalid value",
+                detail=refused[1],
+                headers={"X-Request-ID": request_id} if request_id else None,
+            )
+        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(
             request,
             status=500,
@@ -218,4 +252,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BillingError, handle_app_error)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
+    # Registered for the exact types too: Starlette re-raises what only the `Exception` handler caught (after
+    # answering), which would log a client's NUL byte as a server error.
+    from psycopg2 import Error as DriverError
+    from sqlalchemy.exc import StatementError
+
+    for refusal_type in (ValueError, StatementError, DriverError):
+        app.add_exception_handler(refusal_type, handle_unexpected)
     app.add_exception_handler(Exception, handle_unexpected)

@@ -67,6 +67,22 @@ class RateLimiter:
             item = self._parsed[limit] = parse(limit)
         return item
 
+    def ensure_open(self, bucket: str, limit: str) -> None:
+        """Refuse (429) when the bucket is already exhausted, without counting this request."""
+        item = self._item(limit)
+        try:
+            allowed = self.limiter.limiter.test(item, bucket)
+            reset_at = self.limiter.limiter.get_window_stats(item, bucket).reset_time if not allowed else 0.0
+        except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
+            raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
+        if not allowed:
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+            raise RateLimited(
+                f"too many failed attempts from this address; retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+                retry_after=retry_after,
+            )
+
     def hit(self, request: Request, buckets: list[tuple[str, str]]) -> None:
         """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted."""
         strategy = self.limiter.limiter

@@ -362,3 +362,21 @@ class TestDatabaseRules:
         )
         assert "already released" in message
         assert "never deleted" in self._refused(session, "DELETE FROM holds WHERE id = :id", id=hold)
+
+    def test_a_temporary_table_cannot_stand_in_for_the_journal(self, session: Session) -> None:
+        account = _account(session)
+        txn = session.execute(
+            text(
+                "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, amount) "
+                "VALUES ('adjustment', 'shadowed', 'x', 5) RETURNING id"
+            )
+        ).scalar_one()
+        # A session-local table named like the journal, ahead of it on the default search_path.
+        session.execute(text("CREATE TEMP TABLE ledger_entries (transaction_id bigint, amount bigint)"))
+        message = self._refused(
+            session,
+            "INSERT INTO public.ledger_entries (transaction_id, account_id, amount) VALUES (:t, :a, 5)",
+            t=txn,
+            a=account,
+        )
+        assert "does not sum to zero" in message

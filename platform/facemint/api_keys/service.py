@@ -18,6 +18,7 @@ from facemint.auth.service import LAST_USED_KEY
 from facemint.config import Settings
 from facemint.deps import RequestContext
 from facemint.users import service as user_service
+from facemint.users.orm import User
 
 
 def _snapshot(api_key: ApiKey) -> dict[str, object]:
@@ -37,6 +38,7 @@ def create(
     """A new key for a user; returns the row and the key (shown once)."""
     tenant_scope = context.principal.tenant_scope if context else None
     user = user_service.get(session, user_id=data.user_id, tenant_scope=tenant_scope)
+    user_service.ensure_can_manage(context.principal if context else None, user)
     allowed = scopes_for_role(user.role)
     if context is not None:
         # Nobody hands out more than they hold themselves.
@@ -106,6 +108,9 @@ def list_keys(
 
 
 def revoke(session: Session, *, context: RequestContext, api_key: ApiKey) -> ApiKey:
+    owner = session.get(User, api_key.user_id)
+    assert owner is not None
+    user_service.ensure_can_manage(context.principal, owner)
     if api_key.revoked_at is None:
         before = _snapshot(api_key)
         api_key.revoked_at = datetime.now(UTC)

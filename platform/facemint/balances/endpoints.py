@@ -9,6 +9,7 @@ from billing.ledger.schemas import Posting
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.balances import service as balance_service
+from facemint.balances.errors import AdjustmentAboveCeiling
 from facemint.balances.schemas import (
     AccountBalanceRead,
     AdjustmentCreate,
@@ -118,6 +119,12 @@ def create_adjustment(
     principal: Annotated[Principal, Depends(require(Scope.ledger_adjust))],
     idempotency_key: IdempotencyKey,
 ) -> PostingRead:
+    if abs(body.amount) > settings.recharge_max_amount:
+        # The same ceiling as a recharge: one correction never mints (or burns) more than one recharge could.
+        raise AdjustmentAboveCeiling(
+            f"an adjustment moves at most {settings.recharge_max_amount} tokens",
+            max_amount=settings.recharge_max_amount,
+        )
     posting = balance_service.adjust(
         session,
         context=request_context(request, principal, settings),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -17,6 +17,17 @@ PROVIDERS = click.Choice(["auto", "cuda", "tensorrt", "cpu"])
 def _fail(message: object) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def _manifest(path: Path | None) -> tuple[Any, ...]:
+    from inference.models import REAL_MODELS, ManifestError, load_manifest
+
+    if path is None:
+        return REAL_MODELS
+    try:
+        return load_manifest(path)
+    except (ManifestError, OSError) as exc:
+        _fail(f"invalid manifest {path}: {exc}")
 
 
 def _sha256(path: Path) -> str:
@@ -86,7 +97,10 @@ def register(cli: click.Group, settings_factory: object) -> None:
             )
         except EngineError as exc:
             _fail(f"{exc.code}: {exc.detail}")
-        output.write_bytes(result.image)
+        try:
+            output.write_bytes(result.image)
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror}")
         models_note = " (demo models)" if result.model_set == "demo" else ""
         click.echo(
             f"{output}: swapped {result.faces_swapped} of {result.faces_detected} face(s) in "
@@ -151,11 +165,11 @@ def register(cli: click.Group, settings_factory: object) -> None:
     def models_fetch(dest: Path | None, manifest: Path | None) -> None:
         """Download the real models (resumable, checksum-verified). Non-commercial research licence."""
         from inference.errors import EngineError
-        from inference.models import INSIGHTFACE_LICENCE, REAL_MODELS, fetch_models, load_manifest
+        from inference.models import INSIGHTFACE_LICENCE, fetch_models
 
         settings = load_settings()  # type: ignore[operator]
         target = dest or settings.resolved_models_dir
-        entries = load_manifest(manifest) if manifest else REAL_MODELS
+        entries = _manifest(manifest)
         click.echo(f"licence: {INSIGHTFACE_LICENCE}", err=True)
         last: dict[str, int] = {}
 
@@ -179,10 +193,10 @@ def register(cli: click.Group, settings_factory: object) -> None:
     @click.option("--manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
     def models_verify(directory: Path | None, manifest: Path | None) -> None:
         """Check the model files' sizes and checksums against the manifest."""
-        from inference.models import REAL_MODELS, load_manifest, verify_models
+        from inference.models import verify_models
 
         settings = load_settings()  # type: ignore[operator]
-        entries = load_manifest(manifest) if manifest else REAL_MODELS
+        entries = _manifest(manifest)
         results = verify_models(entries, directory or settings.resolved_models_dir)
         for result in results:
             click.echo(result.describe())

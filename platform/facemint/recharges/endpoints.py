@@ -98,7 +98,7 @@ def create_batch(
     mode: Literal["atomic", "partial"] = "atomic",
     dry_run: bool = False,
     reason: Annotated[str | None, Query(max_length=500)] = None,
-    tenant_id: Annotated[int | None, Query(gt=0, description="staff: every row must belong to it")] = None,
+    tenant_id: Annotated[int | None, Query(gt=0, lt=2**63, description="staff: every row must belong to it")] = None,
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "text/csv":
@@ -136,7 +136,7 @@ def list_batches(
     session: SessionDep,
     principal: Reader,
     page: Annotated[PageParams, Depends(page_params)],
-    tenant_id: Annotated[int | None, Query(gt=0)] = None,
+    tenant_id: Annotated[int | None, Query(gt=0, lt=2**63)] = None,
 ) -> Page[BatchSummary]:
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
@@ -154,4 +154,13 @@ def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDet
     row = batches.get_batch(session, batch_id=batch_id)
     if row is None or (principal.tenant_scope is not None and row["tenant_id"] != principal.tenant_scope):
         raise BatchNotFound(f"recharge batch {batch_id} not found")
+    if not principal.is_staff:
+        # A staff batch scoped to this tenant may list rows naming another tenant's users: not for tenant eyes.
+        row["result"] = {
+            **row["result"],
+            "failed": [
+                {**f, "email": None, "user_id": None} if f.get("code") == "user_of_other_tenant" else f
+                for f in row["result"].get("failed", [])
+            ],
+        }
     return BatchDetail(**row)

@@ -64,6 +64,9 @@ class ParsedBatch:
         reference_raw: Any,
         ceiling: int,
     ) -> None:
+        if not all(_storable(v) for v in (email_raw, reference_raw, user_id_raw) if isinstance(v, str)):
+            self.failures.append(RowFailure(row, "malformed_row", "text with NUL or unencodable characters"))
+            return
         email = email_raw.strip().lower() if isinstance(email_raw, str) and email_raw.strip() else None
         user_id: int | None = None
         if user_id_raw is not None and user_id_raw != "":
@@ -125,6 +128,17 @@ class ParsedBatch:
         self.emails.append(email)
         self.amounts.append(amount)
         self.references.append(reference)
+
+
+def _storable(text: str) -> bool:
+    """Postgres text takes neither NUL nor lone surrogates (which JSON's \\ud800 escapes can produce)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_amount(raw: Any) -> int | None:
@@ -203,7 +217,7 @@ def parse_json(body: bytes, *, max_rows: int, ceiling: int) -> tuple[str | None,
     """Returns the body's `reason` and its rows."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidJson("the body is not valid JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("items"), list):
         raise InvalidBatch('the body must be {"reason": ..., "items": [...]}')

@@ -5,6 +5,7 @@ from its tenant's pool and never more than the pool holds."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 from dataclasses import dataclass
@@ -84,29 +85,30 @@ def recharge_one(
         target: dict[str, Any] = {"tenant_id": tenant.id, "account": "pool"}
     else:
         user = _find_user(session, principal=principal, user_id=data.user_id, email=data.email)
-        if user.status != "active":
-            raise RecipientFrozen(f"user {user.id} is frozen")
-        # As in a batch (`tenant_suspended` row failure): a suspended tenant's users are not credited.
-        user_tenant = session.get(Tenant, user.tenant_id) if user.tenant_id is not None else None
-        if user_tenant is not None and user_tenant.status == "suspended":
-            raise RecipientTenantSuspended(f"tenant {user_tenant.id} is suspended")
         target_account, target_tenant_id = user.account_id, user.tenant_id
         target = {"user_id": user.id, "email": user.email}
     source = source_for(session, principal)
     body = data.model_dump(mode="json")
-    posting = ledger.transfer(
-        session,
-        kind=TransactionKind.recharge,
-        from_account_id=source.account_id,
-        to_account_id=target_account,
-        amount=data.amount,
-        idempotency_key=f"recharge:{_key_scope(principal)}:{idempotency_key}",
-        request_hash=ledger.request_hash(body),
-        tenant_id=target_tenant_id,
-        actor=principal.label,
-        reason=data.reason,
-        reference=data.reference,
-    )
+    key = f"recharge:{_key_scope(principal)}:{idempotency_key}"
+    request_hash = ledger.request_hash(body)
+    # A replay answers with the first result even if the recipient was frozen since.
+    posting = ledger.find_posting(session, idempotency_key=key, request_hash=request_hash)
+    if posting is None:
+        if data.tenant_id is None:
+            _ensure_recipient_open(session, user)
+        posting = ledger.transfer(
+            session,
+            kind=TransactionKind.recharge,
+            from_account_id=source.account_id,
+            to_account_id=target_account,
+            amount=data.amount,
+            idempotency_key=key,
+            request_hash=request_hash,
+            tenant_id=target_tenant_id,
+            actor=principal.label,
+            reason=data.reason,
+            reference=data.reference,
+        )
     if not posting.replayed:
         audit.record(
             session,
@@ -126,6 +128,15 @@ def recharge_one(
         balance=balance.balance,
         held=balance.held,
     )
+
+
+def _ensure_recipient_open(session: Session, user: User) -> None:
+    if user.status != "active":
+        raise RecipientFrozen(f"user {user.id} is frozen")
+    # As in a batch (`tenant_suspended` row failure): a suspended tenant's users are not credited.
+    user_tenant = session.get(Tenant, user.tenant_id) if user.tenant_id is not None else None
+    if user_tenant is not None and user_tenant.status == "suspended":
+        raise RecipientTenantSuspended(f"tenant {user_tenant.id} is suspended")
 
 
 def _find_user(session: Session, *, principal: Principal, user_id: int | None, email: str | None) -> User:
@@ -185,11 +196,31 @@ def run_batch(
     scope_tenant = principal.tenant_scope if principal.tenant_scope is not None else request.tenant_id
     if request.tenant_id is not None and principal.tenant_scope not in (None, request.tenant_id):
         raise TenantNotFound(f"tenant {request.tenant_id} not found")
+    source = source_for(session, principal)
+    batch_tenant = source.tenant_id if source.tracked else scope_tenant
+    claimed: int | None = None
+    if not request.dry_run:
+        # Claim the key before resolving and pricing: a concurrent duplicate waits here for this transaction and
+        # then replays its result, instead of pricing against a pool this batch is about to drain. Any refusal
+        # below rolls the claim back with everything else.
+        claim = batches.begin_batch(
+            session,
+            idempotency_key=stored_key,
+            request_hash=request_hash,
+            mode=request.mode,
+            tenant_id=batch_tenant,
+            actor=principal.label,
+            reason=request.reason,
+            source_account_id=source.account_id,
+            row_count=parsed.row_count,
+        )
+        if isinstance(claim, batches.StoredBatch):
+            return claim.result, False
+        claimed = claim
     failures = parsed.failures + _resolve_rows(
         session, parsed=parsed, scope_tenant=scope_tenant, hide_other_tenants=not principal.is_staff
     )
     failures.sort(key=lambda f: f.row)
-    source = source_for(session, principal)
     batches.create_stage(session)
     session.execute(
         text(
@@ -220,27 +251,13 @@ def run_batch(
                 needed=total,
                 available=pool.available,
             )
-    if request.dry_run:
+    if claimed is None:  # dry run: priced, nothing claimed, nothing moved
         return result, False
-
-    claimed = batches.begin_batch(
-        session,
-        idempotency_key=stored_key,
-        request_hash=request_hash,
-        mode=request.mode,
-        tenant_id=source.tenant_id if source.tracked else scope_tenant,
-        actor=principal.label,
-        reason=request.reason,
-        source_account_id=source.account_id,
-        row_count=parsed.row_count,
-    )
-    if isinstance(claimed, batches.StoredBatch):
-        return claimed.result, False
     applied_batch = batches.apply_staged(
         session,
         batch_id=claimed,
         request_hash=request_hash,
-        tenant_id=source.tenant_id if source.tracked else scope_tenant,
+        tenant_id=batch_tenant,
         actor=principal.label,
         reason=request.reason,
         source_account_id=source.account_id,
@@ -266,7 +283,7 @@ def run_batch(
         action="recharge.batch",
         target_type="recharge_batch",
         target_id=claimed,
-        tenant_id=source.tenant_id if source.tracked else scope_tenant,
+        tenant_id=batch_tenant,
         after={
             "mode": request.mode,
             "reason": request.reason,
@@ -289,18 +306,24 @@ def _copy_rows(session: Session, parsed: ParsedBatch) -> None:
             "reference text) ON COMMIT DROP"
         )
     )
-    buffer = _CopyBuffer()
-    for row_no, user_id, email, amount, reference in zip(
-        parsed.row_nos, parsed.user_ids, parsed.emails, parsed.amounts, parsed.references, strict=True
-    ):
-        buffer.write_row(row_no, user_id, email, amount, reference)
+    # CSV format: an unquoted empty field is NULL. Parsing turned blank emails and references into None, so no
+    # empty string reaches COPY, and csv quotes whatever needs quoting (commas, quotes, newlines, tabs).
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(
+        zip(parsed.row_nos, parsed.user_ids, parsed.emails, parsed.amounts, parsed.references, strict=True)
+    )
+    buffer.seek(0)
     cursor = session.connection().connection.cursor()
     try:
         cursor.copy_expert(
-            "COPY recharge_input (row_no, user_id, email, amount, reference) FROM STDIN", buffer.reader()
+            "COPY recharge_input (row_no, user_id, email, amount, reference) FROM STDIN WITH (FORMAT csv)", buffer
         )
     finally:
         cursor.close()
+    # A fresh temp table has no statistics: without them 100,000 rows are planned as a handful, and the joins
+    # and sorts below spill to disk.
+    session.execute(text("ANALYZE recharge_input"))
+    session.execute(text("SET LOCAL work_mem = '64MB'"))
 
 
 def _resolve_rows(
@@ -315,20 +338,21 @@ def _resolve_rows(
             """
             CREATE TEMP TABLE recharge_resolved ON COMMIT DROP AS
             WITH matched AS (
-                SELECT i.row_no, u.id AS user_id FROM recharge_input i JOIN users u ON u.id = i.user_id
+                SELECT i.row_no, u.id, u.tenant_id, u.status, u.account_id
+                FROM recharge_input i JOIN users u ON u.id = i.user_id
                 UNION ALL
-                SELECT i.row_no, u.id FROM recharge_input i JOIN users u ON u.email = i.email
+                SELECT i.row_no, u.id, u.tenant_id, u.status, u.account_id
+                FROM recharge_input i JOIN users u ON u.email = i.email
                 WHERE i.user_id IS NULL
             ),
             rows AS (
                 SELECT i.row_no, i.amount, i.reference, i.email, i.user_id AS given_user_id,
-                       u.id AS user_id, u.tenant_id, u.status AS user_status, u.account_id,
+                       m.id AS user_id, m.tenant_id, m.status AS user_status, m.account_id,
                        t.status AS tenant_status,
-                       row_number() OVER (PARTITION BY u.id ORDER BY i.row_no) AS occurrence
+                       row_number() OVER (PARTITION BY m.id ORDER BY i.row_no) AS occurrence
                 FROM recharge_input i
                 LEFT JOIN matched m ON m.row_no = i.row_no
-                LEFT JOIN users u ON u.id = m.user_id
-                LEFT JOIN tenants t ON t.id = u.tenant_id
+                LEFT JOIN tenants t ON t.id = m.tenant_id
             )
             SELECT row_no, amount, reference, email, given_user_id, user_id, account_id,
                    CASE
@@ -355,26 +379,3 @@ def _resolve_rows(
         RowFailure(r.row_no, r.failure, _FAILURE_DETAILS[r.failure], email=r.email, user_id=r.given_user_id)
         for r in rows
     ]
-
-
-class _CopyBuffer:
-    """Rows in COPY's text format, escaped, read back as one stream."""
-
-    _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-
-    def _field(self, value: object) -> str:
-        if value is None:
-            return "\\N"
-        if isinstance(value, str):
-            return value.translate(self._ESCAPES)
-        return str(value)
-
-    def write_row(self, *values: object) -> None:
-        self._parts.append("\t".join(self._field(v) for v in values))
-        self._parts.append("\n")
-
-    def reader(self) -> io.StringIO:
-        return io.StringIO("".join(self._parts))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
@@ -22,7 +23,7 @@ def create(session: Session, *, context: RequestContext | None, data: TenantCrea
     tenant = Tenant(name=data.name, plan=data.plan.value, status=TenantStatus.active.value)
     tenant.pool_account_id = ledger.open_account(session, kind=AccountKind.tenant_pool, tenant_id=None)
     session.add(tenant)
-    session.flush()
+    _flush_unique_name(session, data.name)
     # The pool account learns its tenant once the tenant has an id.
     ledger.assign_tenant(session, account_id=tenant.pool_account_id, tenant_id=tenant.id)
     audit.record(
@@ -35,6 +36,15 @@ def create(session: Session, *, context: RequestContext | None, data: TenantCrea
         after=snapshot(tenant),
     )
     return tenant
+
+
+def _flush_unique_name(session: Session, name: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create or rename to the same name won the race
+        if "uq_tenants_name" in str(exc.orig):
+            raise TenantExists(f"a tenant named {name!r} already exists") from exc
+        raise
 
 
 def get(session: Session, *, tenant_id: int, tenant_scope: int | None) -> Tenant:
@@ -79,7 +89,7 @@ def update(session: Session, *, context: RequestContext, tenant: Tenant, data: T
         raise TenantExists(f"a tenant named {changes['name']!r} already exists")
     for field, value in changes.items():
         setattr(tenant, field, getattr(value, "value", value))
-    session.flush()
+    _flush_unique_name(session, tenant.name)
     after = snapshot(tenant)
     if after != before:
         action = "tenant.update"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
@@ -39,6 +40,19 @@ def _check_role_assignment(principal: Principal | None, role: Role) -> None:
     raise Forbidden(f"a {principal.role.value} cannot assign the {role.value} role")
 
 
+def ensure_can_manage(principal: Principal | None, user: User) -> None:
+    """Who may change an existing user, reset its password, freeze it, or issue and revoke its keys: a platform
+    admin anyone; an operator anyone but platform admins; a tenant admin its members and itself. Otherwise an
+    operator could take over a platform admin, or a tenant admin impersonate a peer."""
+    if principal is None or principal.role is Role.platform_admin or principal.user_id == user.id:
+        return
+    if principal.role is Role.operator and user.role != Role.platform_admin.value:
+        return
+    if principal.role is Role.tenant_admin and user.role == Role.member.value:
+        return
+    raise Forbidden(f"a {principal.role.value} cannot manage a {user.role}")
+
+
 def create(
     session: Session, *, context: RequestContext | None, data: UserCreate, password_hash: str | None = None
 ) -> User:
@@ -69,7 +83,12 @@ def create(
         account_id=ledger.open_account(session, kind=AccountKind.user, tenant_id=tenant_id),
     )
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same email won the race
+        if "uq_users_email" in str(exc.orig):
+            raise EmailTaken("a user with this email already exists") from exc
+        raise
     audit.record(
         session,
         context=context,
@@ -121,11 +140,13 @@ def list_users(
 
 
 def update(session: Session, *, context: RequestContext | None, user: User, data: UserUpdate) -> User:
+    principal = context.principal if context else None
+    ensure_can_manage(principal, user)
     before = snapshot(user)
     if data.role is not None and data.role.value != user.role:
-        principal = context.principal if context else None
+        if principal is not None and principal.user_id == user.id:
+            raise Forbidden("you cannot change your own role")
         _check_role_assignment(principal, data.role)
-        _check_role_assignment(principal, Role(user.role))
         if (data.role in STAFF_ROLES) != (user.role in STAFF_ROLES):
             raise Unprocessable("a user cannot move between platform staff and a tenant")
         user.role = data.role.value
@@ -152,7 +173,7 @@ def update(session: Session, *, context: RequestContext | None, user: User, data
 def set_status(session: Session, *, context: RequestContext, user: User, status: UserStatus) -> User:
     if context.principal.user_id == user.id:
         raise Forbidden("you cannot freeze or unfreeze yourself")
-    _check_role_assignment(context.principal, Role(user.role))
+    ensure_can_manage(context.principal, user)
     before = snapshot(user)
     if user.status != status.value:
         user.status = status.value

@@ -1,0 +1,63 @@
+"""Run every benchmark, one after the other, each in its own process with its own servers.
+
+    .venv/bin/python bench/run_all.py           # the full set (about 3 minutes on 2 cores, plus engine.py)
+    .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 1.5 minutes)
+    .venv/bin/python bench/run_all.py --only holds
+
+Each script prints its figures and a summary with the targets; JSON results land in bench/out/ (git-ignored)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (arguments for the full run, arguments for --quick)
+BENCHMARKS = {
+    "batch_recharge": ([], ["--runs", "1"]),
+    "batch_phases": ([], ["--runs", "1"]),
+    "holds": ([], ["--runs", "1", "--seconds", "5"]),
+    "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--time-limit", type=int, default=1500, help="seconds per benchmark (each also bounds itself)")
+    args = parser.parse_args()
+    failed = []
+    for name, (full, quick) in BENCHMARKS.items():
+        if (args.only and name not in args.only) or not (HERE / f"{name}.py").exists():
+            continue
+        command = [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+        print(f"\n##### {name}: {' '.join(command[1:])}  (load average {os.getloadavg()[0]:.2f})", flush=True)
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=HERE.parent)
+        try:
+            code = proc.wait(timeout=args.time_limit)
+        except BaseException as exc:  # the time limit or Ctrl-C: SIGTERM lets the benchmark stop its servers
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            code = -1
+        print(f"##### {name}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -217,26 +217,6 @@ def admin_user_and_key(session: Session, settings: Settings) -> tuple[User, str]
 # What-if only (never applied unless a benchmark is asked to, and then only to its own throw-away database):
 # the balance check of the migration, rewritten so that each transaction id touched by the statement is summed
 # through ix_ledger_entries_transaction_id, whatever the planner estimates for the transition table.
-LATERAL_BALANCE_CHECK = """
-CREATE OR REPLACE FUNCTION facemint_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE unbalanced bigint;
-BEGIN
-    SELECT t.transaction_id INTO unbalanced
-    FROM (SELECT DISTINCT transaction_id FROM new_entries) t
-    CROSS JOIN LATERAL (
-        SELECT sum(e.amount) AS total FROM ledger_entries e WHERE e.transaction_id = t.transaction_id
-    ) s
-    WHERE s.total <> 0
-    LIMIT 1;
-    IF unbalanced IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger transaction % does not sum to zero', unbalanced
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NULL;
-END $$
-"""
-
-
 def entry_scans(engine: Engine) -> tuple[int, int, int]:
     """(sequential scans, tuples read by them, index scans) on ledger_entries so far. A backend's counters reach
     the view when it runs `SELECT pg_stat_force_next_flush()` (see `flush_stats`) or at its next flush."""

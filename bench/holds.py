@@ -124,17 +124,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--single-thread", action="store_true", help="also run 1 thread as a reference")
-    parser.add_argument(
-        "--what-if-lateral-check",
-        action="store_true",
-        help="what-if: replace the ledger's balance-check trigger function in the benchmark's own database by "
-        "the index-driven form in common.LATERAL_BALANCE_CHECK (a suggested fix, not the product as shipped)",
-    )
     parser.add_argument("--time-limit", type=int, default=900)
     parser.add_argument("--out", type=Path, default=common.ROOT / "bench" / "out" / "holds.json")
     args = parser.parse_args()
-    if args.what_if_lateral_check and args.out.name == "holds.json":
-        args.out = args.out.with_name("holds_what_if_lateral_check.json")
     common.bounded(args.time_limit)
     report: dict = {"threads": args.threads, "accounts": args.accounts, "seconds": args.seconds, "scenarios": {}}
 
@@ -142,11 +134,6 @@ def main() -> None:
         report["environment"] = common.describe(srv)
         print(report["environment"])
         engine = make_engine(srv.database_url, pool_size=args.threads + 2)
-        if args.what_if_lateral_check:
-            with engine.begin() as conn:
-                conn.execute(text(common.LATERAL_BALANCE_CHECK))
-            print("WHAT-IF: balance-check trigger replaced by the LATERAL form (not the product as shipped)")
-            report["what_if"] = "lateral balance check"
         factory = make_sessionmaker(engine)
         with factory() as session:
             _, accounts = common.seed_members(session, n=args.accounts, prefix="h")

@@ -222,7 +222,10 @@ class Engine:
         with timer.stage("decode"):
             source_image = decode_image(source, limits=self.config.limits)
             target_image = decode_image(target, limits=self.config.limits)
-            reference_image = decode_image(reference, limits=self.config.limits) if reference else None
+            wants_reference = selection.mode is FaceMode.reference
+            reference_image = (
+                decode_image(reference, limits=self.config.limits) if wants_reference and reference else None
+            )
         if output_format not in ("png", "jpeg", "jpg", "webp"):
             encode_image(np.zeros((1, 1, 3), np.uint8), format=output_format, quality=quality)  # raises typed
 

@@ -275,3 +275,9 @@ class TestConcurrency:
         with ThreadPoolExecutor(max_workers=4) as pool:
             got = list(pool.map(lambda t: engine.swap(png(SOURCE), png(t)).image, targets * 2))
         assert got == expected * 2
+
+
+def test_a_reference_is_only_read_in_reference_mode(engine: Engine) -> None:
+    # Not decoded, so not refused: the largest face is swapped as if no reference had been sent.
+    result = engine.swap(png(SOURCE), png(picture(640, 480, [(200, 100, 200, 1)])), reference=b"not an image")
+    assert result.faces_swapped == 1

@@ -385,6 +385,14 @@ def test_swap_to_an_unwritable_output_fails_with_one_error_line(
     assert_one_error(result, "out.png")
 
 
+def test_swap_refuses_an_output_name_whose_format_it_cannot_tell(
+    run: Any, images: dict[str, Path], models: Path, tmp_path: Path
+) -> None:
+    result = swap(run, images, models, tmp_path / "out.gif", "--provider", "cpu")
+    assert_one_error(result, "out.gif")
+    assert not (tmp_path / "out.gif").exists()
+
+
 def test_swap_with_a_corrupt_model_file_fails_with_one_error_line(
     run: Any, images: dict[str, Path], tmp_path: Path
 ) -> None:

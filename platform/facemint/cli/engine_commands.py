@@ -83,7 +83,10 @@ def register(cli: click.Group, settings_factory: object) -> None:
         from inference.errors import EngineError
 
         settings = load_settings()  # type: ignore[operator]
-        fmt = output_format or {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(output.suffix.lower(), "png")
+        suffix_formats = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+        fmt = output_format or suffix_formats.get(output.suffix.lower())
+        if fmt is None:
+            _fail(f"cannot tell the output format from {output.name!r}: use .png, .jpg or .webp, or --format")
         try:
             inputs = [p.read_bytes() for p in (source, target)]
             reference_bytes = reference.read_bytes() if reference else None

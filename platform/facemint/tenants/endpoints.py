@@ -70,29 +70,30 @@ def update_tenant(
     return TenantRead.model_validate(tenant)
 
 
+def _set_status(
+    tenant_id: int,
+    status: TenantStatus,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Principal,
+) -> TenantRead:
+    tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=principal.tenant_scope)
+    tenant = tenant_service.update(
+        session, context=request_context(request, principal, settings), tenant=tenant, data=TenantUpdate(status=status)
+    )
+    return TenantRead.model_validate(tenant)
+
+
 @router.post("/{tenant_id}/suspend", response_model=TenantRead)
 def suspend_tenant(
     tenant_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
 ) -> TenantRead:
-    tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=principal.tenant_scope)
-    tenant = tenant_service.update(
-        session,
-        context=request_context(request, principal, settings),
-        tenant=tenant,
-        data=TenantUpdate(status=TenantStatus.suspended),
-    )
-    return TenantRead.model_validate(tenant)
+    return _set_status(tenant_id, TenantStatus.suspended, request, session, settings, principal)
 
 
 @router.post("/{tenant_id}/activate", response_model=TenantRead)
 def activate_tenant(
     tenant_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
 ) -> TenantRead:
-    tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=principal.tenant_scope)
-    tenant = tenant_service.update(
-        session,
-        context=request_context(request, principal, settings),
-        tenant=tenant,
-        data=TenantUpdate(status=TenantStatus.active),
-    )
-    return TenantRead.model_validate(tenant)
+    return _set_status(tenant_id, TenantStatus.active, request, session, settings, principal)

@@ -71,23 +71,25 @@ def update_user(
     return UserRead.model_validate(user)
 
 
+def _set_status(
+    user_id: int, status: UserStatus, request: Request, session: SessionDep, settings: SettingsDep, principal: Principal
+) -> UserRead:
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    user = user_service.set_status(
+        session, context=request_context(request, principal, settings), user=user, status=status
+    )
+    return UserRead.model_validate(user)
+
+
 @router.post("/{user_id}/freeze", response_model=UserRead)
 def freeze_user(
     user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
 ) -> UserRead:
-    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
-    user = user_service.set_status(
-        session, context=request_context(request, principal, settings), user=user, status=UserStatus.frozen
-    )
-    return UserRead.model_validate(user)
+    return _set_status(user_id, UserStatus.frozen, request, session, settings, principal)
 
 
 @router.post("/{user_id}/unfreeze", response_model=UserRead)
 def unfreeze_user(
     user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
 ) -> UserRead:
-    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
-    user = user_service.set_status(
-        session, context=request_context(request, principal, settings), user=user, status=UserStatus.active
-    )
-    return UserRead.model_validate(user)
+    return _set_status(user_id, UserStatus.active, request, session, settings, principal)

@@ -215,3 +215,16 @@ class TestFailedAuthentication:
             statuses = [client.get("/v1/balance", headers=bad).status_code for _ in range(4)]
             assert statuses == [401, 401, 401, 429]
             assert client.get("/v1/balance", headers=member.headers).status_code == 429
+
+
+def test_a_narrow_key_cannot_widen_itself_through_its_users_password(
+    client: TestClient, session: Session, make_caller: MakeCaller
+) -> None:
+    from facemint.auth.scopes import Scope
+
+    admin = make_caller(Role.tenant_admin, scopes=[Scope.users_write, Scope.users_read])
+    response = client.patch(
+        f"/admin/v1/users/{admin.id}", json={"password": "now-i-own-the-role"}, headers=admin.headers
+    )
+    assert response.status_code == 403
+    assert client.patch(f"/admin/v1/users/{admin.id}", json={"name": "ok"}, headers=admin.headers).status_code == 200

@@ -142,6 +142,9 @@ def list_users(
 def update(session: Session, *, context: RequestContext | None, user: User, data: UserUpdate) -> User:
     principal = context.principal if context else None
     ensure_can_manage(principal, user)
+    if data.password is not None and principal is not None and principal.api_key_id and principal.user_id == user.id:
+        # Otherwise a narrowly scoped key could set its user's password, log in, and hold the whole role.
+        raise Forbidden("an API key cannot change its own user's password; sign in with the password instead")
     before = snapshot(user)
     if data.role is not None and data.role.value != user.role:
         if principal is not None and principal.user_id == user.id:

@@ -26,6 +26,7 @@ from insightface.app.common import Face
 from numpy.typing import NDArray
 
 from inference.errors import (
+    EngineError,
     InvalidFaceSelection,
     ModelContractError,
     ModelNotFound,
@@ -174,7 +175,14 @@ class Engine:
             providers=[],
             demo=all(demo_flags.values()),
         )
-        engine._warm_up()
+        try:
+            engine._warm_up()
+        except EngineError:
+            raise
+        except Exception as exc:  # a file that passed the static checks but does not run as its contract says
+            raise ModelContractError(
+                f"the models in {config.models_dir} failed their warm-up run: {exc}"[:500]
+            ) from exc
         sessions = [("detector", session) for session in detector.resolution_sessions.values()] + [
             ("recognizer", recognizer.session),
             ("swapper", swapper.session),
@@ -216,18 +224,19 @@ class Engine:
         quality: int = 90,
     ) -> SwapResult:
         selection = FaceSelection.parse(faces) if isinstance(faces, str) else faces
-        if selection.mode is FaceMode.reference and reference is None:
+        wants_reference = selection.mode is FaceMode.reference
+        if wants_reference and reference is None:
             raise InvalidFaceSelection("the reference mode needs a reference image")
+        # Format and quality are checked before any work is done (encoding a 1x1 image raises the typed error).
+        fmt = {"jpg": "jpeg"}.get(output_format.lower(), output_format.lower())
+        encode_image(np.zeros((1, 1, 3), np.uint8), format=fmt, quality=quality)
         timer = _Timer()
         with timer.stage("decode"):
             source_image = decode_image(source, limits=self.config.limits)
             target_image = decode_image(target, limits=self.config.limits)
-            wants_reference = selection.mode is FaceMode.reference
-            reference_image = (
-                decode_image(reference, limits=self.config.limits) if wants_reference and reference else None
-            )
-        if output_format not in ("png", "jpeg", "jpg", "webp"):
-            encode_image(np.zeros((1, 1, 3), np.uint8), format=output_format, quality=quality)  # raises typed
+            reference_image = None
+            if wants_reference and reference is not None:  # b"" is decoded, and refused as an invalid image
+                reference_image = decode_image(reference, limits=self.config.limits)
 
         with timer.stage("detect"):
             target_faces = self._detect(target_image.pixels)
@@ -251,7 +260,6 @@ class Engine:
                 paste_face(frame, crop, matrix)
 
         with timer.stage("encode"):
-            fmt = "jpeg" if output_format == "jpg" else output_format
             data = encode_image(frame, format=fmt, quality=quality, alpha=target_image.alpha)
         return SwapResult(
             image=data,
@@ -267,6 +275,11 @@ class Engine:
         )
 
     def _detect(self, pixels: NDArray[np.uint8]) -> list[Any]:
+        height, width = pixels.shape[:2]
+        if min(height, width) * self.config.det_size < max(height, width):
+            # Scaled to the detector's input, the short side would be under one pixel (and OpenCV asserts):
+            # no face can be found in such a sliver.
+            return []
         size = (self.config.det_size, self.config.det_size)
         bboxes, kpss = self._detector.detect(pixels, input_size=size, max_num=0)
         if kpss is None:
@@ -294,7 +307,8 @@ class Engine:
                     faces_detected=len(ordered),
                 )
             return [ordered[i] for i in selection.indices]
-        assert reference is not None
+        if reference is None:
+            raise InvalidFaceSelection("the reference mode needs a reference image")
         if not reference_faces:
             raise NoReferenceFace("no face was found in the reference image")
         wanted = max(reference_faces, key=_area)

@@ -80,6 +80,10 @@ _TRANSPOSE_FOR_ORIENTATION: Final[dict[int, Image.Transpose]] = {
 }
 
 
+# Real progressive JPEGs have about 10 scans (libjpeg's default script); an EXIF thumbnail adds a few more.
+MAX_JPEG_SCANS = 100
+
+
 @dataclass(frozen=True)
 class MediaLimits:
     """What `decode_image` accepts.
@@ -222,6 +226,10 @@ def decode_image(data: BytesLike, *, limits: MediaLimits = MediaLimits()) -> Dec
         raise UnsupportedImageFormat(f"{detail}; send JPEG, PNG or WebP.", found=found, supported=sorted(_PLUGINS))
     fmt = cast(ImageFormat, found)
 
+    if fmt == "jpeg" and bytes(data).count(b"\xff\xda") > MAX_JPEG_SCANS:
+        # A progressive JPEG may repeat scans: each costs a full pass over the image, so a small file of many
+        # 65-byte scans decodes for minutes. (0xFF 0xDA is never inside entropy-coded data, which stuffs 0xFF.)
+        raise InvalidImage(f"The JPEG has more than {MAX_JPEG_SCANS} scans.", format=fmt)
     if fmt == "webp":  # WebP's decoder allocates the canvas while reading the header: check its size first
         declared = _webp_canvas_size(bytes(data[:30]))
         if declared is None:

@@ -49,24 +49,33 @@ def footprint(matrix: Affine, size: int, frame_shape: tuple[int, ...]) -> tuple[
     return x0, y0, x1, y1
 
 
+# Rows blended at a time: the float temporaries stay a few MB even for a face that fills a 40 MP frame.
+STRIP_ROWS = 256
+
+
 def paste_face(frame: Image, crop: Image, matrix: Affine) -> tuple[int, int, int, int] | None:
     """Blend `crop` (the swapped face, aligned by `matrix` frame->crop) back into `frame`, in place.
 
     Returns the box that was written, or None when the face lies outside the frame."""
+    if not np.all(np.isfinite(matrix)):
+        return None  # degenerate landmarks: nothing sensible to paste
     size = crop.shape[0]
     box = footprint(matrix, size, frame.shape)
     if box is None:
         return None
     x0, y0, x1, y1 = box
     inverse = cv2.invertAffineTransform(matrix.astype(np.float64))
-    inverse[:, 2] -= (x0, y0)  # warp straight into the box, not into a frame-sized canvas
-    box_size = (x1 - x0, y1 - y0)
-    warped = cv2.warpAffine(crop, inverse, box_size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-    alpha = cv2.warpAffine(feather_mask(size), inverse, box_size, flags=cv2.INTER_LINEAR, borderValue=0.0)
-    region = frame[y0:y1, x0:x1]
-    weight = alpha[:, :, None]
-    blended = region.astype(np.float32)
-    blended += (warped.astype(np.float32) - blended) * weight
-    np.rint(blended, out=blended)
-    frame[y0:y1, x0:x1] = blended.astype(np.uint8)
+    mask = feather_mask(size)
+    for top in range(y0, y1, STRIP_ROWS):
+        bottom = min(y1, top + STRIP_ROWS)
+        local = inverse.copy()
+        local[:, 2] -= (x0, top)  # warp straight into this strip of the box, not into a frame-sized canvas
+        strip = (x1 - x0, bottom - top)
+        warped = cv2.warpAffine(crop, local, strip, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        alpha = cv2.warpAffine(mask, local, strip, flags=cv2.INTER_LINEAR, borderValue=0.0)
+        region = frame[top:bottom, x0:x1]
+        blended = region.astype(np.float32)
+        blended += (warped.astype(np.float32) - blended) * alpha[:, :, None]
+        np.rint(blended, out=blended)
+        frame[top:bottom, x0:x1] = blended.astype(np.uint8)
     return box

@@ -126,9 +126,12 @@ def fetch_models(
     if retries < 0:
         raise ValueError("retries must be >= 0")
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with _Clients(timeout) as clients, _directory_lock(dest):
-        return [_fetch_one(clients, model, dest, progress, retries, backoff) for model in models]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with _Clients(timeout) as clients, _directory_lock(dest):
+            return [_fetch_one(clients, model, dest, progress, retries, backoff) for model in models]
+    except OSError as exc:  # the destination is a file, unwritable, ...
+        raise DownloadError(f"cannot use {dest} for the models: {exc}") from exc
 
 
 def verify_models(models: Sequence[ModelFile], directory: Path) -> list[VerifyResult]:
@@ -218,6 +221,8 @@ class _Part:
     """The `.part` file and the running digest of the bytes in it."""
 
     def __init__(self, path: Path) -> None:
+        if path.is_symlink():
+            path.unlink()  # never append through a link to somewhere outside the models directory
         self.path = path
         self.hasher = hashlib.sha256()
         self.length = 0
@@ -311,7 +316,7 @@ def _fetch_one(
             )
             time.sleep(delay)
             part.sync()
-        except httpx.HTTPError as exc:  # too many redirects, undecodable body...
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # too many redirects, a data: redirect, a bad body...
             raise DownloadError(f"cannot download {model.url}: {exc}", file=model.file, url=model.url) from exc
         except OSError as exc:
             raise DownloadError(f"cannot write {part.path}: {exc}", file=model.file, url=model.url) from exc

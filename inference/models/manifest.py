@@ -77,9 +77,13 @@ class ModelFile:
             or PurePosixPath(self.file).name != self.file
             or PureWindowsPath(self.file).name != self.file
             or "\x00" in self.file
+            or self.file.endswith(".part")  # the fetcher's resume files are <file>.part
         ):
-            raise ManifestError(f"file must be a bare file name, got {self.file!r}")
-        parts = urlsplit(self.url)
+            raise ManifestError(f"file must be a bare file name (not *.part), got {self.file!r}")
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as exc:
+            raise ManifestError(f"url is not a URL: {self.url!r}") from exc
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ManifestError(f"url must be an absolute http(s) URL, got {self.url!r}")
 

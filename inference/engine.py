@@ -36,6 +36,7 @@ from inference.errors import (
     NoTargetFace,
 )
 from inference.media import DecodedImage, MediaLimits, content_type, decode_image, encode_image
+from inference.media import output_format as media_output_format
 from inference.models import DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE, is_demo_model
 from inference.paste import paste_face
 from inference.providers import CPU, ProviderChoice, ProviderPlan, check_sessions, plan
@@ -227,9 +228,7 @@ class Engine:
         wants_reference = selection.mode is FaceMode.reference
         if wants_reference and reference is None:
             raise InvalidFaceSelection("the reference mode needs a reference image")
-        # Format and quality are checked before any work is done (encoding a 1x1 image raises the typed error).
-        fmt = {"jpg": "jpeg"}.get(output_format.lower(), output_format.lower())
-        encode_image(np.zeros((1, 1, 3), np.uint8), format=fmt, quality=quality)
+        fmt = media_output_format(output_format, quality)  # checked before any work is done
         timer = _Timer()
         with timer.stage("decode"):
             source_image = decode_image(source, limits=self.config.limits)

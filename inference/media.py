@@ -332,6 +332,17 @@ def _output_format(format: str) -> ImageFormat:
     return canonical
 
 
+def output_format(format: str, quality: int = 90) -> ImageFormat:
+    """The canonical output format ("jpg" and any case accepted), checked with its quality before any work is
+    done; InvalidOutputFormat otherwise."""
+    fmt = _output_format(format)
+    if fmt in ("jpeg", "webp") and (
+        isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
+    ):
+        raise InvalidOutputFormat(f"Quality must be an integer from 1 to 100, not {quality!r}.", quality=quality)
+    return fmt
+
+
 def content_type(format: str) -> str:
     """The MIME type for an output format ("jpg" accepted); InvalidOutputFormat for anything else."""
     return CONTENT_TYPES[_output_format(format)]
@@ -350,11 +361,7 @@ def encode_image(
     `quality` (1-100) applies to jpeg and lossy webp; `lossless` to webp (png is always lossless; a lossless
     jpeg is an InvalidOutputFormat). `alpha` (uint8 H x W) is attached for png and webp and dropped for jpeg.
     The file carries no metadata: it is built from the arrays alone."""
-    fmt = _output_format(format)
-    if fmt in ("jpeg", "webp") and (
-        isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
-    ):
-        raise InvalidOutputFormat(f"Quality must be an integer from 1 to 100, not {quality!r}.", quality=quality)
+    fmt = output_format(format, quality)
     if lossless and fmt == "jpeg":
         raise InvalidOutputFormat("JPEG cannot be lossless; use png or webp.", format=format)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:

@@ -34,9 +34,9 @@ def feather_mask(size: int) -> NDArray[np.float32]:
     return mask
 
 
-def footprint(matrix: Affine, size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
-    """The frame box (x0, y0, x1, y1) that the crop covers once warped back, clipped to the frame."""
-    inverse = cv2.invertAffineTransform(matrix.astype(np.float64))
+def footprint(inverse: Affine, size: int, frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The frame box (x0, y0, x1, y1) that the crop covers once warped back by `inverse` (crop->frame), clipped
+    to the frame."""
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
     points = corners @ inverse.T
     height, width = frame_shape[:2]
@@ -60,11 +60,11 @@ def paste_face(frame: Image, crop: Image, matrix: Affine) -> tuple[int, int, int
     if not np.all(np.isfinite(matrix)):
         return None  # degenerate landmarks: nothing sensible to paste
     size = crop.shape[0]
-    box = footprint(matrix, size, frame.shape)
+    inverse: Affine = cv2.invertAffineTransform(matrix.astype(np.float64)).astype(np.float64)
+    box = footprint(inverse, size, frame.shape)
     if box is None:
         return None
     x0, y0, x1, y1 = box
-    inverse = cv2.invertAffineTransform(matrix.astype(np.float64))
     mask = feather_mask(size)
     for top in range(y0, y1, STRIP_ROWS):
         bottom = min(y1, top + STRIP_ROWS)

@@ -220,20 +220,15 @@ def post(
 def find_posting(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting | None:
     """The posting already made under this key (a replay), None if there is none; a different request under the
     same key is refused."""
-    exists = session.execute(
-        text("SELECT 1 FROM ledger_transactions WHERE idempotency_key = :key"), {"key": idempotency_key}
-    ).first()
-    return _replay(session, idempotency_key=idempotency_key, request_hash=request_hash) if exists else None
-
-
-def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting:
     stored = session.execute(
         text(
             "SELECT id, kind, amount, request_hash, created_at, tenant_id FROM ledger_transactions "
             "WHERE idempotency_key = :key"
         ),
         {"key": idempotency_key},
-    ).one()
+    ).one_or_none()
+    if stored is None:
+        return None
     if bytes(stored.request_hash) != request_hash:
         raise IdempotencyConflict("this idempotency key was already used for a different request")
     return Posting(
@@ -244,6 +239,12 @@ def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> P
         created_at=stored.created_at,
         tenant_id=stored.tenant_id,
     )
+
+
+def _replay(session: Session, *, idempotency_key: str, request_hash: bytes) -> Posting:
+    posting = find_posting(session, idempotency_key=idempotency_key, request_hash=request_hash)
+    assert posting is not None  # called after ON CONFLICT saw the key, so the row exists
+    return posting
 
 
 def transfer(

@@ -6,14 +6,16 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
+from sqlalchemy import Select
 
 from facemint.errors import InvalidCursor
 
 T = TypeVar("T")
+SelectT = TypeVar("SelectT", bound=Select)  # any select; the row type is kept
 
 MAX_LIMIT = 200
 _MAX_ID = 2**63 - 1  # ids are bigint
@@ -63,3 +65,20 @@ def make_page(
     items = items[:limit]
     last_id = id_of(items[-1])
     return Page(items=items, next_cursor=encode_cursor(last_id) if last_id else None)
+
+
+def newest_first(query: SelectT, id_column: Any, *, before_id: int | None, limit: int) -> SelectT:
+    """Order by id, newest first, after the cursor, one row more than the page (see `make_page`)."""
+    query = query.order_by(id_column.desc()).limit(limit + 1)
+    return query if before_id is None else query.where(id_column < before_id)
+
+
+def within_tenant(
+    query: SelectT, tenant_column: Any, *, tenant_scope: int | None, tenant_id: int | None = None
+) -> SelectT:
+    """The one place a list is scoped to the caller's tenant (`tenant_scope`, None for staff), plus an optional
+    `tenant_id` filter (a tenant admin's endpoint has already refused another tenant's id with 404)."""
+    for value in (tenant_scope, tenant_id):
+        if value is not None:
+            query = query.where(tenant_column == value)
+    return query

@@ -46,6 +46,13 @@ def client_ip(request: Request, trusted_proxies: list[str]) -> str:
     return peer or "unknown"
 
 
+def _rate_limited(reset_at: float, reason: str) -> RateLimited:
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    return RateLimited(
+        f"{reason}; retry in {retry_after} s", headers={"Retry-After": str(retry_after)}, retry_after=retry_after
+    )
+
+
 class RateLimiter:
     def __init__(self, settings: Settings, *, redis_url: str) -> None:
         self.settings = settings
@@ -76,12 +83,7 @@ class RateLimiter:
         except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
             raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
         if not allowed:
-            retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise RateLimited(
-                f"too many failed attempts from this address; retry in {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-                retry_after=retry_after,
-            )
+            raise _rate_limited(reset_at, "too many failed attempts from this address")
 
     def hit(self, request: Request, buckets: list[tuple[str, str]]) -> None:
         """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted."""
@@ -105,12 +107,7 @@ class RateLimiter:
         if tightest is not None:
             request.state.rate_limit = exhausted or tightest
         if exhausted is not None:
-            retry_after = max(1, math.ceil(exhausted.reset_at - time.time()))
-            raise RateLimited(
-                f"rate limit of {exhausted.limit} requests exceeded; retry in {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-                retry_after=retry_after,
-            )
+            raise _rate_limited(exhausted.reset_at, f"rate limit of {exhausted.limit} requests exceeded")
 
 
 class RateLimitHeadersMiddleware:

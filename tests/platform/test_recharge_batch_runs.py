@@ -62,7 +62,7 @@ def _race(
     engine: Engine, calls: list[Callable[[], httpx.Response]], *, waiters: int, advisory_only: bool
 ) -> tuple[list[httpx.Response], int]:
     """Run `calls` at once while this test holds the batch lock, so they all reach the point where batches
-    apply before any of them may go on; release it once `waiters` requests wait on a lock (or after 10 s).
+    apply before any of them may go on; release it once `waiters` requests wait on a lock (or after 30 s).
     Returns the responses and how many requests were waiting together when the lock was released."""
     barrier = threading.Barrier(len(calls))
 
@@ -76,7 +76,7 @@ def _race(
         try:
             with ThreadPoolExecutor(max_workers=len(calls)) as pool:
                 futures = [pool.submit(run, call) for call in calls]
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 30  # generous: two test workers share two cores
                 while time.monotonic() < deadline and _lock_waiters(engine, advisory_only=advisory_only) < waiters:
                     time.sleep(0.05)
                 queued = _lock_waiters(engine, advisory_only=advisory_only)

@@ -17,6 +17,7 @@ from facemint.auth.scopes import scopes_for_role
 from facemint.auth.service import LAST_USED_KEY
 from facemint.config import Settings
 from facemint.deps import RequestContext
+from facemint.pagination import newest_first, within_tenant
 from facemint.users import service as user_service
 from facemint.users.orm import User
 
@@ -93,17 +94,12 @@ def list_keys(
     before_id: int | None,
     limit: int,
 ) -> list[ApiKey]:
-    query = select(ApiKey).order_by(ApiKey.id.desc()).limit(limit + 1)
-    if tenant_scope is not None:
-        query = query.where(ApiKey.tenant_id == tenant_scope)
-    if tenant_id is not None:
-        query = query.where(ApiKey.tenant_id == tenant_id)
+    query = within_tenant(select(ApiKey), ApiKey.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
-    if before_id is not None:
-        query = query.where(ApiKey.id < before_id)
+    query = newest_first(query, ApiKey.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from facemint.audit.orm import AuditEvent
 from facemint.deps import RequestContext
+from facemint.pagination import newest_first, within_tenant
 
 
 def record(
@@ -61,11 +62,7 @@ def list_events(
     before_id: int | None,
     limit: int,
 ) -> list[AuditEvent]:
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
-    if tenant_scope is not None:
-        query = query.where(AuditEvent.tenant_id == tenant_scope)
-    if tenant_id is not None:
-        query = query.where(AuditEvent.tenant_id == tenant_id)
+    query = within_tenant(select(AuditEvent), AuditEvent.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
     if action:
         query = query.where(AuditEvent.action == action)
     if actor_user_id is not None:
@@ -74,6 +71,5 @@ def list_events(
         query = query.where(AuditEvent.target_type == target_type)
     if target_id:
         query = query.where(AuditEvent.target_id == target_id)
-    if before_id is not None:
-        query = query.where(AuditEvent.id < before_id)
+    query = newest_first(query, AuditEvent.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))

@@ -12,6 +12,7 @@ from billing.ledger.schemas import Posting
 from facemint.audit import service as audit
 from facemint.balances.schemas import AccountBalanceRead, AdjustmentCreate, ReversalCreate
 from facemint.deps import RequestContext
+from facemint.pagination import newest_first, within_tenant
 from facemint.users import service as user_service
 from facemint.users.orm import User
 
@@ -25,15 +26,15 @@ def list_user_balances(
     before_id: int | None,
     limit: int,
 ) -> list[AccountBalanceRead]:
-    query = select(User.id, User.email, User.tenant_id, User.account_id).order_by(User.id.desc()).limit(limit + 1)
-    if tenant_scope is not None:
-        query = query.where(User.tenant_id == tenant_scope)
-    if tenant_id is not None:
-        query = query.where(User.tenant_id == tenant_id)
+    query = within_tenant(
+        select(User.id, User.email, User.tenant_id, User.account_id),
+        User.tenant_id,
+        tenant_scope=tenant_scope,
+        tenant_id=tenant_id,
+    )
     if user_id is not None:
         query = query.where(User.id == user_id)
-    if before_id is not None:
-        query = query.where(User.id < before_id)
+    query = newest_first(query, User.id, before_id=before_id, limit=limit)
     users = session.execute(query).all()
     balances = ledger.get_balances(session, account_ids=[u.account_id for u in users])
     return [

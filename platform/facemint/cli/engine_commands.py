@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from facemint.config import Settings
+
+if TYPE_CHECKING:  # the engine (insightface, onnxruntime) loads only for the commands that use it
+    from inference.engine import EngineConfig
 
 PROVIDERS = click.Choice(["auto", "cuda", "tensorrt", "cpu"])
 
@@ -38,7 +42,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def engine_config(settings: Settings, *, models: Path | None = None, provider: str | None = None) -> object:
+def engine_config(settings: Settings, *, models: Path | None = None, provider: str | None = None) -> EngineConfig:
     from inference.engine import EngineConfig
     from inference.media import MediaLimits
     from inference.providers import ProviderChoice
@@ -52,8 +56,8 @@ def engine_config(settings: Settings, *, models: Path | None = None, provider: s
     )
 
 
-def register(cli: click.Group, settings_factory: object) -> None:
-    load_settings = settings_factory  # a callable returning Settings (exits with a clear line when invalid)
+def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
+    """`load_settings` returns the Settings, or exits with one clear line when they are invalid."""
 
     @cli.command()
     @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
@@ -82,7 +86,7 @@ def register(cli: click.Group, settings_factory: object) -> None:
         from inference.engine import Engine, FaceSelection
         from inference.errors import EngineError
 
-        settings = load_settings()  # type: ignore[operator]
+        settings = load_settings()
         suffix_formats = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
         fmt = output_format or suffix_formats.get(output.suffix.lower())
         if fmt is None:
@@ -94,7 +98,7 @@ def register(cli: click.Group, settings_factory: object) -> None:
             _fail(f"cannot read {exc.filename}: {exc.strerror}")
         try:
             selection = FaceSelection.parse(faces, threshold=threshold)
-            engine = Engine.load(engine_config(settings, models=models, provider=provider))  # type: ignore[arg-type]
+            engine = Engine.load(engine_config(settings, models=models, provider=provider))
             result = engine.swap(
                 inputs[0], inputs[1], faces=selection, reference=reference_bytes, output_format=fmt, quality=quality
             )
@@ -123,13 +127,13 @@ def register(cli: click.Group, settings_factory: object) -> None:
         from inference.models import REAL_MODELS, verify_models
         from inference.providers import available_providers, installed_runtimes
 
-        settings = load_settings()  # type: ignore[operator]
+        settings = load_settings()
         config = engine_config(settings, models=models, provider=provider)
         problems: list[str] = list(environment_problems())
         runtimes = installed_runtimes()
         click.echo("onnxruntime: " + (", ".join(f"{k} {v}" for k, v in runtimes.items()) or "not installed"))
         click.echo("available providers: " + ", ".join(available_providers()))
-        models_dir = config.models_dir  # type: ignore[attr-defined]
+        models_dir = config.models_dir
         click.echo(f"models: {models_dir}")
         results = verify_models(REAL_MODELS, models_dir)
         for result in results:
@@ -147,7 +151,7 @@ def register(cli: click.Group, settings_factory: object) -> None:
                 problems.append(f"{result.model.file} does not match the manifest")
         if all(r.present for r in results):
             try:
-                engine = Engine.load(config)  # type: ignore[arg-type]
+                engine = Engine.load(config)
                 click.echo(f"engine: loaded {engine.model_set} models on {', '.join(engine.providers)}")
                 if engine.model_set == "demo":
                     click.echo("engine: demo models: results are placeholders, not real face swaps")
@@ -170,7 +174,7 @@ def register(cli: click.Group, settings_factory: object) -> None:
         from inference.errors import EngineError
         from inference.models import INSIGHTFACE_LICENCE, fetch_models
 
-        settings = load_settings()  # type: ignore[operator]
+        settings = load_settings()
         target = dest or settings.resolved_models_dir
         entries = _manifest(manifest)
         click.echo(f"licence: {INSIGHTFACE_LICENCE}", err=True)
@@ -198,7 +202,7 @@ def register(cli: click.Group, settings_factory: object) -> None:
         """Check the model files' sizes and checksums against the manifest."""
         from inference.models import verify_models
 
-        settings = load_settings()  # type: ignore[operator]
+        settings = load_settings()
         entries = _manifest(manifest)
         results = verify_models(entries, directory or settings.resolved_models_dir)
         for result in results:

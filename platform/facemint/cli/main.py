@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from facemint.cli import engine_commands
 from facemint.config import Settings, get_settings
@@ -47,7 +48,7 @@ def _database(settings: Settings) -> Iterator[str]:
 
 
 @contextmanager
-def _session(database_url: str) -> Iterator[object]:
+def _session(database_url: str) -> Iterator[Session]:
     from facemint.db import make_engine, make_sessionmaker, unit_of_work
 
     engine = make_engine(database_url, pool_size=1)
@@ -103,7 +104,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
         click.echo(f"  engine models      {_ensure_models(settings)}")
         if not no_demo:
             with _session(database_url) as session:
-                seeded = demo.seed(session, settings=settings, data_dir=data_dir)  # type: ignore[arg-type]
+                seeded = demo.seed(session, settings=settings, data_dir=data_dir)
             click.echo(demo.describe(seeded, api_url=api_url))
         click.echo(f"\nAPI on {api_url} (docs at {api_url}/docs). Ctrl-C stops everything started here.")
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
@@ -178,7 +179,7 @@ def admin_bootstrap(email: str, password: str) -> None:
     settings = _settings()
     with _database(settings) as url, _session(url) as session:
         try:
-            user, created = user_service.bootstrap_admin(session, email=email, password=password)  # type: ignore[arg-type]
+            user, created = user_service.bootstrap_admin(session, email=email, password=password)
         except Exception as exc:
             _fail(exc)
     click.echo(f"platform admin {user.email} (id {user.id}) {'created' if created else 'updated'}", err=True)
@@ -201,12 +202,12 @@ def admin_create_key(email: str, scopes: tuple[str, ...], name: str) -> None:
         raise click.BadParameter(f"{exc}; known scopes: {', '.join(s.value for s in Scope)}") from exc
     settings = _settings()
     with _database(settings) as url, _session(url) as session:
-        user = user_service.get_by_email(session, email=email)  # type: ignore[arg-type]
+        user = user_service.get_by_email(session, email=email)
         if user is None:
             _fail(f"no user {email}")
         try:
             _, plaintext = key_service.create(
-                session,  # type: ignore[arg-type]
+                session,
                 context=None,
                 settings=settings,
                 data=ApiKeyCreate(user_id=user.id, name=name, scopes=parsed),

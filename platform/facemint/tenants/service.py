@@ -8,6 +8,7 @@ from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
 from facemint.audit import service as audit
 from facemint.deps import RequestContext
+from facemint.pagination import newest_first, within_tenant
 from facemint.tenants.errors import TenantExists, TenantNotFound
 from facemint.tenants.orm import Tenant, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantUpdate
@@ -64,17 +65,14 @@ def list_tenants(
     before_id: int | None,
     limit: int,
 ) -> list[Tenant]:
-    query = select(Tenant).order_by(Tenant.id.desc()).limit(limit + 1)
-    if tenant_scope is not None:
-        query = query.where(Tenant.id == tenant_scope)
+    query = within_tenant(select(Tenant), Tenant.id, tenant_scope=tenant_scope)
     if status:
         query = query.where(Tenant.status == status)
     if plan:
         query = query.where(Tenant.plan == plan)
     if name_contains:
         query = query.where(Tenant.name.icontains(name_contains, autoescape=True))
-    if before_id is not None:
-        query = query.where(Tenant.id < before_id)
+    query = newest_first(query, Tenant.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))
 
 

@@ -11,6 +11,7 @@ from facemint.auth.passwords import hash_password
 from facemint.auth.principal import Principal
 from facemint.deps import RequestContext
 from facemint.errors import Conflict, Forbidden, Unprocessable
+from facemint.pagination import newest_first, within_tenant
 from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
 from facemint.users.errors import EmailTaken, UserNotFound
@@ -123,19 +124,14 @@ def list_users(
     before_id: int | None,
     limit: int,
 ) -> list[User]:
-    query = select(User).order_by(User.id.desc()).limit(limit + 1)
-    if tenant_scope is not None:
-        query = query.where(User.tenant_id == tenant_scope)
-    if tenant_id is not None:
-        query = query.where(User.tenant_id == tenant_id)
+    query = within_tenant(select(User), User.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
     if role:
         query = query.where(User.role == role)
     if status:
         query = query.where(User.status == status)
     if email_contains:
         query = query.where(User.email.contains(email_contains.lower(), autoescape=True))
-    if before_id is not None:
-        query = query.where(User.id < before_id)
+    query = newest_first(query, User.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))
 
 

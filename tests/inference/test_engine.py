@@ -281,3 +281,21 @@ def test_a_reference_is_only_read_in_reference_mode(engine: Engine) -> None:
     # Not decoded, so not refused: the largest face is swapped as if no reference had been sent.
     result = engine.swap(png(SOURCE), png(picture(640, 480, [(200, 100, 200, 1)])), reference=b"not an image")
     assert result.faces_swapped == 1
+
+
+def test_region_paste_keeps_the_source_identity_as_well_as_stock_paste_back(engine: Engine) -> None:
+    """The claim in inference/paste.py: the feathered region mask loses no identity against insightface's own."""
+    target = picture(1280, 720, [(500, 200, 300, 1)])
+
+    def embed(image: NDArray[np.uint8]) -> NDArray[np.float32]:
+        [face] = engine._detect(image)
+        engine._recognizer.get(image, face)
+        return face.normed_embedding  # type: ignore[no-any-return]
+
+    [target_face] = engine._detect(target)
+    [source_face] = engine._detect(SOURCE)
+    engine._recognizer.get(SOURCE, source_face)
+    stock = engine._swapper.get(target.copy(), target_face, source_face, paste_back=True)
+    ours = decode(engine.swap(png(SOURCE), png(target)).image)
+    source = embed(SOURCE)
+    assert float(embed(ours) @ source) >= float(embed(stock) @ source) - 0.01

@@ -198,25 +198,6 @@ def run_batch(
         raise TenantNotFound(f"tenant {request.tenant_id} not found")
     source = source_for(session, principal)
     batch_tenant = source.tenant_id if source.tracked else scope_tenant
-    claimed: int | None = None
-    if not request.dry_run:
-        # Claim the key before resolving and pricing: a concurrent duplicate waits here for this transaction and
-        # then replays its result, instead of pricing against a pool this batch is about to drain. Any refusal
-        # below rolls the claim back with everything else.
-        claim = batches.begin_batch(
-            session,
-            idempotency_key=stored_key,
-            request_hash=request_hash,
-            mode=request.mode,
-            tenant_id=batch_tenant,
-            actor=principal.label,
-            reason=request.reason,
-            source_account_id=source.account_id,
-            row_count=parsed.row_count,
-        )
-        if isinstance(claim, batches.StoredBatch):
-            return claim.result, False
-        claimed = claim
     failures = parsed.failures + _resolve_rows(
         session, parsed=parsed, scope_tenant=scope_tenant, hide_other_tenants=not principal.is_staff
     )
@@ -246,13 +227,35 @@ def run_batch(
     if source.tracked:
         pool = ledger.get_balance(session, account_id=source.account_id)
         if total > pool.available:
+            # The pool may be empty because a duplicate of this very request just committed: replay it, do not
+            # refuse it (refusing would invite a retry under a new key, and paying twice).
+            stored = None
+            if not request.dry_run:
+                stored = batches.find_batch(session, idempotency_key=stored_key, request_hash=request_hash)
+            if stored is not None:
+                return stored.result, False
             raise InsufficientTokens(
                 f"the pool holds {pool.available} tokens; this batch needs {total}",
                 needed=total,
                 available=pool.available,
             )
-    if claimed is None:  # dry run: priced, nothing claimed, nothing moved
+    if request.dry_run:
         return result, False
+    # Claimed only now, so the claim's foreign-key lock on the pool is not held while rows are resolved. A
+    # concurrent duplicate waits here on the key and then replays.
+    claimed = batches.begin_batch(
+        session,
+        idempotency_key=stored_key,
+        request_hash=request_hash,
+        mode=request.mode,
+        tenant_id=batch_tenant,
+        actor=principal.label,
+        reason=request.reason,
+        source_account_id=source.account_id,
+        row_count=parsed.row_count,
+    )
+    if isinstance(claimed, batches.StoredBatch):
+        return claimed.result, False
     applied_batch = batches.apply_staged(
         session,
         batch_id=claimed,

@@ -29,8 +29,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def api_process(srv: Servers, **env_overrides: str) -> Iterator[tuple[str, psutil.Process]]:
-    """`facemint serve` on 127.0.0.1:<free port>; yields (base url, process)."""
+def api_process(srv: Servers, *, workers: int = 1, **env_overrides: str) -> Iterator[tuple[str, psutil.Process]]:
+    """`facemint serve` on 127.0.0.1:<free port> with `workers` processes; yields (base url, process)."""
     port = free_port()
     env = {
         **os.environ,
@@ -44,7 +44,10 @@ def api_process(srv: Servers, **env_overrides: str) -> Iterator[tuple[str, psuti
     exe = Path(sys.executable).parent / "facemint"
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(
-        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:

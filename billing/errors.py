@@ -75,3 +75,9 @@ class LedgerContention(BillingError):
     status_code = 409
     code = "ledger_contention"
     title = "Concurrent update, retry with the same idempotency key"
+
+
+class PriceNotFound(BillingError):
+    status_code = 404
+    code = "price_not_found"
+    title = "No price for this operation"

@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -40,44 +38,11 @@ from inference.media import output_format as media_output_format
 from inference.models import DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE, is_demo_model
 from inference.paste import paste_face
 from inference.providers import CPU, ProviderChoice, ProviderPlan, check_sessions, plan
+from inference.selection import FaceMode, FaceSelection
 
 logger = logging.getLogger("inference.engine")
 
 MODEL_FILES = {"detector": DETECTOR_FILE, "recognizer": RECOGNIZER_FILE, "swapper": SWAPPER_FILE}
-
-
-class FaceMode(StrEnum):
-    largest = "largest"
-    all = "all"
-    index = "index"  # type: ignore[assignment]  # a member named like str.index, on purpose: it is the API word
-    reference = "reference"
-
-
-_INDEX_SELECTION = re.compile(r"index:(\d{1,3}(?:,\d{1,3}){0,63})")
-
-
-@dataclass(frozen=True, slots=True)
-class FaceSelection:
-    """Which target faces to swap. `index:i,j` counts faces left to right (then top to bottom), from 0."""
-
-    mode: FaceMode = FaceMode.largest
-    indices: tuple[int, ...] = ()
-    threshold: float = 0.5
-
-    @classmethod
-    def parse(cls, text: str, *, threshold: float = 0.5) -> FaceSelection:
-        value = text.strip().lower()
-        if not 0.0 <= threshold <= 1.0:
-            raise InvalidFaceSelection("the reference threshold is a cosine similarity between 0 and 1")
-        if value in (FaceMode.largest, FaceMode.all, FaceMode.reference):
-            return cls(mode=FaceMode(value), threshold=threshold)
-        match = _INDEX_SELECTION.fullmatch(value)
-        if match:
-            indices = tuple(dict.fromkeys(int(i) for i in match.group(1).split(",")))
-            return cls(mode=FaceMode.index, indices=indices, threshold=threshold)
-        raise InvalidFaceSelection(
-            f"unknown face selection {text!r}: use largest, all, index:i,j or reference", selection=text[:100]
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +68,10 @@ class SwapResult:
     timings_ms: dict[str, float]
     providers: list[str]
     model_set: str  # "real" or "demo"
+
+
+def _no_checkpoint(stage: str) -> None:
+    return None
 
 
 def _area(face: Any) -> float:
@@ -223,13 +192,18 @@ class Engine:
         reference: bytes | None = None,
         output_format: str = "png",
         quality: int = 90,
+        checkpoint: Callable[[str], None] | None = None,
     ) -> SwapResult:
+        """`checkpoint(stage)` runs before each stage; raising there stops the swap at that stage boundary (how a
+        worker honours a cancel)."""
         selection = FaceSelection.parse(faces) if isinstance(faces, str) else faces
         wants_reference = selection.mode is FaceMode.reference
         if wants_reference and reference is None:
             raise InvalidFaceSelection("the reference mode needs a reference image")
         fmt = media_output_format(output_format, quality)  # checked before any work is done
         timer = _Timer()
+        check = checkpoint or _no_checkpoint
+        check("decode")
         with timer.stage("decode"):
             source_image = decode_image(source, limits=self.config.limits)
             target_image = decode_image(target, limits=self.config.limits)
@@ -237,6 +211,7 @@ class Engine:
             if wants_reference and reference is not None:  # b"" is decoded, and refused as an invalid image
                 reference_image = decode_image(reference, limits=self.config.limits)
 
+        check("detect")
         with timer.stage("detect"):
             target_faces = self._detect(target_image.pixels)
             source_faces = self._detect(source_image.pixels)
@@ -246,6 +221,7 @@ class Engine:
         if not target_faces:
             raise NoTargetFace("no face was found in the target image")
 
+        check("embed")
         with timer.stage("embed"):
             source_face = max(source_faces, key=_area)
             self._recognizer.get(source_image.pixels, source_face)
@@ -253,11 +229,13 @@ class Engine:
 
         frame = np.array(target_image.pixels, copy=True)
         for face in chosen:
+            check("swap")
             with timer.stage("swap"):
                 crop, matrix = self._swapper.get(target_image.pixels, face, source_face, paste_back=False)
             with timer.stage("paste"):
                 paste_face(frame, crop, matrix)
 
+        check("encode")
         with timer.stage("encode"):
             data = encode_image(frame, format=fmt, quality=quality, alpha=target_image.alpha)
         return SwapResult(

@@ -23,7 +23,10 @@ from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
 from tests.invariants import assert_ledger_invariants
 
-TABLES_TO_EMPTY = "audit_events, api_keys, users, tenants, ledger_entries, ledger_transactions, holds, recharge_batches"
+TABLES_TO_EMPTY = (
+    "webhook_deliveries, webhook_events, jobs, audit_events, api_keys, users, tenants, ledger_entries, "
+    "ledger_transactions, holds, recharge_batches"
+)
 
 
 def _worker_index(worker_id: str) -> int:
@@ -122,6 +125,8 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text(f"TRUNCATE {TABLES_TO_EMPTY} RESTART IDENTITY CASCADE"))
         conn.execute(text("DELETE FROM ledger_accounts WHERE balance_tracked"))
+        # The price book keeps the versions the migrations seeded.
+        conn.execute(text("DELETE FROM prices WHERE actor IS DISTINCT FROM 'migration 0003'"))
     redis = Redis.from_url(redis_url)
     redis.flushdb()
     redis.close()

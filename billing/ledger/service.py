@@ -495,6 +495,15 @@ def release(session: Session, *, hold_id: int) -> HoldResult:
     raise HoldAlreadyResolved(f"hold {hold_id} is already {current.status}", status=current.status)
 
 
+def release_holds(session: Session, *, hold_ids: Sequence[int]) -> list[int]:
+    """Release every hold of `hold_ids` that is still held, in one statement; returns the ones this call
+    released (the others were already resolved by someone else, and stay as they are)."""
+    if not hold_ids:
+        return []
+    with database_refusals():
+        return list(session.execute(_RELEASE_SQL, {"hold_ids": list(hold_ids), "status": "released"}).scalars().all())
+
+
 def expire_due_holds(session: Session, *, limit: int = 500) -> list[int]:
     """Release holds past their deadline. SKIP LOCKED: a hold being captured right now is not waited on,
     and several sweepers can run at once; whoever loses the `status = 'held'` guard changes nothing."""

@@ -19,12 +19,17 @@ from facemint.balances.endpoints import v1_router as balances_v1_router
 from facemint.config import Environment, Settings, get_settings
 from facemint.db import make_engine, make_sessionmaker
 from facemint.errors import install_error_handlers
+from facemint.jobs.endpoints import router as jobs_router
+from facemint.metrics import install_metrics
 from facemint.middleware import RequestIdMiddleware
+from facemint.prices.endpoints import router as prices_router
 from facemint.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from facemint.recharges.endpoints import router as recharges_router
 from facemint.reports.endpoints import router as reports_router
+from facemint.storage import make_storage
 from facemint.tenants.endpoints import router as tenants_router
 from facemint.users.endpoints import router as users_router
+from facemint.webhooks.endpoints import admin_router as webhooks_admin_router
 
 ADMIN_UI_DIR = Path(__file__).resolve().parents[2] / "admin_ui"
 
@@ -56,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.redis = redis
     app.state.limiter = RateLimiter(settings, redis_url=redis_url)
+    app.state.storage = make_storage(settings)
 
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersMiddleware)
@@ -65,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         auth_router,
         balances_v1_router,
+        jobs_router,
         tenants_router,
         users_router,
         api_keys_router,
@@ -72,8 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         balances_admin_router,
         audit_router,
         reports_router,
+        prices_router,
+        webhooks_admin_router,
     ):
         app.include_router(router)
+    install_metrics(app)
     if ADMIN_UI_DIR.is_dir():
         app.mount("/admin", StaticFiles(directory=ADMIN_UI_DIR, html=True), name="admin_ui")
     return app

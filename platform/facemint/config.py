@@ -66,6 +66,35 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
 
+    # Metered jobs. A job's hold lives at most `job_deadline_seconds`; the sweeper fails and releases it by then
+    # (plus one sweep interval): that is the bound on how long any token stays held.
+    job_deadline_seconds: int = Field(default=900, ge=10, le=86400)
+    job_max_attempts: int = Field(default=3, ge=1, le=10)
+    # A running job whose worker has not heartbeated for this long is taken back (requeued or failed).
+    job_heartbeat_seconds: float = Field(default=5.0, gt=0, le=60)
+    job_stale_after_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A queued job not started this long after it was queued is queued again (a lost queue entry).
+    job_redispatch_seconds: float = Field(default=60.0, gt=0, le=3600)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    result_ttl_seconds: int = Field(default=86400, ge=60)
+    prefer_wait_max_seconds: int = Field(default=60, ge=0, le=300)
+    storage_dir: Path | None = None  # default: <data dir>/storage
+    queue_name: str = "swaps"
+    # Test and benchmark aid (refused in prod): each job pauses this long at its first stage boundary.
+    debug_job_delay_seconds: float = Field(default=0.0, ge=0, le=600)
+
+    # Webhooks: Standard Webhooks signatures; private, loopback, link-local and metadata addresses are refused
+    # unless their network is listed here (e.g. ["127.0.0.0/8"] in tests).
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=20)
+    webhook_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0]
+    )
+
+    # /metrics: open in dev when no token is set; in prod it needs `Authorization: Bearer <metrics_token>`.
+    metrics_token: SecretStr | None = None
+
     api_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -92,6 +121,8 @@ class Settings(BaseSettings):
                     problems.append(f"FACEMINT_{name.upper()} is missing or a default")
                 elif len(value.get_secret_value()) < 32:
                     problems.append(f"FACEMINT_{name.upper()} must be at least 32 characters")
+            if self.debug_job_delay_seconds:
+                problems.append("FACEMINT_DEBUG_JOB_DELAY_SECONDS is a test aid")
             if problems:
                 raise ValueError("refusing to start in prod: " + "; ".join(problems))
         return self
@@ -99,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
 
     @property
     def jwt_signing_secret(self) -> str:

@@ -55,9 +55,30 @@ def _context(user: User) -> RequestContext:
     return RequestContext(principal=principal, request_id="demo-seed", ip="127.0.0.1")
 
 
+def write_sample_images(data_dir: Path) -> tuple[Path, Path]:
+    """Two images the demo models find a face in (a bright tiled square; see inference.models.demo)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from inference.models.demo import draw_demo_face
+
+    paths = []
+    for name, identity in (("demo-source.png", 1), ("demo-target.png", 2)):
+        image = np.zeros((384, 384, 3), dtype=np.uint8)
+        draw_demo_face(image, 96, 96, 192, identity=identity)
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, ::-1]).save(buffer, format="PNG")
+        (data_dir / name).write_bytes(buffer.getvalue())
+        paths.append(data_dir / name)
+    return paths[0], paths[1]
+
+
 def seed(session: Session, *, settings: Settings, data_dir: Path) -> Demo:
     demo_path = data_dir / DEMO_FILE
     sample = data_dir / SAMPLE_CSV
+    write_sample_images(data_dir)
     if demo_path.exists() and session.scalar(select(Tenant.id).where(Tenant.name == DEMO_TENANT)) is not None:
         return Demo(credentials=json.loads(demo_path.read_text()), sample_csv=sample, created=False)
 
@@ -152,6 +173,13 @@ def describe(demo: Demo, *, api_url: str) -> str:
         f"       -H 'Content-Type: text/csv' --data-binary @{demo.sample_csv}",
         "  # Alice's ledger",
         f"  curl -s {api_url}/v1/ledger -H 'Authorization: Bearer {c['alice']['api_key']}'",
+        "  # A swap by Alice (1 token; demo models make a placeholder image), waiting up to 10 s for the result",
+        f"  curl -s -X POST {api_url}/v1/swaps -H 'Authorization: Bearer {c['alice']['api_key']}' \\",
+        "       -H 'Idempotency-Key: demo-swap-1' -H 'Prefer: wait=10' \\",
+        f"       -F source=@{demo.sample_csv.parent / 'demo-source.png'} "
+        f"-F target=@{demo.sample_csv.parent / 'demo-target.png'}",
+        "  # ... then download it: the job's result_url",
+        f"  curl -s {api_url}/v1/jobs/<job id>/result -H 'Authorization: Bearer {c['alice']['api_key']}' -o out.png",
         "  # A JWT for the platform admin",
         f"  curl -s -X POST {api_url}/auth/token -H 'Content-Type: application/json' \\",
         f'       -d \'{{"email": "{c["admin"]["email"]}", "password": "{c["admin"]["password"]}"}}\'',

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import BillingError
+from inference.errors import EngineError
 
 logger = logging.getLogger("facemint.errors")
 
@@ -181,7 +182,7 @@ def _refused_input(exc: Exception) -> tuple[str, str] | None:
 
 def install_error_handlers(app: FastAPI) -> None:
     def handle_app_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, FacemintError | BillingError)
+        assert isinstance(exc, FacemintError | BillingError | EngineError)
         headers = getattr(exc, "headers", None)
         return problem_response(
             request,
@@ -250,6 +251,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(FacemintError, handle_app_error)
     app.add_exception_handler(BillingError, handle_app_error)
+    app.add_exception_handler(EngineError, handle_app_error)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     # Registered for the exact types too: Starlette re-raises what only the `Exception` handler caught (after

@@ -1,22 +1,29 @@
 """Every table of the schema, imported in one place for Alembic and the drift test."""
 
 from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
+from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
 from facemint.api_keys.orm import ApiKey
 from facemint.audit.orm import AuditEvent
 from facemint.db import Base
+from facemint.jobs.orm import Job
 from facemint.tenants.orm import Tenant
 from facemint.users.orm import User
+from facemint.webhooks.orm import WebhookDelivery, WebhookEvent
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
     "Hold",
+    "Job",
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "Price",
     "RechargeBatch",
     "Tenant",
     "User",
+    "WebhookDelivery",
+    "WebhookEvent",
 ]

@@ -21,12 +21,26 @@ class Scope(StrEnum):
     balances_read = "balances:read"
     audit_read = "audit:read"
     reports_read = "reports:read"
+    prices_read = "prices:read"
+    prices_write = "prices:write"
+    webhooks_write = "webhooks:write"  # rotate the tenant's webhook signing secret
     # /v1: the caller's own account.
     balance_read = "balance:read"
     ledger_read = "ledger:read"
+    swaps_write = "swaps:write"
+    jobs_read = "jobs:read"
+    jobs_write = "jobs:write"  # cancel and delete the caller's own jobs
+    usage_read = "usage:read"
 
 
-_V1 = {Scope.balance_read, Scope.ledger_read}
+_V1 = {
+    Scope.balance_read,
+    Scope.ledger_read,
+    Scope.swaps_write,
+    Scope.jobs_read,
+    Scope.jobs_write,
+    Scope.usage_read,
+}
 _READ_ALL = {
     Scope.tenants_read,
     Scope.users_read,
@@ -35,6 +49,7 @@ _READ_ALL = {
     Scope.balances_read,
     Scope.audit_read,
     Scope.reports_read,
+    Scope.prices_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -52,6 +67,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.recharges_write,
             Scope.balances_read,
             Scope.audit_read,
+            Scope.prices_read,
+            Scope.webhooks_write,
         }
         | _V1
     ),

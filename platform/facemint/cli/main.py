@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,8 +107,17 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
             with _session(database_url) as session:
                 seeded = demo.seed(session, settings=settings, data_dir=data_dir)
             click.echo(demo.describe(seeded, api_url=api_url))
+        worker = _start_worker(settings)
+        click.echo(f"  worker             pid {worker.pid} (engine warm, sweeper, webhooks)")
         click.echo(f"\nAPI on {api_url} (docs at {api_url}/docs). Ctrl-C stops everything started here.")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        try:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
     finally:
         if redis_server is not None:
             embedded.stop_redis(redis_server)
@@ -115,6 +125,16 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
             postgres_server.cleanup()
         if started:
             click.echo("stopped: " + ", ".join(s.split()[1] for s in started))
+
+
+def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "FACEMINT_DATABASE_URL": settings.database_url or "",
+        "FACEMINT_REDIS_URL": settings.redis_url or "",
+        "FACEMINT_DATA_DIR": str(settings.data_dir),
+    }
+    return subprocess.Popen([sys.executable, "-m", "facemint.cli.main", "worker"], env=env)
 
 
 def _ensure_models(settings: Settings) -> str:
@@ -149,6 +169,29 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         port=port or settings.port,
         workers=workers,
     )
+
+
+@cli.command()
+@click.option("--queues", "queues", multiple=True, help="repeat for several; default: FACEMINT_QUEUE_NAME (swaps)")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True, help="worker processes")
+@click.option("--burst", is_flag=True, help="exit once the queues are empty (tests, one-off drains)")
+def worker(queues: tuple[str, ...], concurrency: int, burst: bool) -> None:
+    """Run swap workers: the engine loaded once per process and kept warm; each also sweeps and sends webhooks."""
+    import logging
+
+    from facemint.worker import runner
+
+    settings = _settings()
+    try:
+        settings.require_urls()
+    except RuntimeError as exc:
+        _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if concurrency > 1:
+        argv = [arg for q in queues for arg in ("--queues", q)] + (["--burst"] if burst else [])
+        runner.supervise(argv, concurrency)
+        return
+    runner.run_worker(settings, queues=list(queues) or [settings.queue_name], burst=burst)
 
 
 @cli.command()

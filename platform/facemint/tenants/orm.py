@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import datetime
 from enum import StrEnum
 
@@ -7,6 +9,11 @@ from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identi
 from sqlalchemy.orm import Mapped, mapped_column
 
 from facemint.db import Base
+
+
+def new_webhook_secret() -> str:
+    """Standard Webhooks format: `whsec_` + base64 of 32 random bytes (the HMAC key)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class TenantStatus(StrEnum):
@@ -34,6 +41,8 @@ class Tenant(Base):
     plan: Mapped[str] = mapped_column(Text, server_default="free")
     # The tenant's token pool: tenant admins hand out tokens from it.
     pool_account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
+    # Signs this tenant's webhooks (Standard Webhooks: `whsec_` + base64 of 32 random bytes).
+    webhook_secret: Mapped[str] = mapped_column(Text, default=new_webhook_secret)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from facemint.errors import FacemintError
+
+
+class JobNotFound(FacemintError):
+    status_code = 404
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class JobAlreadyFinished(FacemintError):
+    status_code = 409
+    code = "job_already_finished"
+    title = "Job already finished"
+
+
+class JobNotFinished(FacemintError):
+    status_code = 409
+    code = "job_not_finished"
+    title = "Job not finished"
+
+
+class ResultGone(FacemintError):
+    status_code = 410
+    code = "result_gone"
+    title = "Result deleted or expired"
+
+
+class IdempotencyKeyReused(FacemintError):
+    status_code = 409
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with a different request"
+
+
+class QueueUnavailable(FacemintError):
+    status_code = 503
+    code = "queue_unavailable"
+    title = "Job queue unavailable"
+
+
+class InvalidSwapRequest(FacemintError):
+    status_code = 422
+    code = "invalid_swap_request"
+    title = "Invalid swap request"
+
+
+class InvalidPreferWait(FacemintError):
+    status_code = 400
+    code = "invalid_prefer_header"
+    title = "Invalid Prefer header"

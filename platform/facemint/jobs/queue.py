@@ -1,0 +1,69 @@
+"""The Redis side of jobs: the RQ queue entry (made after commit, never the source of truth) and the
+notification a worker publishes when a job reaches a terminal state (for `Prefer: wait`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+
+TASK = "facemint.worker.tasks.run_job"
+_LIVE = {RQStatus.QUEUED, RQStatus.STARTED, RQStatus.SCHEDULED, RQStatus.DEFERRED, RQStatus.CREATED}
+
+
+def enqueue(redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: int) -> None:
+    """Put the job on the queue once: RQ's `unique` refuses a second live entry with the same id. An entry left
+    behind by an earlier, finished attempt is replaced. Duplicates would be harmless anyway: only a worker whose
+    claim wins in Postgres runs the job."""
+    queue = Queue(queue_name, connection=redis)
+    kwargs = {
+        "job_id": public_id,
+        "unique": True,
+        "result_ttl": 0,  # Postgres keeps the outcome; RQ forgets it at once
+        "failure_ttl": 3600,
+        "job_timeout": timeout_seconds,
+    }
+    try:
+        queue.enqueue(TASK, public_id, **kwargs)
+    except DuplicateJobError:
+        try:
+            existing = RQJob.fetch(public_id, connection=redis)
+        except NoSuchJobError:
+            existing = None
+        if existing is not None and existing.get_status(refresh=False) in _LIVE:
+            return
+        if existing is not None:
+            existing.delete()
+        queue.enqueue(TASK, public_id, **kwargs)
+
+
+def channel(public_id: str) -> str:
+    return f"facemint:jobs:{public_id}"
+
+
+def notify_finished(redis: Redis, *, public_id: str, status: str) -> None:
+    redis.publish(channel(public_id), status)
+
+
+def wait_until(redis: Redis, *, public_id: str, timeout_seconds: float, is_finished: Callable[[], bool]) -> bool:
+    """Wait for the job's terminal notification (or `timeout_seconds`); Postgres decides (`is_finished`), the
+    notification only wakes the waiter. Checked after subscribing, so a job finishing in between is not missed."""
+    deadline = time.monotonic() + timeout_seconds
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(channel(public_id))
+        while True:
+            if is_finished():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Re-check at least every second: a notification can be lost (Redis restarted) but Postgres cannot.
+            pubsub.get_message(timeout=min(remaining, 1.0))
+    finally:
+        pubsub.close()

@@ -1,0 +1,600 @@
+"""The life of a metered job, each step one conditional statement in the caller's transaction:
+
+submit   (request)  record the job and reserve its hold together; the queue entry is made after commit
+claim    (worker)   queued -> running, attempt + 1; losing the race means someone else has it
+complete (worker)   running (this attempt) -> succeeded, and capture the hold
+fail     (worker)   running (this attempt) -> failed, and release the hold
+retry    (worker)   running (this attempt) -> queued, within the attempt budget
+cancel   (request)  queued -> canceled + release; running -> cancel requested (the worker stops at the next stage)
+sweep    (any)      stale running jobs back to queued or failed; past-deadline jobs failed; holds released
+
+Whoever loses a race changes nothing: every transition names the state (and attempt) it moves from, and the
+hold moves in the same transaction, so capture and release each happen at most once. Services never commit."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+
+from billing.ledger import service as ledger
+from billing.pricing import service as pricing
+from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, JobNotFound
+from facemint.jobs.orm import JobStatus
+from facemint.jobs.schemas import JobRead
+from facemint.webhooks import service as webhooks
+
+# A hold outlives its job's deadline by this margin, so the job path (which records why) always settles it
+# first; the ledger's own expiry is the backstop for a hold whose job row is somehow never swept.
+HOLD_MARGIN_SECONDS = 120
+
+_JOB_COLUMNS = """
+    id, public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, status, idempotency_key,
+    request_hash, price_version, tokens_per_unit, units, tokens_held, tokens_captured, options, input_location,
+    result_location, result_content_type, result_size_bytes, webhook_url, error_code, error_detail, attempts,
+    max_attempts, worker_id, timings_ms, created_at, dispatched_at, started_at, heartbeat_at, finished_at,
+    cancel_requested_at, deadline_at, inputs_deleted_at, result_expires_at, files_deleted_at
+"""
+
+
+def new_public_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    public_id: str
+    tenant_id: int
+    user_id: int
+    api_key_id: int | None
+    account_id: int
+    operation: str
+    units: int
+    idempotency_key: str
+    request_hash: bytes
+    options: dict[str, Any]
+    input_location: str
+    webhook_url: str | None
+    max_attempts: int
+    deadline_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    job: Row[Any]
+    replayed: bool
+
+
+def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
+    """Record the job and hold its price, or replay the job this idempotency key already made.
+
+    Submits with the same key are serialised by a transaction-scoped advisory lock, so a concurrent duplicate
+    waits for the first to commit and then replays it (it never reserves a second hold, and never answers 402
+    because the first one's hold used the balance)."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"),
+        {"lock": f"job-key:{request.user_id}:{request.idempotency_key}"},
+    )
+    existing = _by_key(session, user_id=request.user_id, idempotency_key=request.idempotency_key)
+    if existing is not None:
+        # psycopg2 returns bytea as a memoryview of format 'c', which never equals bytes: compare as bytes.
+        if bytes(existing.request_hash) != request.request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
+        return SubmitOutcome(job=existing, replayed=True)
+
+    price = pricing.current_price(session, operation=request.operation)
+    tokens = price.tokens_per_unit * request.units
+    # InsufficientTokens propagates: the boundary rolls back, and nothing was recorded.
+    hold = ledger.reserve(
+        session,
+        account_id=request.account_id,
+        amount=tokens,
+        reference=f"job:{request.public_id}",
+        ttl_seconds=request.deadline_seconds + HOLD_MARGIN_SECONDS,
+        metadata={"job": request.public_id, "operation": request.operation},
+    )
+    job = session.execute(
+        text(
+            f"""
+            INSERT INTO jobs (public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation,
+                              idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held,
+                              options, input_location, webhook_url, max_attempts, deadline_at, dispatched_at)
+            VALUES (:public_id, :tenant_id, :user_id, :api_key_id, :account_id, :hold_id, :operation,
+                    :idempotency_key, :request_hash, :price_version, :tokens_per_unit, :units, :tokens,
+                    CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
+                    now() + make_interval(secs => :deadline_seconds), clock_timestamp())
+            RETURNING {_JOB_COLUMNS}
+            """
+        ),
+        {
+            "public_id": request.public_id,
+            "tenant_id": request.tenant_id,
+            "user_id": request.user_id,
+            "api_key_id": request.api_key_id,
+            "account_id": request.account_id,
+            "hold_id": hold.hold_id,
+            "operation": request.operation,
+            "idempotency_key": request.idempotency_key,
+            "request_hash": request.request_hash,
+            "price_version": price.version,
+            "tokens_per_unit": price.tokens_per_unit,
+            "units": request.units,
+            "tokens": tokens,
+            "options": _json(request.options),
+            "input_location": request.input_location,
+            "webhook_url": request.webhook_url,
+            "max_attempts": request.max_attempts,
+            "deadline_seconds": request.deadline_seconds,
+        },
+    ).one()
+    return SubmitOutcome(job=job, replayed=False)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _by_key(session: Session, *, user_id: int, idempotency_key: str) -> Row[Any] | None:
+    return session.execute(
+        text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = :user_id AND idempotency_key = :key"),
+        {"user_id": user_id, "key": idempotency_key},
+    ).one_or_none()
+
+
+def mark_undispatched(session: Session, *, job_id: int) -> None:
+    """The queue refused the entry after commit: let the dispatcher queue it on its next sweep."""
+    session.execute(
+        text("UPDATE jobs SET dispatched_at = NULL WHERE id = :id AND status = 'queued'"),
+        {"id": job_id},
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+def get_visible(
+    session: Session, *, public_id: str, user_id: int, tenant_scope: int | None, own_only: bool
+) -> Row[Any]:
+    """A job the caller may see: their own, or (tenant admins and staff reading through /v1) within their scope.
+    Anything else answers 404, as if it did not exist."""
+    row = session.execute(
+        text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE public_id = :id"), {"id": public_id}
+    ).one_or_none()
+    if row is None:
+        raise JobNotFound("job not found")
+    if own_only and row.user_id != user_id:
+        raise JobNotFound("job not found")
+    if tenant_scope is not None and row.tenant_id != tenant_scope:
+        raise JobNotFound("job not found")
+    return row
+
+
+def get_by_id(session: Session, *, job_id: int) -> Row[Any] | None:
+    return session.execute(text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    user_id: int,
+    status: str | None,
+    operation: str | None,
+    created_after: Any,
+    created_before: Any,
+    before_id: int | None,
+    limit: int,
+) -> list[Row[Any]]:
+    return list(
+        session.execute(
+            text(
+                f"""
+                SELECT {_JOB_COLUMNS} FROM jobs
+                WHERE user_id = :user_id
+                  AND (CAST(:status AS text) IS NULL OR status = :status)
+                  AND (CAST(:operation AS text) IS NULL OR operation = :operation)
+                  AND (CAST(:after AS timestamptz) IS NULL OR created_at >= :after)
+                  AND (CAST(:before AS timestamptz) IS NULL OR created_at < :before)
+                  AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+                ORDER BY id DESC LIMIT :limit
+                """
+            ),
+            {
+                "user_id": user_id,
+                "status": status,
+                "operation": operation,
+                "after": created_after,
+                "before": created_before,
+                "before_id": before_id,
+                "limit": limit + 1,
+            },
+        )
+    )
+
+
+def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row[Any]]:
+    """The caller's charges by day (UTC) and operation: what was captured, nothing merely held."""
+    return list(
+        session.execute(
+            text(
+                """
+                SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, operation,
+                       count(*) AS jobs, CAST(sum(tokens_captured) AS bigint) AS tokens
+                FROM jobs
+                WHERE user_id = :user_id AND status = 'succeeded'
+                  AND finished_at >= CAST(:start AS date) AND finished_at < CAST(:end AS date) + 1
+                GROUP BY 1, 2 ORDER BY 1, 2
+                """
+            ),
+            {"user_id": user_id, "start": start, "end": end},
+        )
+    )
+
+
+# --- the worker's transitions ---------------------------------------------------------------------------
+
+
+def claim(session: Session, *, public_id: str, worker_id: str) -> Row[Any] | None:
+    """queued -> running for one more attempt; None when the job is not (or no longer) this worker's to run
+    (already running elsewhere, finished, canceled, out of attempts or past its deadline)."""
+    return session.execute(
+        text(
+            f"""
+            UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = clock_timestamp(),
+                            heartbeat_at = now(), worker_id = :worker_id
+            WHERE public_id = :id AND status = 'queued' AND attempts < max_attempts AND deadline_at > now()
+              AND cancel_requested_at IS NULL
+            RETURNING {_JOB_COLUMNS}
+            """
+        ),
+        {"id": public_id, "worker_id": worker_id},
+    ).one_or_none()
+
+
+def heartbeat(session: Session, *, job_id: int, attempt: int) -> tuple[bool, bool]:
+    """(still ours, cancel requested). Not ours any more: the sweeper took it back, or it was settled."""
+    row = session.execute(
+        text(
+            "UPDATE jobs SET heartbeat_at = now() WHERE id = :id AND status = 'running' AND attempts = :attempt "
+            "RETURNING cancel_requested_at IS NOT NULL AS cancel"
+        ),
+        {"id": job_id, "attempt": attempt},
+    ).one_or_none()
+    return (row is not None, bool(row.cancel) if row is not None else False)
+
+
+def cancel_requested(session: Session, *, job_id: int, attempt: int) -> bool:
+    """True when the job should stop now: cancel asked, or the job is no longer this attempt's."""
+    row = session.execute(
+        text("SELECT status, attempts, cancel_requested_at FROM jobs WHERE id = :id"), {"id": job_id}
+    ).one()
+    return row.cancel_requested_at is not None or row.status != "running" or row.attempts != attempt
+
+
+def complete(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    result_location: str,
+    content_type: str,
+    size_bytes: int,
+    timings_ms: dict[str, float],
+    result_ttl_seconds: int,
+) -> Row[Any] | None:
+    """running (this attempt) -> succeeded, capturing the hold in the same transaction. None: the job is no
+    longer this attempt's (swept, canceled or settled by a duplicate run) and nothing was charged."""
+    row = session.execute(
+        text(
+            f"""
+            UPDATE jobs SET status = 'succeeded', tokens_captured = tokens_held, finished_at = now(),
+                            result_location = :location, result_content_type = :content_type,
+                            result_size_bytes = :size, timings_ms = CAST(:timings AS jsonb),
+                            result_expires_at = now() + make_interval(secs => :ttl),
+                            error_code = NULL, error_detail = NULL
+            WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested_at IS NULL
+            RETURNING {_JOB_COLUMNS}
+            """
+        ),
+        {
+            "id": job_id,
+            "attempt": attempt,
+            "location": result_location,
+            "content_type": content_type,
+            "size": size_bytes,
+            "timings": _json(timings_ms),
+            "ttl": result_ttl_seconds,
+        },
+    ).one_or_none()
+    if row is None:
+        return None
+    ledger.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
+    _record_webhook(session, row)
+    return row
+
+
+def fail(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    code: str,
+    detail: str,
+    status: JobStatus = JobStatus.failed,
+    timings_ms: dict[str, float] | None = None,
+) -> Row[Any] | None:
+    """running (this attempt) -> failed (or canceled), releasing the hold. None: no longer this attempt's."""
+    rows = _finish(
+        session,
+        job_ids=[job_id],
+        status=status,
+        code=code,
+        detail=detail,
+        from_statuses=("running",),
+        attempt=attempt,
+        timings_ms=timings_ms,
+    )
+    return rows[0] if rows else None
+
+
+def retry(session: Session, *, job_id: int, attempt: int, code: str, detail: str) -> Row[Any] | None:
+    """running (this attempt) -> queued again when attempts and time are left, else failed and released."""
+    row = session.execute(
+        text(
+            f"""
+            UPDATE jobs SET status = 'queued', dispatched_at = NULL, worker_id = NULL, heartbeat_at = NULL,
+                            error_code = :code, error_detail = :detail
+            WHERE id = :id AND status = 'running' AND attempts = :attempt AND attempts < max_attempts
+              AND deadline_at > now() AND cancel_requested_at IS NULL
+            RETURNING {_JOB_COLUMNS}
+            """
+        ),
+        {"id": job_id, "attempt": attempt, "code": code, "detail": detail[:1000]},
+    ).one_or_none()
+    if row is not None:
+        return row
+    return fail(session, job_id=job_id, attempt=attempt, code=code, detail=detail)
+
+
+def mark_inputs_deleted(session: Session, *, job_ids: Sequence[int]) -> None:
+    session.execute(
+        text("UPDATE jobs SET inputs_deleted_at = now() WHERE id = ANY(:ids) AND inputs_deleted_at IS NULL"),
+        {"ids": list(job_ids)},
+    )
+
+
+# --- the user's transitions ---------------------------------------------------------------------------
+
+
+def cancel(session: Session, *, job: Row[Any]) -> Row[Any]:
+    """Queued: canceled now and released (never charged). Running: cancel requested; the worker stops at its
+    next stage boundary and releases (never charged), unless the job finishes first, in which case it is
+    charged as any success. Finished: 409."""
+    rows = _finish(
+        session,
+        job_ids=[job.id],
+        status=JobStatus.canceled,
+        code="canceled",
+        detail="canceled by the caller",
+        from_statuses=("queued",),
+    )
+    if rows:
+        return rows[0]
+    row = session.execute(
+        text(
+            f"UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
+            f"WHERE id = :id AND status = 'running' RETURNING {_JOB_COLUMNS}"
+        ),
+        {"id": job.id},
+    ).one_or_none()
+    if row is not None:
+        return row
+    current = get_by_id(session, job_id=job.id)
+    assert current is not None
+    if current.status == "queued":  # it moved running -> queued between the two statements: try once more
+        return cancel(session, job=current)
+    raise JobAlreadyFinished(f"the job already {current.status}", status=current.status)
+
+
+def ensure_finished(job: Row[Any]) -> None:
+    if job.status not in ("succeeded", "failed", "canceled"):
+        raise JobNotFinished("the job is still queued or running: cancel it first")
+
+
+def mark_files_deleted(session: Session, *, job_id: int) -> Row[Any]:
+    return session.execute(
+        text(
+            f"UPDATE jobs SET files_deleted_at = coalesce(files_deleted_at, now()), "
+            f"inputs_deleted_at = coalesce(inputs_deleted_at, now()) WHERE id = :id RETURNING {_JOB_COLUMNS}"
+        ),
+        {"id": job_id},
+    ).one()
+
+
+# --- the sweeper's transitions ---------------------------------------------------------------------------
+
+
+def take_back_stale(session: Session, *, stale_after_seconds: float, limit: int = 100) -> tuple[list[str], list[str]]:
+    """Running jobs whose worker stopped heartbeating: queued again within their attempt budget and deadline
+    (returns their ids to dispatch), otherwise failed and released. SKIP LOCKED: sweepers run everywhere."""
+    stale = session.execute(
+        text(
+            """
+            SELECT id, attempts < max_attempts AND deadline_at > now() AND cancel_requested_at IS NULL AS retry,
+                   cancel_requested_at IS NOT NULL AS canceled
+            FROM jobs
+            WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => :stale)
+            ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+            """
+        ),
+        {"stale": stale_after_seconds, "limit": limit},
+    ).all()
+    requeued = [
+        r.public_id
+        for r in session.execute(
+            text(
+                "UPDATE jobs SET status = 'queued', dispatched_at = NULL, worker_id = NULL, heartbeat_at = NULL, "
+                "error_code = 'worker_lost', error_detail = 'the worker stopped while running this job; retried' "
+                "WHERE id = ANY(:ids) AND status = 'running' RETURNING public_id"
+            ),
+            {"ids": [r.id for r in stale if r.retry]},
+        )
+    ]
+    failed = _finish(
+        session,
+        job_ids=[r.id for r in stale if not r.retry and not r.canceled],
+        status=JobStatus.failed,
+        code="worker_lost",
+        detail="the worker stopped while running this job and no attempts or time were left",
+        from_statuses=("running",),
+    )
+    canceled = _finish(
+        session,
+        job_ids=[r.id for r in stale if r.canceled],
+        status=JobStatus.canceled,
+        code="canceled",
+        detail="canceled by the caller",
+        from_statuses=("running",),
+    )
+    return requeued, [r.public_id for r in failed + canceled]
+
+
+def fail_past_deadline(session: Session, *, limit: int = 100) -> list[str]:
+    ids = list(
+        session.execute(
+            text(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND deadline_at <= now() "
+                "ORDER BY deadline_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+            ),
+            {"limit": limit},
+        ).scalars()
+    )
+    rows = _finish(
+        session,
+        job_ids=ids,
+        status=JobStatus.failed,
+        code="deadline_exceeded",
+        detail="the job did not finish before its deadline; its tokens were released",
+        from_statuses=("queued", "running"),
+    )
+    return [r.public_id for r in rows]
+
+
+def due_for_dispatch(session: Session, *, redispatch_after_seconds: float, limit: int = 200) -> list[Row[Any]]:
+    """Queued jobs with no queue entry (recorded but never queued, or taken back by the sweeper), and queued jobs
+    whose queue entry is older than `redispatch_after_seconds` (the entry may be lost: Redis restarted empty).
+    Locked until the caller commits; the caller queues them and marks them dispatched."""
+    return list(
+        session.execute(
+            text(
+                """
+                SELECT id, public_id FROM jobs
+                WHERE status = 'queued' AND deadline_at > now()
+                  AND (dispatched_at IS NULL AND created_at < now() - interval '1 second'
+                       OR dispatched_at < now() - make_interval(secs => :after))
+                ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"after": redispatch_after_seconds, "limit": limit},
+        )
+    )
+
+
+def mark_dispatched(session: Session, *, job_ids: Sequence[int]) -> None:
+    session.execute(
+        text("UPDATE jobs SET dispatched_at = clock_timestamp() WHERE id = ANY(:ids) AND status = 'queued'"),
+        {"ids": list(job_ids)},
+    )
+
+
+def files_to_delete(session: Session, *, limit: int = 200) -> list[Row[Any]]:
+    """Finished jobs whose inputs are still stored, and results past their expiry."""
+    return list(
+        session.execute(
+            text(
+                """
+                SELECT id, public_id, result_location,
+                       (result_expires_at <= now() AND files_deleted_at IS NULL) AS result_expired
+                FROM jobs
+                WHERE (status IN ('succeeded', 'failed', 'canceled') AND inputs_deleted_at IS NULL)
+                   OR (files_deleted_at IS NULL AND result_location IS NOT NULL AND result_expires_at <= now())
+                ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"limit": limit},
+        )
+    )
+
+
+def mark_result_expired(session: Session, *, job_ids: Sequence[int]) -> None:
+    session.execute(
+        text("UPDATE jobs SET files_deleted_at = now() WHERE id = ANY(:ids) AND files_deleted_at IS NULL"),
+        {"ids": list(job_ids)},
+    )
+
+
+# --- shared ------------------------------------------------------------------------------------------
+
+
+def _finish(
+    session: Session,
+    *,
+    job_ids: Sequence[int],
+    status: JobStatus,
+    code: str,
+    detail: str,
+    from_statuses: tuple[str, ...],
+    attempt: int | None = None,
+    timings_ms: dict[str, float] | None = None,
+) -> list[Row[Any]]:
+    """Move jobs to a terminal state without charging, releasing their holds in the same transaction."""
+    if not job_ids:
+        return []
+    rows = list(
+        session.execute(
+            text(
+                f"""
+                UPDATE jobs SET status = :status, finished_at = now(), error_code = :code, error_detail = :detail,
+                                timings_ms = coalesce(CAST(:timings AS jsonb), timings_ms)
+                WHERE id = ANY(:ids) AND status = ANY(:from_statuses)
+                  AND (CAST(:attempt AS integer) IS NULL OR attempts = :attempt)
+                RETURNING {_JOB_COLUMNS}
+                """
+            ),
+            {
+                "ids": list(job_ids),
+                "status": status.value,
+                "code": code,
+                "detail": detail[:1000],
+                "from_statuses": list(from_statuses),
+                "attempt": attempt,
+                "timings": _json(timings_ms) if timings_ms is not None else None,
+            },
+        )
+    )
+    # A hold the ledger already expired (its job was stuck past the margin) stays expired: nothing to release.
+    ledger.release_holds(session, hold_ids=[r.hold_id for r in rows])
+    for row in rows:
+        _record_webhook(session, row)
+    return rows
+
+
+def _record_webhook(session: Session, row: Row[Any]) -> None:
+    if not row.webhook_url:
+        return
+    data = JobRead.from_row(row).model_dump(mode="json")
+    event_type = f"job.{row.status}"
+    webhooks.record_event(
+        session,
+        job_id=row.id,
+        tenant_id=row.tenant_id,
+        url=row.webhook_url,
+        event_type=event_type,
+        payload={"type": event_type, "timestamp": data["finished_at"], "data": data},
+    )

@@ -1,0 +1,89 @@
+"""Where job inputs and results live. `Storage` is the small interface a backend implements (an S3 backend
+needs the same five calls); `LocalStorage` keeps objects as files under one directory.
+
+Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from facemint.config import Settings
+
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+
+
+class ObjectMissing(FileNotFoundError):
+    """The object was deleted (or expired) or never written."""
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def path(self, key: str) -> Path | None: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _resolve(self, key: str) -> Path:
+        if not _KEY.fullmatch(key) or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        """Atomic: a reader sees the whole object or none (written to a temporary file, fsynced, renamed)."""
+        target = self._resolve(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._resolve(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectMissing(key) from exc
+
+    def path(self, key: str) -> Path | None:
+        """A local file to stream from, or None when the object is gone (or the backend has no files)."""
+        target = self._resolve(key)
+        return target if target.is_file() else None
+
+    def delete(self, key: str) -> None:
+        self._resolve(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self._resolve(prefix.rstrip("/"))
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def input_prefix(public_id: str) -> str:
+    return f"inputs/{public_id}"
+
+
+def result_key(public_id: str, extension: str) -> str:
+    return f"results/{public_id}.{extension}"
+
+
+def make_storage(settings: Settings) -> Storage:
+    return LocalStorage(settings.resolved_storage_dir)

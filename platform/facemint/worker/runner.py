@@ -1,0 +1,110 @@
+"""`facemint worker`: long-lived, non-forking workers with the engine loaded once and kept warm.
+
+RQ's default worker forks a work-horse per job, which reloads the models and breaks CUDA contexts; a
+`SimpleWorker` runs each job in its own process instead. `--concurrency N` starts N such processes (each with
+its own warm engine) under a supervisor that restarts one that dies. Every worker also runs the sweeper and the
+webhook sender in background threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, SimpleWorker
+
+from facemint.config import Settings
+from facemint.db import make_engine, make_sessionmaker
+from facemint.storage import make_storage
+from facemint.webhooks import service as webhooks
+from facemint.worker import sweeper, tasks
+
+logger = logging.getLogger("facemint.worker")
+
+
+class WarmWorker(SimpleWorker):
+    """Runs jobs in this process (no fork). The job's own deadline is enforced by Postgres and the sweeper;
+    RQ's timeout is a second line."""
+
+
+def load_engine(settings: Settings) -> object:
+    from facemint.cli.engine_commands import engine_config
+    from inference.engine import Engine
+
+    return Engine.load(engine_config(settings))
+
+
+def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, engine: object | None = None) -> None:
+    database_url, redis_url = settings.require_urls()
+    db_engine = make_engine(database_url, pool_size=4)
+    # RQ blocks on BLMOVE for up to its dequeue timeout: no socket timeout on this connection.
+    redis = Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
+    context = tasks.WorkerContext(
+        settings=settings,
+        sessions=make_sessionmaker(db_engine),
+        redis=redis,
+        storage=make_storage(settings),
+        engine=engine if engine is not None else load_engine(settings),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    tasks.install(context)
+    background = [
+        sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
+        sweeper.Periodic("webhooks", 1.0, lambda: webhooks.deliver_due(context.sessions, settings=settings)),
+    ]
+    for thread in background:
+        thread.start()
+    logger.info("worker %s ready on queues %s", context.worker_id, ", ".join(queues))
+    try:
+        while True:
+            try:
+                worker = WarmWorker([Queue(name, connection=redis) for name in queues], connection=redis)
+                worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                # Redis went away: jobs stay safe in Postgres (the sweeper keeps working); wait and reconnect.
+                logger.warning("Redis unavailable; reconnecting in 1s")
+                time.sleep(1)
+    finally:
+        for thread in background:
+            thread.stop()
+        db_engine.dispose()
+
+
+def supervise(argv: list[str], concurrency: int) -> None:
+    """Start `concurrency` single-process workers and keep them running until SIGINT/SIGTERM."""
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "facemint.cli.main", "worker", *argv, "--concurrency", "1"])
+
+    def stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    children.extend(start() for _ in range(concurrency))
+    while not stopping:
+        time.sleep(0.5)
+        for index, child in enumerate(children):
+            if child.poll() is not None and not stopping:
+                logger.warning("worker %s exited with %s; starting another", child.pid, child.returncode)
+                children[index] = start()
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()

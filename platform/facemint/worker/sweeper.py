@@ -1,0 +1,118 @@
+"""Housekeeping that makes crashes harmless, run by every worker (safe in many processes at once: each step
+locks the rows it takes with SKIP LOCKED and moves them with guarded statements).
+
+1. dispatch: queued jobs without a live queue entry are queued (recorded but never queued; Redis lost it);
+2. take back: running jobs whose worker stopped heartbeating go back to the queue, or fail and release;
+3. deadline: queued or running jobs past their deadline fail and release;
+4. holds: holds past their own expiry are released by the ledger (the backstop);
+5. files: inputs of finished jobs and results past their expiry are deleted.
+
+The bound: a hold is released at most `job_deadline_seconds + sweep_interval_seconds` after submit while any
+worker runs (the hold's own expiry, `HOLD_MARGIN_SECONDS` later, is the backstop)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from billing.ledger import service as ledger
+from facemint.db import unit_of_work
+from facemint.jobs import queue
+from facemint.jobs import service as jobs
+from facemint.worker.tasks import WorkerContext
+
+logger = logging.getLogger("facemint.sweeper")
+
+
+@dataclass
+class SweepReport:
+    dispatched: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    holds_expired: list[int] = field(default_factory=list)
+    files_deleted: int = 0
+
+
+def sweep_once(context: WorkerContext) -> SweepReport:
+    report = SweepReport()
+    settings = context.settings
+    with unit_of_work(context.sessions) as session:
+        requeued, failed = jobs.take_back_stale(session, stale_after_seconds=settings.job_stale_after_seconds)
+        report.requeued, report.failed = requeued, failed
+    with unit_of_work(context.sessions) as session:
+        report.failed += jobs.fail_past_deadline(session)
+    with unit_of_work(context.sessions) as session:
+        report.holds_expired = ledger.expire_due_holds(session)
+    _notify(context, report.failed)
+    report.dispatched = dispatch(context)
+    report.files_deleted = delete_files(context)
+    return report
+
+
+def dispatch(context: WorkerContext) -> list[str]:
+    """Queue what Postgres says is queued but the queue may not have. Rows stay locked until each is queued, so
+    two sweepers never queue the same job at once; a Redis failure leaves the rest for the next sweep."""
+    dispatched: list[str] = []
+    with unit_of_work(context.sessions) as session:
+        due = jobs.due_for_dispatch(session, redispatch_after_seconds=context.settings.job_redispatch_seconds)
+        done: list[int] = []
+        for row in due:
+            try:
+                queue.enqueue(
+                    context.redis,
+                    queue_name=context.settings.queue_name,
+                    public_id=row.public_id,
+                    timeout_seconds=context.settings.job_deadline_seconds,
+                )
+            except RedisError:
+                logger.warning("queue unavailable: %d jobs wait for the next sweep", len(due) - len(done))
+                break
+            done.append(row.id)
+            dispatched.append(row.public_id)
+        jobs.mark_dispatched(session, job_ids=done)
+    return dispatched
+
+
+def delete_files(context: WorkerContext) -> int:
+    with unit_of_work(context.sessions) as session:
+        rows = jobs.files_to_delete(session)
+        for row in rows:
+            context.storage.delete_prefix(f"inputs/{row.public_id}")
+            if row.result_expired and row.result_location:
+                context.storage.delete(row.result_location)
+        jobs.mark_inputs_deleted(session, job_ids=[r.id for r in rows])
+        jobs.mark_result_expired(session, job_ids=[r.id for r in rows if r.result_expired])
+    return len(rows)
+
+
+def _notify(context: WorkerContext, public_ids: list[str]) -> None:
+    for public_id in public_ids:
+        try:
+            queue.notify_finished(context.redis, public_id=public_id, status="finished")
+        except RedisError:
+            return
+
+
+class Periodic(threading.Thread):
+    """Runs `step` every `interval` seconds until stopped; an error is logged and the next round tries again."""
+
+    def __init__(self, name: str, interval: float, step: Callable[[], object]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval = interval
+        self.step = step
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.step()
+            except Exception:
+                logger.warning("%s failed; retrying in %.1fs", self.name, self.interval, exc_info=True)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()

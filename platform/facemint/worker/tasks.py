@@ -1,0 +1,242 @@
+"""The job an RQ worker runs: `run_job(public_id)`. The queue entry carries only the public id; everything else
+comes from Postgres, which decides (a claim) whether this run may happen at all.
+
+The engine and connections live in a process-wide `WorkerContext` installed once by the worker at start-up
+(`install`), so a job never loads models: the worker is long-lived and warm."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from facemint import metrics
+from facemint.config import Settings
+from facemint.db import unit_of_work
+from facemint.jobs import queue
+from facemint.jobs import service as jobs
+from facemint.jobs.orm import JobStatus
+from facemint.storage import ObjectMissing, Storage, result_key
+from inference.errors import EngineError
+from inference.selection import FaceSelection
+
+logger = logging.getLogger("facemint.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: Redis
+    storage: Storage
+    engine: Any  # inference.engine.Engine, or anything with the same `swap`
+    worker_id: str
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+_context: WorkerContext | None = None
+
+
+def install(context: WorkerContext) -> None:
+    global _context
+    _context = context
+
+
+def current() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("run_job runs inside `facemint worker`, which installs the engine first")
+    return _context
+
+
+class StopJob(Exception):
+    """Raised at a stage boundary: the job was canceled, or it is no longer this attempt's to run."""
+
+
+class Heartbeat(threading.Thread):
+    """Proves the attempt is alive (the sweeper takes back jobs whose heartbeat stops) and learns about cancels."""
+
+    def __init__(self, context: WorkerContext, *, job_id: int, attempt: int) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.context = context
+        self.job_id = job_id
+        self.attempt = attempt
+        self.stop_requested = threading.Event()
+        self.should_abort = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        interval = self.context.settings.job_heartbeat_seconds
+        while not self._done.wait(interval):
+            try:
+                with unit_of_work(self.context.sessions) as session:
+                    ours, cancel = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
+            except Exception:  # a database blip: the next beat tries again; the sweeper waits for several misses
+                logger.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+                continue
+            if not ours or cancel:
+                self.should_abort.set()
+
+    def finish(self) -> None:
+        self._done.set()
+
+
+def run_job(public_id: str) -> str:
+    """Claim, run, settle. Returns what happened (RQ keeps no result: `result_ttl=0`)."""
+    context = current()
+    job = _with_retry(context, lambda s: jobs.claim(s, public_id=public_id, worker_id=context.worker_id), what="claim")
+    if job is None:
+        logger.info("job %s is not claimable (already running, finished or canceled): skipped", public_id)
+        return "skipped"
+    attempt = job.attempts
+    heartbeat = Heartbeat(context, job_id=job.id, attempt=attempt)
+    heartbeat.start()
+    delay = context.settings.debug_job_delay_seconds
+
+    def checkpoint(stage: str) -> None:
+        nonlocal delay
+        if delay:
+            until = time.monotonic() + delay
+            delay = 0.0
+            while time.monotonic() < until and not heartbeat.should_abort.is_set():
+                time.sleep(0.02)
+        if heartbeat.should_abort.is_set():
+            raise StopJob(stage)
+
+    try:
+        outcome = _run(context, job, attempt, checkpoint)
+    finally:
+        heartbeat.finish()
+    _after_settlement(context, job, outcome)
+    return outcome
+
+
+def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[str], None]) -> str:
+    options = job.options
+    failure: tuple[str, str, str] | None = None  # (how, code, detail)
+    try:
+        source = context.storage.get(f"{job.input_location}/source")
+        target = context.storage.get(f"{job.input_location}/target")
+        reference = context.storage.get(f"{job.input_location}/reference") if options.get("has_reference") else None
+        result = context.engine.swap(
+            source,
+            target,
+            faces=FaceSelection.parse(options["faces"], threshold=options.get("threshold", 0.5)),
+            reference=reference,
+            output_format=options["output_format"],
+            quality=options["quality"],
+            checkpoint=checkpoint,
+        )
+    except StopJob as stop:
+        failure = ("cancel", "canceled", f"canceled by the caller; stopped before the {stop} stage")
+    except ObjectMissing:
+        # Inputs are deleted only once a job is finished: a missing input means this run is stale.
+        failure = ("fail", "input_missing", "the job's inputs are gone")
+    except EngineError as exc:
+        failure = ("fail" if exc.input_error else "retry", exc.code, exc.detail)
+    except Exception as exc:  # the infrastructure failed (engine runtime, storage, memory): retried, bounded
+        logger.exception("job %s attempt %s failed", job.public_id, attempt)
+        failure = ("retry", "worker_error", f"{type(exc).__name__}: {exc}")
+    if failure is not None:
+        how, code, detail = failure
+        if how == "retry":
+            return _retry_or_fail(context, job, attempt, code=code, detail=detail)
+        status = JobStatus.canceled if how == "cancel" else JobStatus.failed
+        settled = _with_retry(
+            context,
+            lambda s: jobs.fail(s, job_id=job.id, attempt=attempt, code=code, detail=detail, status=status),
+            what=how,
+        )
+        return status.value if settled is not None else "lost"
+
+    key = result_key(f"{job.public_id}-a{attempt}", result.format.replace("jpeg", "jpg"))
+    context.storage.put(key, result.image)
+    settled = _with_retry(
+        context,
+        lambda s: jobs.complete(
+            s,
+            job_id=job.id,
+            attempt=attempt,
+            result_location=key,
+            content_type=result.content_type,
+            size_bytes=len(result.image),
+            timings_ms=result.timings_ms,
+            result_ttl_seconds=context.settings.result_ttl_seconds,
+        ),
+        what="capture",
+    )
+    _record_timings(context, result.timings_ms)
+    if settled is None:
+        # Not ours any more (swept, canceled meanwhile, or a commit whose answer was lost): keep the file only if
+        # the job did end with it.
+        final = _with_retry(context, lambda s: jobs.get_by_id(s, job_id=job.id), what="read")
+        if final is None or final.result_location != key:
+            context.storage.delete(key)
+            return "lost"
+    return "succeeded"
+
+
+def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str, detail: str) -> str:
+    row = _with_retry(
+        context, lambda s: jobs.retry(s, job_id=job.id, attempt=attempt, code=code, detail=detail), what="retry"
+    )
+    if row is None:
+        return "lost"
+    if row.status == "queued":
+        try:
+            queue.enqueue(
+                context.redis,
+                queue_name=context.settings.queue_name,
+                public_id=row.public_id,
+                timeout_seconds=context.settings.job_deadline_seconds,
+            )
+            _with_retry(context, lambda s: jobs.mark_dispatched(s, job_ids=[row.id]), what="dispatch")
+        except RedisError:
+            logger.warning("could not requeue %s now; the dispatcher will", row.public_id)
+        return "retried"
+    return "failed"
+
+
+def _after_settlement(context: WorkerContext, job: Any, outcome: str) -> None:
+    context.stats[outcome] = context.stats.get(outcome, 0) + 1
+    if outcome in ("succeeded", "failed", "canceled"):
+        context.storage.delete_prefix(job.input_location)
+        try:
+            _with_retry(context, lambda s: jobs.mark_inputs_deleted(s, job_ids=[job.id]), what="inputs")
+        except Exception:  # the sweeper marks it later; the files are already gone
+            logger.warning("could not mark inputs of %s deleted", job.public_id, exc_info=True)
+        with contextlib.suppress(RedisError):  # waiters re-check Postgres every second
+            queue.notify_finished(context.redis, public_id=job.public_id, status=outcome)
+
+
+def _record_timings(context: WorkerContext, timings_ms: dict[str, float]) -> None:
+    with contextlib.suppress(RedisError):  # metrics never fail a job
+        metrics.record_stage_timings(context.redis, timings_ms)
+
+
+def _with_retry(context: WorkerContext, work: Callable[[Session], T], *, what: str) -> T:
+    """One transaction, retried while Postgres is unreachable (a restart, a failover) up to the job deadline.
+
+    Every transition is guarded by the state it moves from, so repeating one whose commit did land (the answer
+    was lost with the connection) changes nothing the second time."""
+    give_up = time.monotonic() + context.settings.job_deadline_seconds
+    pause = 0.1
+    while True:
+        try:
+            with unit_of_work(context.sessions) as session:
+                return work(session)
+        except (OperationalError, DBAPIError) as exc:
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated) or time.monotonic() > give_up:
+                raise
+            logger.warning("database unavailable during %s; retrying in %.1fs", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)

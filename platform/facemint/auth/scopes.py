@@ -55,7 +55,8 @@ _READ_ALL = {
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
     Role.platform_admin: frozenset(Scope),
     Role.operator: frozenset(Scope),
-    Role.finance: frozenset(_READ_ALL | _V1),
+    # Finance reads everything and writes nothing: not even swaps of its own.
+    Role.finance: frozenset(_READ_ALL | {Scope.balance_read, Scope.ledger_read}),
     Role.tenant_admin: frozenset(
         {
             Scope.tenants_read,

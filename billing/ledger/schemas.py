@@ -35,3 +35,5 @@ class HoldResult:
     status: str
     captured_amount: int | None
     replayed: bool
+    # The account's available tokens right after a new reserve (None when not known: replays, other operations).
+    available_after: int | None = None

@@ -342,9 +342,11 @@ reserved AS (
     UPDATE ledger_accounts a SET held = a.held + hold.amount
     FROM hold
     WHERE a.id = hold.account_id AND a.balance - a.held >= hold.amount
-    RETURNING a.id
+    RETURNING a.id, a.balance - a.held AS available
 )
-SELECT hold.id AS hold_id, (SELECT count(*) FROM reserved) AS n_reserved FROM hold
+SELECT hold.id AS hold_id, (SELECT count(*) FROM reserved) AS n_reserved,
+       (SELECT available FROM reserved) AS available
+FROM hold
 """
 )
 
@@ -394,6 +396,7 @@ def reserve(
         status="held",
         captured_amount=None,
         replayed=False,
+        available_after=row.available,
     )
 
 

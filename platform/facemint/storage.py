@@ -23,7 +23,7 @@ class ObjectMissing(FileNotFoundError):
 
 
 class Storage(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
     def get(self, key: str) -> bytes: ...
     def path(self, key: str) -> Path | None: ...
     def delete(self, key: str) -> None: ...
@@ -40,16 +40,19 @@ class LocalStorage:
             raise ValueError(f"invalid storage key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
-        """Atomic: a reader sees the whole object or none (written to a temporary file, fsynced, renamed)."""
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Atomic: a reader sees the whole object or none (written to a temporary file, renamed). `durable`
+        fsyncs first, so the object survives a power loss once `put` returns (results, which are charged for);
+        inputs skip it: losing one in a crash fails its job uncharged (`input_missing`)."""
         target = self._resolve(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -185,6 +185,8 @@ def _submit(
 ) -> Any:
     redis: Redis = request.app.state.redis
     try:
+        # Checked before anything is written. If Redis fails between here and the enqueue, the job is recorded
+        # and held, and the dispatcher queues it once Redis answers (or its deadline releases it).
         redis.ping()
     except RedisError as exc:
         raise QueueUnavailable(
@@ -195,7 +197,7 @@ def _submit(
     public_id = jobs.new_public_id()
     prefix = input_prefix(public_id)
     for name, data in files.items():
-        storage.put(f"{prefix}/{name}", data)
+        storage.put(f"{prefix}/{name}", data, durable=False)
     try:
         outcome = jobs.submit(
             session,
@@ -216,7 +218,9 @@ def _submit(
                 deadline_seconds=settings.job_deadline_seconds,
             ),
         )
-        balance = ledger.get_balance(session, account_id=principal.account_id)
+        available = outcome.available
+        if available is None:
+            available = ledger.get_balance(session, account_id=principal.account_id).available
         session.commit()  # the request boundary: the job and its hold are durable before anything is queued
     except BaseException:
         session.rollback()
@@ -250,7 +254,7 @@ def _submit(
             job = _with_session(request, lambda s: jobs.get_by_id(s, job_id=job.id))
     response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in _TERMINAL else 202
     response.headers["X-Tokens-Held"] = str(job.tokens_held if job.status in ("queued", "running") else 0)
-    response.headers["X-Balance-Available"] = str(balance.available)
+    response.headers["X-Balance-Available"] = str(available)
     response.headers["Location"] = f"/v1/jobs/{job.public_id}"
     return JobRead.from_row(job)
 

@@ -70,6 +70,7 @@ class SubmitRequest:
 class SubmitOutcome:
     job: Row[Any]
     replayed: bool
+    available: int | None = None  # the account's available tokens right after the hold (new jobs only)
 
 
 def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
@@ -134,7 +135,7 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "deadline_seconds": request.deadline_seconds,
         },
     ).one()
-    return SubmitOutcome(job=job, replayed=False)
+    return SubmitOutcome(job=job, replayed=False, available=hold.available_after)
 
 
 def _json(value: Any) -> str:

@@ -4,6 +4,7 @@ Each check is one set-based query returning the offending ids; an empty report m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -114,10 +115,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def reconcile(session: Session, *, sample: int = 50) -> ReconciliationReport:
-    """Run every check in one REPEATABLE READ snapshot when the caller's session allows it."""
+def reconcile(
+    session: Session, *, sample: int = 50, extra_checks: Mapping[str, tuple[str, str]] | None = None
+) -> ReconciliationReport:
+    """Run every check in one REPEATABLE READ snapshot when the caller's session allows it. `extra_checks` (same
+    shape as CHECKS) lets the service add checks over its own tables, e.g. that jobs agree with their holds."""
     report = ReconciliationReport()
-    for name, (description, query) in CHECKS.items():
+    for name, (description, query) in {**CHECKS, **(extra_checks or {})}.items():
         rows = session.execute(text(f"SELECT * FROM ({query}) q ORDER BY 1 LIMIT :n"), {"n": sample}).all()
         report.checks_run.append(name)
         if rows:

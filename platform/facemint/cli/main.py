@@ -264,7 +264,7 @@ def admin_create_key(email: str, scopes: tuple[str, ...], name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def reconcile(as_json: bool) -> None:
     """Prove the books balance; exit code 0 only when they do."""
-    from billing.reports.reconcile import reconcile as run_reconcile
+    from facemint.reports.service import reconcile_all as run_reconcile
 
     settings = _settings()
     from facemint.db import make_engine, snapshot_session

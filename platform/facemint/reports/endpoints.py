@@ -5,12 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from billing.reports.reconcile import reconcile
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.db import snapshot_session
 from facemint.deps import require
 from facemint.reports.schemas import DiscrepancyRead, ReconciliationRead
+from facemint.reports.service import reconcile_all
 
 router = APIRouter(prefix="/admin/v1", tags=["reports"])
 
@@ -21,7 +21,7 @@ def get_reconciliation(
 ) -> ReconciliationRead:
     """Every check over the whole ledger in one read-only snapshot (platform-wide: staff only)."""
     with snapshot_session(request.app.state.engine) as snapshot:
-        report = reconcile(snapshot)
+        report = reconcile_all(snapshot)
     return ReconciliationRead(
         balanced=report.balanced,
         checks=report.checks_run,

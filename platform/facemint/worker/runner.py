@@ -58,7 +58,7 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     tasks.install(context)
     background = [
         sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
-        sweeper.Periodic("webhooks", 1.0, lambda: webhooks.deliver_due(context.sessions, settings=settings)),
+        sweeper.Periodic("webhooks", 1.0, lambda: _send_webhooks(context)),
     ]
     for thread in background:
         thread.start()
@@ -77,6 +77,13 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
         for thread in background:
             thread.stop()
         db_engine.dispose()
+
+
+def _send_webhooks(context: tasks.WorkerContext, *, rounds: int = 50) -> None:
+    """Send every due event, batch after batch, then rest until the next tick."""
+    for _ in range(rounds):
+        if webhooks.deliver_due(context.sessions, settings=context.settings) == 0:
+            return
 
 
 def supervise(argv: list[str], concurrency: int) -> None:

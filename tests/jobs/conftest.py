@@ -128,10 +128,9 @@ def drain(job_settings: Settings, demo_engine: Any) -> Callable[..., None]:
     """Run an in-process warm worker until the queue is empty (RQ burst mode), engine already loaded."""
     from facemint.worker import runner
 
-    def run(settings: Settings | None = None) -> None:
-        runner.run_worker(
-            settings or job_settings, queues=[(settings or job_settings).queue_name], burst=True, engine=demo_engine
-        )
+    def run(settings: Settings | None = None, *, engine: Any = None) -> None:
+        settings = settings or job_settings
+        runner.run_worker(settings, queues=[settings.queue_name], burst=True, engine=engine or demo_engine)
 
     return run
 

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
 
 from billing.ledger import service as ledger
 from facemint.db import unit_of_work
@@ -62,6 +65,7 @@ def dispatch(context: WorkerContext) -> list[str]:
         done: list[int] = []
         for row in due:
             try:
+                _drop_stale_entry(context, row.public_id)
                 queue.enqueue(
                     context.redis,
                     queue_name=context.settings.queue_name,
@@ -75,6 +79,19 @@ def dispatch(context: WorkerContext) -> list[str]:
             dispatched.append(row.public_id)
         jobs.mark_dispatched(session, job_ids=done)
     return dispatched
+
+
+def _drop_stale_entry(context: WorkerContext, public_id: str) -> None:
+    """Postgres says the job is queued, so no attempt is running it: a queue entry still marked `started` was
+    left by a worker that died mid-job (SIGKILL leaves RQ's entry `started` for ever), and `queue.enqueue` would
+    keep it as live and queue nothing. Delete it so the job is queued again."""
+    try:
+        existing = RQJob.fetch(public_id, connection=context.redis)
+    except NoSuchJobError:
+        return
+    if existing.get_status(refresh=False) == RQStatus.STARTED:
+        logger.info("dropping the stale started queue entry of %s", public_id)
+        existing.delete()
 
 
 def delete_files(context: WorkerContext) -> int:

@@ -181,6 +181,27 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
         final = _with_retry(context, lambda s: jobs.get_by_id(s, job_id=job.id), what="read")
         if final is None or final.result_location != key:
             context.storage.delete(key)
+            if (
+                final is not None
+                and final.status == "running"
+                and final.attempts == attempt
+                and final.cancel_requested_at is not None
+            ):
+                # Still this attempt's: the capture refused it because a cancel arrived after the last stage
+                # boundary. Settle it canceled now (never charged) rather than leave it for the sweeper.
+                canceled = _with_retry(
+                    context,
+                    lambda s: jobs.fail(
+                        s,
+                        job_id=job.id,
+                        attempt=attempt,
+                        code="canceled",
+                        detail="canceled by the caller; stopped before the capture",
+                        status=JobStatus.canceled,
+                    ),
+                    what="cancel",
+                )
+                return "canceled" if canceled is not None else "lost"
             return "lost"
     return "succeeded"
 
@@ -192,16 +213,9 @@ def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str,
     if row is None:
         return "lost"
     if row.status == "queued":
-        try:
-            queue.enqueue(
-                context.redis,
-                queue_name=context.settings.queue_name,
-                public_id=row.public_id,
-                timeout_seconds=context.settings.job_deadline_seconds,
-            )
-            _with_retry(context, lambda s: jobs.mark_dispatched(s, job_ids=[row.id]), what="dispatch")
-        except RedisError:
-            logger.warning("could not requeue %s now; the dispatcher will", row.public_id)
+        # Not queued from here: this run's own queue entry (the same id) stays `started` until run_job returns,
+        # so an enqueue now would keep it as live and add nothing. `retry` left `dispatched_at` NULL: the
+        # sweeper's dispatch queues the job on its next round (within `sweep_interval_seconds`).
         return "retried"
     return "failed"
 

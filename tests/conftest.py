@@ -117,9 +117,17 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if not uses_servers:
         return
-    if "no_invariants" not in request.keywords:
-        with engine.connect() as conn:
-            assert_ledger_invariants(conn)
+    try:
+        if "no_invariants" not in request.keywords:
+            with engine.connect() as conn:
+                assert_ledger_invariants(conn)
+    finally:
+        _empty(engine, redis_url)
+
+
+def _empty(engine: Engine, redis_url: str) -> None:
+    """Every table emptied (system accounts and seeded prices kept) and Redis flushed, even after a failed
+    invariant check, so one broken test does not fail every later one."""
     with engine.begin() as conn:
         # Test-only: replica mode skips the append-only triggers so the journal can be emptied between tests.
         conn.execute(text("SET LOCAL session_replication_role = replica"))

@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.BigInteger(), nullable=False),
         sa.Column("hold_id", sa.BigInteger(), nullable=False),
         sa.Column("operation", sa.Text(), nullable=False),
+        sa.Column("queue", sa.Text(), nullable=False),
         sa.Column("status", sa.Text(), server_default="queued", nullable=False),
         sa.Column("idempotency_key", sa.Text(), nullable=False),
         sa.Column("request_hash", sa.LargeBinary(), nullable=False),

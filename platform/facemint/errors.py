@@ -180,6 +180,17 @@ def _refused_input(exc: Exception) -> tuple[str, str] | None:
     return None
 
 
+def _database_unreachable(exc: Exception) -> bool:
+    """Postgres down, restarting or the connection cut: the request rolled back and may be retried."""
+    from psycopg2 import OperationalError as DriverOperationalError
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    if isinstance(exc, SAOperationalError | DriverOperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def handle_app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, FacemintError | BillingError | EngineError)
@@ -238,6 +249,19 @@ def install_error_handlers(app: FastAPI) -> None:
                 title="Invalid value",
                 detail=refused[1],
                 headers={"X-Request-ID": request_id} if request_id else None,
+            )
+        if _database_unreachable(exc):
+            logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+            headers = {"Retry-After": "5"}
+            if request_id:
+                headers["X-Request-ID"] = request_id
+            return problem_response(
+                request,
+                status=503,
+                code="database_unavailable",
+                title="Service unavailable",
+                detail="the database is unavailable; nothing was applied, retry with the same idempotency key",
+                headers=headers,
             )
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(

@@ -306,11 +306,11 @@ def _insert_job(session: Session, *, user_id: int, tenant_id: int, account_id: i
     job_id: int = session.execute(
         text(
             """
-            INSERT INTO jobs (public_id, tenant_id, user_id, account_id, hold_id, operation, status, idempotency_key,
-                              request_hash, price_version, tokens_per_unit, units, tokens_held, options,
+            INSERT INTO jobs (public_id, tenant_id, user_id, account_id, hold_id, operation, queue, status,
+                              idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held, options,
                               input_location, max_attempts, deadline_at, finished_at)
-            VALUES (:public_id, :tenant_id, :user_id, :account_id, :hold_id, 'swap.image', :status, :key, '\\x00',
-                    1, 1, 1, 1, '{}', 'inputs/x', 3, now() + interval '1 hour',
+            VALUES (:public_id, :tenant_id, :user_id, :account_id, :hold_id, 'swap.image', 'swaps', :status, :key,
+                    '\\x00', 1, 1, 1, 1, '{}', 'inputs/x', 3, now() + interval '1 hour',
                     CASE WHEN :status IN ('failed', 'canceled') THEN now() END)
             RETURNING id
             """
@@ -364,6 +364,8 @@ class TestDatabaseSeries:
         assert user.tenant_id is not None
         for status in ("queued", "queued", "running", "failed"):
             hold_id = _hold(session, user.account_id, 1)
+            if status == "failed":  # a failed job's hold is released (reconciliation checks it after the test)
+                ledger.release(session, hold_id=hold_id)
             job_id = _insert_job(
                 session,
                 user_id=user.id,

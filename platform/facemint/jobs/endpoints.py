@@ -208,6 +208,7 @@ def _submit(
                 api_key_id=principal.api_key_id,
                 account_id=principal.account_id,
                 operation=SWAP_OPERATION,
+                queue=settings.queue_name,
                 units=1,
                 idempotency_key=idempotency_key,
                 request_hash=digest,
@@ -234,7 +235,7 @@ def _submit(
         try:
             queue.enqueue(
                 redis,
-                queue_name=settings.queue_name,
+                queue_name=job.queue,
                 public_id=job.public_id,
                 timeout_seconds=settings.job_deadline_seconds,
             )

@@ -74,6 +74,8 @@ class Job(Base):
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"))
     hold_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("holds.id"), unique=True)
     operation: Mapped[str] = mapped_column(Text)
+    # The RQ queue the job goes to (and back to, when the dispatcher queues it again).
+    queue: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default="queued")
     idempotency_key: Mapped[str] = mapped_column(Text)
     request_hash: Mapped[bytes] = mapped_column(LargeBinary)

@@ -35,11 +35,22 @@ def enqueue(redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: i
             existing = RQJob.fetch(public_id, connection=redis)
         except NoSuchJobError:
             existing = None
-        if existing is not None and existing.get_status(refresh=False) in _LIVE:
+        if existing is not None and _really_waiting(redis, queue, existing):
             return
         if existing is not None:
             existing.delete()
         queue.enqueue(TASK, public_id, **kwargs)
+
+
+def _really_waiting(redis: Redis, queue: Queue, job: RQJob) -> bool:
+    """A live entry, except one marked queued that is not on the queue's list any more (a worker died between
+    dequeueing and starting it, or Redis lost part of its data): that one would never run."""
+    status = job.get_status(refresh=False)
+    if status not in _LIVE:
+        return False
+    if status == RQStatus.QUEUED:
+        return redis.lpos(queue.key, job.id) is not None
+    return True
 
 
 def channel(public_id: str) -> str:

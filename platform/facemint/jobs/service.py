@@ -36,7 +36,7 @@ from facemint.webhooks import service as webhooks
 HOLD_MARGIN_SECONDS = 120
 
 _JOB_COLUMNS = """
-    id, public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, status, idempotency_key,
+    id, public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue, status, idempotency_key,
     request_hash, price_version, tokens_per_unit, units, tokens_held, tokens_captured, options, input_location,
     result_location, result_content_type, result_size_bytes, webhook_url, error_code, error_detail, attempts,
     max_attempts, worker_id, timings_ms, created_at, dispatched_at, started_at, heartbeat_at, finished_at,
@@ -56,6 +56,7 @@ class SubmitRequest:
     api_key_id: int | None
     account_id: int
     operation: str
+    queue: str
     units: int
     idempotency_key: str
     request_hash: bytes
@@ -104,10 +105,10 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
     job = session.execute(
         text(
             f"""
-            INSERT INTO jobs (public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation,
+            INSERT INTO jobs (public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue,
                               idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held,
                               options, input_location, webhook_url, max_attempts, deadline_at, dispatched_at)
-            VALUES (:public_id, :tenant_id, :user_id, :api_key_id, :account_id, :hold_id, :operation,
+            VALUES (:public_id, :tenant_id, :user_id, :api_key_id, :account_id, :hold_id, :operation, :queue,
                     :idempotency_key, :request_hash, :price_version, :tokens_per_unit, :units, :tokens,
                     CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
                     now() + make_interval(secs => :deadline_seconds), clock_timestamp())
@@ -122,6 +123,7 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "account_id": request.account_id,
             "hold_id": hold.hold_id,
             "operation": request.operation,
+            "queue": request.queue,
             "idempotency_key": request.idempotency_key,
             "request_hash": request.request_hash,
             "price_version": price.version,
@@ -495,7 +497,7 @@ def due_for_dispatch(session: Session, *, redispatch_after_seconds: float, limit
         session.execute(
             text(
                 """
-                SELECT id, public_id FROM jobs
+                SELECT id, public_id, queue FROM jobs
                 WHERE status = 'queued' AND deadline_at > now()
                   AND (dispatched_at IS NULL AND created_at < now() - interval '1 second'
                        OR dispatched_at < now() - make_interval(secs => :after))

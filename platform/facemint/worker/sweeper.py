@@ -68,7 +68,7 @@ def dispatch(context: WorkerContext) -> list[str]:
                 _drop_stale_entry(context, row.public_id)
                 queue.enqueue(
                     context.redis,
-                    queue_name=context.settings.queue_name,
+                    queue_name=row.queue,
                     public_id=row.public_id,
                     timeout_seconds=context.settings.job_deadline_seconds,
                 )

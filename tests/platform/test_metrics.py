@@ -307,8 +307,8 @@ def _insert_job(session: Session, *, user_id: int, tenant_id: int, account_id: i
         text(
             """
             INSERT INTO jobs (public_id, tenant_id, user_id, account_id, hold_id, operation, queue, status,
-                              idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held, options,
-                              input_location, max_attempts, deadline_at, finished_at)
+                              idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held,
+                              options, input_location, max_attempts, deadline_at, finished_at)
             VALUES (:public_id, :tenant_id, :user_id, :account_id, :hold_id, 'swap.image', 'swaps', :status, :key,
                     '\\x00', 1, 1, 1, 1, '{}', 'inputs/x', 3, now() + interval '1 hour',
                     CASE WHEN :status IN ('failed', 'canceled') THEN now() END)

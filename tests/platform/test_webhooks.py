@@ -315,6 +315,7 @@ def make_event(session: Session) -> MakeEvent:
             account_id=user.account_id,
             hold_id=hold.hold_id,
             operation="swap.image",
+            queue="swaps",
             status="failed",
             idempotency_key=public_id,
             request_hash=b"test",

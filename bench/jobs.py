@@ -169,6 +169,30 @@ async def open_loop(base: str, keys: list[str], *, rate: float, seconds: float) 
     }
 
 
+def cpu_meters(api: psutil.Process, db, redis_url: str) -> dict:  # type: ignore[no-untyped-def]
+    """CPU seconds so far of: the API (all its processes), Postgres (postmaster and every backend), Redis, and
+    this process alone (the load generator)."""
+    from redis import Redis
+
+    me = psutil.Process()
+    pg = procs.postgres_root(db)
+    redis_pid = Redis.from_url(redis_url).info("server").get("process_id")
+    redis_proc = psutil.Process(int(redis_pid)) if redis_pid else None
+
+    def own(proc: psutil.Process | None) -> float:
+        if proc is None:
+            return float("nan")
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    return {
+        "api": lambda: procs.tree_cpu(api),
+        "postgres": lambda: procs.tree_cpu(pg) if pg is not None else float("nan"),
+        "redis": lambda: own(redis_proc),
+        "load_generator": lambda: own(me),
+    }
+
+
 def start_workers(srv: common.Servers, data_dir: Path, models: Path, n: int) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
@@ -274,14 +298,16 @@ def main() -> None:
         db = create_engine(sqlalchemy_url(srv.database_url))
         env = {"FACEMINT_DATA_DIR": str(tmp / "data"), "FACEMINT_PREFER_WAIT_MAX_SECONDS": "0"}
         with procs.api_process(srv, workers=args.api_workers, **env) as (base, api):
-            me = psutil.Process()
             asyncio.run(closed_loop(base, keys, seconds=2, concurrency=args.concurrency))  # warm-up
-            cpu_api, cpu_me = procs.tree_cpu(api), procs.tree_cpu(me)
+            meters = cpu_meters(api, db, srv.redis_url)
+            before = {name: read() for name, read in meters.items()}
             out["submit_closed_loop"] = asyncio.run(
                 closed_loop(base, keys, seconds=args.seconds, concurrency=args.concurrency)
             )
-            out["submit_closed_loop"]["cpu_seconds_api"] = round(procs.tree_cpu(api) - cpu_api, 2)
-            out["submit_closed_loop"]["cpu_seconds_load_generator"] = round(procs.tree_cpu(me) - cpu_me, 2)
+            n = out["submit_closed_loop"]["requests"]
+            out["submit_closed_loop"]["cpu_ms_per_request"] = {
+                name: round((read() - before[name]) * 1000 / n, 2) for name, read in meters.items()
+            }
             print("submit, closed loop:", out["submit_closed_loop"], flush=True)
             out["submit_steady_100"] = asyncio.run(open_loop(base, keys, rate=100, seconds=args.seconds))
             print("submit, steady 100/s:", out["submit_steady_100"], flush=True)

@@ -49,7 +49,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     return value
 
 
-def page_params(
+async def page_params(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> PageParams:

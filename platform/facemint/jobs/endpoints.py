@@ -43,7 +43,7 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IG
 _MULTIPART_OVERHEAD = 64 * 1024
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
@@ -51,7 +51,7 @@ def get_storage(request: Request) -> Storage:
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def _limit_request_size(request: Request, settings: SettingsDep) -> None:
+async def _limit_request_size(request: Request, settings: SettingsDep) -> None:
     """Refuse an oversized upload from its Content-Length, before the multipart body is read and spooled."""
     declared = request.headers.get("content-length")
     ceiling = 3 * settings.max_image_bytes + _MULTIPART_OVERHEAD

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from sqlalchemy.orm import Session
 
@@ -32,15 +33,21 @@ async def get_redis(request: Request) -> Redis:
     return redis
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request. The request boundary commits when the endpoint returns and rolls back
-    on any error; services only flush."""
+    on any error; services only flush.
+
+    Async, so that opening and closing cost no thread-pool hop: a session connects lazily, and only a commit or
+    rollback of a transaction that really began does I/O, in the thread pool. (Closing a session whose
+    transaction ended does none: the pool's reset is a no-op on an idle psycopg2 connection.)"""
     session: Session = request.app.state.sessionmaker()
     try:
         yield session
-        session.commit()
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
     except BaseException:
-        session.rollback()
+        if session.in_transaction():
+            await run_in_threadpool(session.rollback)
         raise
     finally:
         session.close()

@@ -23,6 +23,7 @@ BENCHMARKS = {
     "batch_phases": ([], ["--runs", "1"]),
     "holds": ([], ["--runs", "1", "--seconds", "5"]),
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
+    "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
 }
 
 

@@ -57,6 +57,12 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if durable:  # the rename itself lives in the directory: sync it too
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def get(self, key: str) -> bytes:
         try:

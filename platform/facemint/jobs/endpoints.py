@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -12,6 +13,7 @@ from fastapi.responses import FileResponse
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from billing.ledger import service as ledger
 from billing.ledger.service import request_hash
@@ -131,8 +133,9 @@ async def submit_swap(
     elif reference is not None:
         raise InvalidSwapRequest("a reference image is only used with faces=reference", field="reference")
     if webhook_url:
-        webhook_url = webhook_service.validate_webhook_url(
-            webhook_url, allowed_networks=settings.webhook_allowed_networks
+        # Resolving the host is blocking DNS (seconds for a slow name): never on the event loop.
+        webhook_url = await run_in_threadpool(
+            webhook_service.validate_webhook_url, webhook_url, allowed_networks=settings.webhook_allowed_networks
         )
     options = {
         "faces": faces.strip().lower(),
@@ -150,8 +153,6 @@ async def submit_swap(
         }
     )
     # The rest touches Postgres, Redis and the disk: done in a worker thread, off the event loop.
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(
         _submit,
         request,
@@ -244,13 +245,17 @@ def _submit(
             # sweeper fails it and releases its tokens at its deadline. Either way the tokens are accounted for.
             _with_session(request, lambda s: jobs.mark_undispatched(s, job_id=job.id))
     if wait:
-        finished = queue.wait_until(
-            redis,
-            public_id=job.public_id,
-            timeout_seconds=wait,
-            is_finished=lambda: _with_session(request, lambda s: _is_finished(s, job.id)),
-        )
-        response.headers["Preference-Applied"] = f"wait={wait}"
+        try:
+            finished = queue.wait_until(
+                redis,
+                public_id=job.public_id,
+                timeout_seconds=wait,
+                is_finished=lambda: _with_session(request, lambda s: _is_finished(s, job.id)),
+            )
+            response.headers["Preference-Applied"] = f"wait={wait}"
+        except RedisError:
+            # The job is committed (and held): answer it as it is rather than fail a request that succeeded.
+            finished = False
         if finished:
             job = _with_session(request, lambda s: jobs.get_by_id(s, job_id=job.id))
     response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in _TERMINAL else 202
@@ -321,7 +326,9 @@ def cancel_job(job_id: str, request: Request, session: SessionDep, principal: Wr
     job = jobs.cancel(session, job=_own_job(session, principal, job_id))
     session.commit()
     if job.status == "canceled":
-        queue.notify_finished(request.app.state.redis, public_id=job.public_id, status=job.status)
+        # Only wakes `Prefer: wait` callers (who re-check Postgres every second): the cancel is committed already.
+        with contextlib.suppress(RedisError):
+            queue.notify_finished(request.app.state.redis, public_id=job.public_id, status=job.status)
     return JobRead.from_row(job)
 
 

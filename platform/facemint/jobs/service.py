@@ -231,7 +231,8 @@ def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row
                        count(*) AS jobs, CAST(sum(tokens_captured) AS bigint) AS tokens
                 FROM jobs
                 WHERE user_id = :user_id AND status = 'succeeded'
-                  AND finished_at >= CAST(:start AS date) AND finished_at < CAST(:end AS date) + 1
+                  AND finished_at >= CAST(:start AS date)::timestamp AT TIME ZONE 'UTC'
+                  AND finished_at < (CAST(:end AS date) + 1)::timestamp AT TIME ZONE 'UTC'
                 GROUP BY 1, 2 ORDER BY 1, 2
                 """
             ),

@@ -12,12 +12,13 @@ from facemint.webhooks.schemas import WebhookSecretRead
 
 admin_router = APIRouter(prefix="/admin/v1/tenants", tags=["webhooks"])
 
-Reader = Annotated[Principal, Depends(require(Scope.tenants_read))]
-Writer = Annotated[Principal, Depends(require(Scope.webhooks_write))]
+# The secret signs webhooks: whoever reads it can forge one. Only those who may rotate it (tenant admins for
+# their own tenant, operators and platform admins) may read it; finance's read-everything scope does not.
+Keeper = Annotated[Principal, Depends(require(Scope.webhooks_write))]
 
 
 @admin_router.get("/{tenant_id}/webhook-secret", response_model=WebhookSecretRead)
-def get_webhook_secret(tenant_id: int, response: Response, session: SessionDep, principal: Reader) -> WebhookSecretRead:
+def get_webhook_secret(tenant_id: int, response: Response, session: SessionDep, principal: Keeper) -> WebhookSecretRead:
     principal.ensure_tenant_visible(tenant_id, what="tenant")
     secret = webhook_service.get_secret(session, tenant_id=tenant_id, tenant_scope=principal.tenant_scope)
     response.headers["Cache-Control"] = "no-store"
@@ -31,7 +32,7 @@ def rotate_webhook_secret(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
-    principal: Writer,
+    principal: Keeper,
 ) -> WebhookSecretRead:
     principal.ensure_tenant_visible(tenant_id, what="tenant")
     secret = webhook_service.rotate_secret(

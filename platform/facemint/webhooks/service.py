@@ -131,7 +131,8 @@ def check_target(url: str, *, allowed_networks: Sequence[str], resolve: Resolver
         if reason is not None:
             if literal is not None:
                 raise InvalidWebhookUrl(f"the webhook address {address} {reason}")
-            raise InvalidWebhookUrl(f"the webhook host {host} resolves to {address}, which {reason}")
+            # The address itself is not echoed: it would tell callers how this server resolves internal names.
+            raise InvalidWebhookUrl(f"the webhook host {host} resolves to an address that {reason}")
 
     netloc = url_host if port is None or port == (443 if scheme == "https" else 80) else f"{url_host}:{port}"
     normalized = f"{scheme}://{netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")

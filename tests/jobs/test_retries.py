@@ -94,7 +94,8 @@ def test_out_of_attempts_fails_and_releases(
     drain(engine=flaky)
     done = job_row(engine, job_id)
     assert (done.status, done.attempts, done.error_code) == ("failed", 2, "worker_error")
-    assert "accelerator" in done.error_detail
+    assert "RuntimeError" in done.error_detail
+    assert "accelerator" not in done.error_detail  # the message may name server internals: only the log has it
     assert hold_row(engine, done.hold_id).status == "released"
     assert capture_count(engine, done.hold_id) == 0
     assert balance(engine, payer.account_id) == (5, 0)

@@ -140,3 +140,20 @@ def test_a_durable_put_also_syncs_the_directory_entry(tmp_path: Path, monkeypatc
     synced.clear()
     LocalStorage(tmp_path).put("inputs/job_x/source", b"image", durable=False)
     assert synced == []
+
+
+def test_one_sweep_settles_a_backlog_larger_than_a_batch(
+    job_client: Any, make_payer: Any, engine: Any, sweep: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound on held tokens says: released by the deadline plus one sweep. With more jobs past their deadline
+    than one batch, the sweep goes on batch after batch."""
+    from facemint.worker import sweeper
+
+    monkeypatch.setattr(sweeper, "BATCH", 2)
+    payer = make_payer(7)
+    ids = [submit(job_client, payer).json()["id"] for _ in range(7)]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET deadline_at = now() - interval '1 second'"))
+    report = sweep()
+    assert sorted(report.failed) == sorted(ids)
+    assert balance(engine, payer.account_id) == (7, 0)

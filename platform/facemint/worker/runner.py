@@ -45,8 +45,11 @@ def load_engine(settings: Settings) -> object:
 def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, engine: object | None = None) -> None:
     database_url, redis_url = settings.require_urls()
     db_engine = make_engine(database_url, pool_size=4)
-    # RQ blocks on BLMOVE for up to its dequeue timeout: no socket timeout on this connection.
-    redis = Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
+    # RQ blocks on BLMOVE for up to its dequeue timeout: no socket timeout on its connection. Everything else (the
+    # sweeper's dispatcher, notifications, metrics) uses one with a timeout, so a hung Redis cannot hold the
+    # dispatcher's row locks (and with them cancels and deadlines) for ever.
+    queue_redis = Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
+    redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
     context = tasks.WorkerContext(
         settings=settings,
         sessions=make_sessionmaker(db_engine),
@@ -66,7 +69,7 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     try:
         while True:
             try:
-                worker = WarmWorker([Queue(name, connection=redis) for name in queues], connection=redis)
+                worker = WarmWorker([Queue(name, connection=queue_redis) for name in queues], connection=queue_redis)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except (RedisConnectionError, RedisTimeoutError):

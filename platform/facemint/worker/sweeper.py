@@ -29,6 +29,8 @@ from facemint.jobs import service as jobs
 from facemint.worker.tasks import WorkerContext
 
 logger = logging.getLogger("facemint.sweeper")
+BATCH = 200
+MAX_BATCHES = 50  # at most 10,000 jobs per step and sweep; the rest waits one interval
 
 
 @dataclass
@@ -43,13 +45,29 @@ class SweepReport:
 def sweep_once(context: WorkerContext) -> SweepReport:
     report = SweepReport()
     settings = context.settings
-    with unit_of_work(context.sessions) as session:
-        requeued, failed = jobs.take_back_stale(session, stale_after_seconds=settings.job_stale_after_seconds)
-        report.requeued, report.failed = requeued, failed
-    with unit_of_work(context.sessions) as session:
-        report.failed += jobs.fail_past_deadline(session)
-    with unit_of_work(context.sessions) as session:
-        report.holds_expired = ledger.expire_due_holds(session)
+    # Batch after batch until a short one: a backlog larger than one batch is still settled within this sweep,
+    # which is what the documented bound on held tokens assumes.
+    for _ in range(MAX_BATCHES):
+        with unit_of_work(context.sessions) as session:
+            requeued, failed = jobs.take_back_stale(
+                session, stale_after_seconds=settings.job_stale_after_seconds, limit=BATCH
+            )
+        report.requeued += requeued
+        report.failed += failed
+        if len(requeued) + len(failed) < BATCH:
+            break
+    for _ in range(MAX_BATCHES):
+        with unit_of_work(context.sessions) as session:
+            failed = jobs.fail_past_deadline(session, limit=BATCH)
+        report.failed += failed
+        if len(failed) < BATCH:
+            break
+    for _ in range(MAX_BATCHES):
+        with unit_of_work(context.sessions) as session:
+            expired = ledger.expire_due_holds(session, limit=BATCH)
+        report.holds_expired += expired
+        if len(expired) < BATCH:
+            break
     _notify(context, report.failed)
     report.dispatched = dispatch(context)
     report.files_deleted = delete_files(context)

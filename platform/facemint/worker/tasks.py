@@ -145,7 +145,9 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
         failure = ("fail" if exc.input_error else "retry", exc.code, exc.detail)
     except Exception as exc:  # the infrastructure failed (engine runtime, storage, memory): retried, bounded
         logger.exception("job %s attempt %s failed", job.public_id, attempt)
-        failure = ("retry", "worker_error", f"{type(exc).__name__}: {exc}")
+        # Only the kind of failure reaches the customer (job, webhook): the message may name server paths; the
+        # log above has it whole.
+        failure = ("retry", "worker_error", f"the worker failed ({type(exc).__name__}); retried within the budget")
     if failure is not None:
         how, code, detail = failure
         if how == "retry":

@@ -18,8 +18,15 @@ COPY admin_ui/ admin_ui/
 # `pip install .`, as an editable install: facemint finds alembic.ini, migrations/ and admin_ui/ two levels above
 # its own source (facemint.migrate.ROOT, facemint.app.ADMIN_UI_DIR), which a copy in site-packages would not.
 # Every dependency is a wheel (psycopg2-binary among them), so no compiler is needed.
-RUN pip install -e . \
-    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin facemint
+# The engine's runtime as the Makefile installs it: one onnxruntime flavour (ORT=cpu or gpu) and insightface
+# without its own dependencies (they would pull the GUI OpenCV and a second onnxruntime), then a check.
+ARG ORT=cpu
+RUN pip install -e ".[${ORT}]" \
+    && pip install --no-deps insightface==2.1 \
+    && python -m inference.install --check \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin facemint \
+    && mkdir -p /data/storage /data/models \
+    && chown -R facemint /data
 
 USER facemint
 

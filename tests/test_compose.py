@@ -23,7 +23,7 @@ from facemint.config import DEV_API_KEY_PEPPER, DEV_JWT_SECRET, Environment, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = ("postgres", "redis", "migrate", "api")
+SERVICES = ("postgres", "redis", "migrate", "api", "worker")
 ENV_PREFIX = "FACEMINT_"
 # `${NAME:?message}`: compose refuses to start when NAME is unset or empty.
 REQUIRED_FROM_ENV = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}$")
@@ -96,7 +96,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_the_four_services_exist(compose: dict[str, Any]) -> None:
+def test_the_five_services_exist(compose: dict[str, Any]) -> None:
     assert set(SERVICES) <= set(_services(compose))
 
 
@@ -121,12 +121,20 @@ def test_every_facemint_variable_is_a_settings_field(compose: dict[str, Any]) ->
     assert seen, "no FACEMINT_* variable found"
 
 
-def test_migrate_and_api_share_one_configuration(compose: dict[str, Any]) -> None:
+def test_migrate_api_and_worker_share_one_configuration(compose: dict[str, Any]) -> None:
     env = _facemint_environment(compose)
-    assert env["migrate"] == env["api"]
+    assert env["migrate"] == env["api"] == env["worker"]
 
 
-@pytest.mark.parametrize(("service", "subcommand"), [("migrate", "migrate"), ("api", "serve")])
+def test_api_and_worker_share_the_job_storage(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    storage = _facemint_environment(compose)["api"]["FACEMINT_STORAGE_DIR"]
+    for name in ("api", "worker"):
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services[name]["volumes"]}
+        assert mounts.get(storage) == "storage", (name, mounts)
+
+
+@pytest.mark.parametrize(("service", "subcommand"), [("migrate", "migrate"), ("api", "serve"), ("worker", "worker")])
 def test_commands_are_real_cli_commands_with_real_options(
     compose: dict[str, Any], service: str, subcommand: str
 ) -> None:

@@ -16,7 +16,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer as _ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,14 @@ from tests.factories import create_tenant, create_user, fund
 from tests.platform.conftest import MakeCaller
 
 PUBLIC_IP = "93.184.215.14"
+
+
+class QuietHTTPServer(_ThreadingHTTPServer):
+    """A test receiver: the sender hanging up on a slow answer (which some tests cause on purpose) is expected,
+    not a traceback for the test output."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        return None
 
 
 def resolver(mapping: dict[str, list[str]]) -> webhooks.Resolver:
@@ -272,7 +281,7 @@ def receiver() -> Iterator[Receiver]:
             self.end_headers()
             self.wfile.write(b"ok")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state["receiver"] = Receiver(port=server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -662,7 +671,7 @@ def test_https_pins_the_address_but_keeps_the_name_for_sni_and_the_certificate(t
         seen["sni"] = name or ""
 
     server_context.sni_callback = remember_sni
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = server_context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]

@@ -23,11 +23,6 @@ from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
 from tests.invariants import assert_ledger_invariants
 
-TABLES_TO_EMPTY = (
-    "webhook_deliveries, webhook_events, jobs, audit_events, api_keys, users, tenants, ledger_entries, "
-    "ledger_transactions, holds, recharge_batches"
-)
-
 
 def _worker_index(worker_id: str) -> int:
     match = re.search(r"(\d+)$", worker_id)
@@ -131,7 +126,13 @@ def _empty(engine: Engine, redis_url: str) -> None:
     with engine.begin() as conn:
         # Test-only: replica mode skips the append-only triggers so the journal can be emptied between tests.
         conn.execute(text("SET LOCAL session_replication_role = replica"))
-        conn.execute(text(f"TRUNCATE {TABLES_TO_EMPTY} RESTART IDENTITY CASCADE"))
+        tables = conn.execute(
+            text(
+                "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT IN ('alembic_version', 'prices', 'ledger_accounts')"
+            )
+        ).scalar_one()
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         conn.execute(text("DELETE FROM ledger_accounts WHERE balance_tracked"))
         # The price book keeps the versions the migrations seeded.
         conn.execute(text("DELETE FROM prices WHERE actor IS DISTINCT FROM 'migration 0003'"))

@@ -12,6 +12,7 @@ from redis import Redis
 
 from facemint import health
 from facemint.api_keys.endpoints import router as api_keys_router
+from facemint.approvals.endpoints import router as approvals_router
 from facemint.audit.endpoints import router as audit_router
 from facemint.auth.endpoints import router as auth_router
 from facemint.balances.endpoints import admin_router as balances_admin_router
@@ -19,6 +20,7 @@ from facemint.balances.endpoints import v1_router as balances_v1_router
 from facemint.config import Environment, Settings, get_settings
 from facemint.db import make_engine, make_sessionmaker
 from facemint.errors import install_error_handlers
+from facemint.finance.endpoints import router as finance_router
 from facemint.jobs.endpoints import router as jobs_router
 from facemint.metrics import install_metrics
 from facemint.middleware import RequestIdMiddleware
@@ -81,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reports_router,
         prices_router,
         webhooks_admin_router,
+        finance_router,
+        approvals_router,
     ):
         app.include_router(router)
     install_metrics(app)

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(default=100_000, ge=1)
     batch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
+    # Four-eyes approval: a recharge (one, or one batch row) above `approval_threshold_amount`, or a batch whose
+    # total is above `approval_threshold_batch_total`, waits for a second operator; unapproved, it expires.
+    approval_threshold_amount: int = Field(default=100_000, ge=1)
+    approval_threshold_batch_total: int = Field(default=1_000_000, ge=1)
+    approval_ttl_seconds: int = Field(default=86400, ge=60)
+
+    # Sealed books: the sealer hashes finished ledger entries and audit events in batches of at most this many rows.
+    seal_batch_max_rows: int = Field(default=50_000, ge=1)
+    seal_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+
     plan_limits: dict[str, dict[str, str]] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
     login_limit_per_ip: str = "20/minute"
     login_limit_per_account: str = "10/minute"

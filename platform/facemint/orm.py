@@ -3,7 +3,9 @@
 from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
 from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
+from billing.sealing import orm as sealing_orm  # noqa: F401  (registers the sealing tables)
 from facemint.api_keys.orm import ApiKey
+from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)
 from facemint.audit.orm import AuditEvent
 from facemint.db import Base
 from facemint.jobs.orm import Job

@@ -17,6 +17,7 @@ class Scope(StrEnum):
     api_keys_write = "api-keys:write"
     recharges_read = "recharges:read"
     recharges_write = "recharges:write"
+    recharges_approve = "recharges:approve"  # four-eyes: approve or reject another operator's large recharge
     ledger_adjust = "ledger:adjust"
     balances_read = "balances:read"
     audit_read = "audit:read"
@@ -69,6 +70,7 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.balances_read,
             Scope.audit_read,
             Scope.prices_read,
+            Scope.reports_read,  # the finance views, limited to its own tenant
             Scope.webhooks_write,
         }
         | _V1

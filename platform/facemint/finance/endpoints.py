@@ -1,0 +1,7 @@
+"""Routes: filled in by the issue 5 work."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

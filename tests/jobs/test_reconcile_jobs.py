@@ -24,7 +24,13 @@ def test_a_healthy_job_passes_every_job_check(job_client: Any, make_payer: Any, 
     assert submit(job_client, payer).status_code == 202
     with Session(engine) as session:
         report = reconcile_all(session)
-    assert {"job_hold_state", "job_hold_terms", "job_capture_count", "job_hold_without_job"} <= set(report.checks_run)
+    assert {
+        "job_hold_state",
+        "job_hold_terms",
+        "job_capture_count",
+        "captured_hold_without_succeeded_job",
+        "job_hold_without_job",
+    } <= set(report.checks_run)
     assert report.balanced
 
 
@@ -62,4 +68,4 @@ def test_a_job_charged_other_than_its_hold_is_reported(
         conn.execute(
             text("UPDATE jobs SET status = 'failed', tokens_captured = NULL WHERE public_id = :id"), {"id": public_id}
         )
-    assert {"job_hold_state", "job_capture_count"} <= _failing_checks(engine)
+    assert {"job_hold_state", "job_capture_count", "captured_hold_without_succeeded_job"} <= _failing_checks(engine)

@@ -36,6 +36,14 @@ JOB_CHECKS: dict[str, tuple[str, str]] = {
         HAVING count(t.id) <> CASE WHEN j.status = 'succeeded' THEN 1 ELSE 0 END
         """,
     ),
+    "captured_hold_without_succeeded_job": (
+        "every captured job hold belongs to a succeeded job",
+        """
+        SELECT h.id, coalesce(j.status, 'no job') AS detail FROM holds h
+        LEFT JOIN jobs j ON j.hold_id = h.id
+        WHERE h.status = 'captured' AND h.reference LIKE 'job:%' AND (j.id IS NULL OR j.status <> 'succeeded')
+        """,
+    ),
     "job_hold_without_job": (
         "every hold made for a job belongs to a recorded job",
         """

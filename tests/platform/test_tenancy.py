@@ -151,7 +151,7 @@ class TestRouteWalk:
         return operations
 
     @pytest.fixture
-    def ids(self, client: TestClient, session: Session, world: World) -> dict[str, int]:
+    def ids(self, client: TestClient, session: Session, world: World, make_caller: MakeCaller) -> dict[str, int]:
         member = world.member_a
         transaction_id = fund(session, account_id=member.user.account_id, amount=10)
         listing = client.get("/admin/v1/api-keys", params={"user_id": member.id}, headers=world.admin_a.headers)
@@ -163,12 +163,20 @@ class TestRouteWalk:
             headers={**world.admin_a.headers, "Idempotency-Key": "walk", "Content-Type": "text/csv"},
         )
         assert batch.status_code == 201, batch.text
+        # An operator's recharge above the approval threshold: held, so the approval routes have an id to walk.
+        held = client.post(
+            "/admin/v1/recharges",
+            json={"user_id": member.id, "amount": 100_001, "reason": "walk"},
+            headers={**make_caller(Role.operator).headers, "Idempotency-Key": "walk-approval"},
+        )
+        assert held.status_code == 202, held.text
         return {
             "tenant_id": world.tenant_a.id,
             "user_id": member.id,
             "key_id": listing.json()["items"][0]["id"],
             "transaction_id": transaction_id,
             "batch_id": batch.json()["batch_id"],
+            "approval_id": held.json()["id"],
         }
 
     def test_without_credentials_every_operation_is_401(

@@ -1,7 +1,116 @@
-"""Routes: filled in by the issue 5 work."""
+"""Four-eyes approvals of large recharges: read with `recharges:read` (tenant admins see their tenant's),
+decide with `recharges:approve` (platform admins and operators)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from facemint.approvals import service as approvals
+from facemint.approvals.errors import ApprovalExpired
+from facemint.approvals.schemas import ApprovalDecision, ApprovalDetail, ApprovalRead, Status
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope
+from facemint.deps import SessionDep, SettingsDep, request_context, require
+from facemint.errors import problem_response
+from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.recharges import service as recharge_service
+
+router = APIRouter(prefix="/admin/v1/recharge-approvals", tags=["recharge approvals"])
+
+Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
+Approver = Annotated[Principal, Depends(require(Scope.recharges_approve))]
+ApprovalId = Annotated[int, Path(gt=0, lt=2**63)]
+
+
+@router.get("", response_model=Page[ApprovalRead])
+def list_approvals(
+    session: SessionDep,
+    principal: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+    status: Status | None = None,
+    tenant_id: Annotated[int | None, Query(gt=0, lt=2**63)] = None,
+) -> Page[ApprovalRead]:
+    if tenant_id is not None:
+        principal.ensure_tenant_visible(tenant_id, what="tenant")
+    rows = approvals.list_approvals(
+        session,
+        tenant_scope=principal.tenant_scope,
+        tenant_id=tenant_id,
+        status=status,
+        before_id=page.before_id,
+        limit=page.limit,
+    )
+    return make_page([ApprovalRead.model_validate(row) for row in rows], limit=page.limit)
+
+
+@router.get("/{approval_id}", response_model=ApprovalDetail)
+def get_approval(approval_id: ApprovalId, session: SessionDep, principal: Reader) -> ApprovalDetail:
+    approval = approvals.get(session, approval_id=approval_id, tenant_scope=principal.tenant_scope)
+    return ApprovalDetail(
+        **ApprovalRead.model_validate(approval).model_dump(),
+        request=approvals.request_view(approval, staff=principal.is_staff),
+    )
+
+
+@router.post(
+    "/{approval_id}/approve",
+    response_model=ApprovalRead,
+    responses={
+        403: {"description": "`self_approval`: the requester cannot approve their own recharge"},
+        409: {"description": "`approval_expired` (now marked expired) or `approval_not_pending`"},
+    },
+)
+def approve(
+    approval_id: ApprovalId,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Approver,
+    body: ApprovalDecision | None = None,
+) -> ApprovalRead | JSONResponse:
+    try:
+        approval = recharge_service.approve(
+            session,
+            context=request_context(request, principal, settings),
+            approval_id=approval_id,
+            note=body.note if body else None,
+        )
+    except ApprovalExpired as exc:
+        return _refused_but_recorded(request, exc)
+    return ApprovalRead.model_validate(approval)
+
+
+@router.post(
+    "/{approval_id}/reject",
+    response_model=ApprovalRead,
+    responses={409: {"description": "`approval_expired` (now marked expired) or `approval_not_pending`"}},
+)
+def reject(
+    approval_id: ApprovalId,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Approver,
+    body: ApprovalDecision | None = None,
+) -> ApprovalRead | JSONResponse:
+    try:
+        approval = approvals.reject(
+            session,
+            context=request_context(request, principal, settings),
+            approval_id=approval_id,
+            note=body.note if body else None,
+        )
+    except ApprovalExpired as exc:
+        return _refused_but_recorded(request, exc)
+    return ApprovalRead.model_validate(approval)
+
+
+def _refused_but_recorded(request: Request, exc: ApprovalExpired) -> JSONResponse:
+    # Answered, not raised: a raised error rolls the request back, and the approval was just marked expired
+    # (with its audit event) in this transaction. Nothing else was written before the expiry was found.
+    return problem_response(
+        request, status=exc.status_code, code=exc.code, title=exc.title, detail=exc.detail, extra=exc.extra
+    )

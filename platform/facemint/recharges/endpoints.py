@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from billing.recharge import service as batches
+from facemint.approvals import service as approvals
+from facemint.approvals.schemas import ApprovalRead
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
@@ -22,7 +24,22 @@ Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
 Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
 
 
-@router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED)
+_HELD: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ApprovalRead,
+        "description": "above the approval threshold: nothing applied, held for a second operator "
+        "(the same Idempotency-Key answers with the approval until approved, then with the applied result)",
+    }
+}
+
+
+def held_response(held: recharge_service.Held) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if held.replayed else {}
+    body = ApprovalRead.model_validate(held.approval).model_dump(mode="json")
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED, responses=_HELD)
 def create_recharge(
     body: RechargeCreate,
     request: Request,
@@ -31,17 +48,20 @@ def create_recharge(
     settings: SettingsDep,
     principal: Writer,
     idempotency_key: IdempotencyKey,
-) -> RechargeRead:
+) -> RechargeRead | JSONResponse:
     if body.amount > settings.recharge_max_amount:
         raise AmountAboveCeiling(
             f"amount is above the ceiling of {settings.recharge_max_amount} tokens",
         )
-    outcome = recharge_service.recharge_one(
+    outcome = recharge_service.submit_recharge(
         session,
         context=request_context(request, principal, settings),
         data=body,
         idempotency_key=idempotency_key,
+        policy=approvals.Policy.from_settings(settings),
     )
+    if isinstance(outcome, recharge_service.Held):
+        return held_response(outcome)
     if outcome.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -76,6 +96,7 @@ async def limited_body(request: Request) -> bytes:
     response_model=BatchResult,
     responses={
         201: {"description": "batch applied"},
+        **_HELD,
         422: {"description": "atomic batch with failing rows: nothing applied, every failure listed"},
     },
     openapi_extra={
@@ -113,7 +134,7 @@ def create_batch(
         raise ReasonRequired(
             "a reason is required (query parameter, or `reason` in the JSON body)",
         )
-    result, created = recharge_service.run_batch(
+    outcome = recharge_service.submit_batch(
         session,
         context=request_context(request, principal, settings),
         request=recharge_service.BatchRequest(
@@ -126,9 +147,12 @@ def create_batch(
             body=body,
         ),
         parsed=parsed,
+        policy=approvals.Policy.from_settings(settings),
     )
-    headers = {} if created or dry_run else {"Idempotent-Replayed": "true"}
-    return JSONResponse(result, status_code=201 if created else 200, headers=headers)
+    if outcome.held is not None:
+        return held_response(outcome.held)
+    headers = {} if outcome.created or dry_run else {"Idempotent-Replayed": "true"}
+    return JSONResponse(outcome.result, status_code=201 if outcome.created else 200, headers=headers)
 
 
 @router.get("/batches", response_model=Page[BatchSummary])

@@ -54,6 +54,9 @@ class BatchResult(BaseModel):
     applied: int
     total_amount: int
     failed: list[BatchFailure]
+    # Four-eyes: the approval this batch was applied from, and (dry runs) whether a real run would wait for one.
+    approval_id: int | None = None
+    approval_required: bool | None = None
 
 
 class BatchSummary(BaseModel):

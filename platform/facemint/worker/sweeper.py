@@ -23,6 +23,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from billing.ledger import service as ledger
+from facemint.approvals import service as approvals
 from facemint.db import unit_of_work
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
@@ -40,6 +41,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     holds_expired: list[int] = field(default_factory=list)
     files_deleted: int = 0
+    approvals_expired: int = 0
 
 
 def sweep_once(context: WorkerContext) -> SweepReport:
@@ -68,6 +70,8 @@ def sweep_once(context: WorkerContext) -> SweepReport:
         report.holds_expired += expired
         if len(expired) < BATCH:
             break
+    with unit_of_work(context.sessions) as session:
+        report.approvals_expired = approvals.expire_due(session)
     _notify(context, report.failed)
     report.dispatched = dispatch(context)
     report.files_deleted = delete_files(context)

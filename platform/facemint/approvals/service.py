@@ -1,0 +1,353 @@
+"""Four-eyes approvals: storing held recharges and moving them, one way, to an outcome. Applying an approved
+recharge is the recharge flow's work (`facemint.recharges.service.approve`): this module never moves tokens.
+
+Services never commit; the request (or the worker's sweep) boundary does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from billing.errors import IdempotencyConflict
+from facemint.approvals.errors import ApprovalExpired, ApprovalNotFound, ApprovalNotPending
+from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
+from facemint.audit import service as audit
+from facemint.config import Settings
+from facemint.deps import RequestContext
+from facemint.pagination import newest_first, within_tenant
+
+TARGET_TYPE = "recharge_approval"
+# What a batch approval shows of its rows: enough to judge it, never a 100,000-row document in a response.
+PREVIEW_ROWS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """When a recharge waits for a second operator. The thresholds apply to every requester, tenant admins
+    spending their pool included: the risk (a typo'd amount) is the same whoever types it."""
+
+    threshold_amount: int
+    threshold_batch_total: int
+    ttl_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            threshold_amount=settings.approval_threshold_amount,
+            threshold_batch_total=settings.approval_threshold_batch_total,
+            ttl_seconds=settings.approval_ttl_seconds,
+        )
+
+    def single_needs_approval(self, amount: int) -> bool:
+        return amount > self.threshold_amount
+
+    def batch_needs_approval(self, *, largest_row: int, total: int) -> bool:
+        return largest_row > self.threshold_amount or total > self.threshold_batch_total
+
+
+# --- requesting ----------------------------------------------------------------------------------------
+
+
+def find_by_key(session: Session, *, idempotency_key: str, request_hash: bytes) -> RechargeApproval | None:
+    """The approval a request with this key already created (expired first if due), None if there is none; a
+    different request under the same key is refused."""
+    approval = session.scalars(
+        select(RechargeApproval)
+        .where(RechargeApproval.idempotency_key == idempotency_key)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if approval is None:
+        return None
+    if bytes(approval.request_hash) != request_hash:
+        raise IdempotencyConflict("this idempotency key was already used for a different request")
+    return _expired_if_due(session, approval)
+
+
+def request(
+    session: Session,
+    *,
+    context: RequestContext,
+    kind: ApprovalKind,
+    tenant_id: int | None,
+    idempotency_key: str,
+    request_hash: bytes,
+    payload: dict[str, Any],
+    total_amount: int,
+    row_count: int,
+    reason: str,
+    policy: Policy,
+    summary: dict[str, Any],
+) -> tuple[RechargeApproval, bool]:
+    """Hold a recharge for approval. Returns (approval, created): a concurrent duplicate of the same request
+    waits on the key, then gets the first one's approval."""
+    principal = context.principal
+    approval_id = session.execute(
+        insert(RechargeApproval)
+        .values(
+            kind=kind.value,
+            tenant_id=tenant_id,
+            requested_by_user_id=principal.user_id,
+            requested_by_api_key_id=principal.api_key_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            payload=payload,
+            total_amount=total_amount,
+            row_count=row_count,
+            reason=reason,
+            expires_at=func.now() + timedelta(seconds=policy.ttl_seconds),
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(RechargeApproval.id)
+    ).scalar_one_or_none()
+    if approval_id is None:
+        existing = find_by_key(session, idempotency_key=idempotency_key, request_hash=request_hash)
+        assert existing is not None  # the conflicting row committed before ON CONFLICT could see it
+        return existing, False
+    approval = _load(session, approval_id)
+    audit.record(
+        session,
+        context=context,
+        action="recharge.approval.request",
+        target_type=TARGET_TYPE,
+        target_id=approval.id,
+        tenant_id=tenant_id,
+        after={
+            "kind": kind.value,
+            "total_amount": total_amount,
+            "row_count": row_count,
+            "reason": reason,
+            "expires_at": approval.expires_at.isoformat(),
+            "request": summary,
+        },
+    )
+    return approval, True
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+def get(session: Session, *, approval_id: int, tenant_scope: int | None) -> RechargeApproval:
+    approval = session.scalars(
+        select(RechargeApproval).where(RechargeApproval.id == approval_id).execution_options(populate_existing=True)
+    ).one_or_none()
+    if approval is None or (tenant_scope is not None and approval.tenant_id != tenant_scope):
+        raise ApprovalNotFound(f"recharge approval {approval_id} not found")
+    return _expired_if_due(session, approval)
+
+
+def list_approvals(
+    session: Session,
+    *,
+    tenant_scope: int | None,
+    tenant_id: int | None,
+    status: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[RechargeApproval]:
+    """Newest first. Expires what is due first, so a list never shows a pending approval nobody can approve."""
+    expire_due(session)
+    query = within_tenant(
+        select(RechargeApproval), RechargeApproval.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id
+    )
+    if status is not None:
+        query = query.where(RechargeApproval.status == status)
+    query = newest_first(query, RechargeApproval.id, before_id=before_id, limit=limit)
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def request_view(approval: RechargeApproval, *, staff: bool) -> dict[str, Any]:
+    """What approving would apply. A batch's rows are shown to platform staff only: a staff batch scoped to a
+    tenant may name other tenants' users."""
+    payload = approval.payload
+    if approval.kind == ApprovalKind.single:
+        return {"body": payload["body"], "target": payload["target"]}
+    rows = payload["rows"]
+    view: dict[str, Any] = {
+        "mode": payload["mode"],
+        "reason": payload["reason"],
+        "tenant_id": payload["tenant_id"],
+        "content_type": payload["content_type"],
+        "rows": rows["row_count"],
+        "largest_amount": max(rows["amounts"], default=0),
+    }
+    if staff:
+        shown = min(PREVIEW_ROWS, len(rows["row_nos"]))
+        view["first_rows"] = [
+            {
+                "row": rows["row_nos"][i],
+                "user_id": rows["user_ids"][i],
+                "email": rows["emails"][i],
+                "amount": rows["amounts"][i],
+                "reference": rows["references"][i],
+            }
+            for i in range(shown)
+        ]
+        view["unparsed_rows"] = rows["failures"][:PREVIEW_ROWS]
+    return view
+
+
+# --- deciding ------------------------------------------------------------------------------------------
+
+
+def lock(session: Session, *, approval_id: int, tenant_scope: int | None) -> RechargeApproval:
+    """The approval, locked until the transaction ends: a second approver waits here, then sees the outcome."""
+    approval = session.scalars(
+        select(RechargeApproval)
+        .where(RechargeApproval.id == approval_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if approval is None or (tenant_scope is not None and approval.tenant_id != tenant_scope):
+        raise ApprovalNotFound(f"recharge approval {approval_id} not found")
+    return approval
+
+
+def ensure_pending(session: Session, approval: RechargeApproval) -> RechargeApproval:
+    """Refuse a decided approval; expire a due one on the spot. `ApprovalExpired` is raised after the expiry is
+    recorded: the caller answers it without rolling back (see the approvals endpoints)."""
+    approval = _expired_if_due(session, approval)
+    if approval.status == ApprovalStatus.expired:
+        raise ApprovalExpired(
+            f"recharge approval {approval.id} expired at {approval.expires_at.isoformat()}; nothing was applied",
+            approval_id=approval.id,
+            expires_at=approval.expires_at.isoformat(),
+        )
+    if approval.status != ApprovalStatus.pending:
+        raise ApprovalNotPending(
+            f"recharge approval {approval.id} is already {approval.status}",
+            approval_id=approval.id,
+            approval_status=approval.status,
+        )
+    return approval
+
+
+def decide(
+    session: Session,
+    *,
+    context: RequestContext,
+    approval: RechargeApproval,
+    status: ApprovalStatus,
+    note: str | None,
+    result: dict[str, Any] | None = None,
+    transaction_id: int | None = None,
+    batch_id: int | None = None,
+) -> RechargeApproval:
+    """pending -> approved or rejected, as one conditional UPDATE: it changes nothing unless the approval is
+    still pending and not yet due to expire, so a decision can never land twice."""
+    if status not in (ApprovalStatus.approved, ApprovalStatus.rejected):
+        raise ValueError(f"an operator approves or rejects; {status} is not a decision")
+    decided = session.execute(
+        update(RechargeApproval)
+        .where(
+            RechargeApproval.id == approval.id,
+            RechargeApproval.status == ApprovalStatus.pending.value,
+            RechargeApproval.expires_at > func.now(),
+        )
+        .values(
+            status=status.value,
+            decided_by_user_id=context.principal.user_id,
+            decided_at=func.now(),
+            decision_note=note,
+            # Left out rather than set to None: the JSON type would store a JSON null, not SQL NULL.
+            **({"result": result} if result is not None else {}),
+            transaction_id=transaction_id,
+            batch_id=batch_id,
+        )
+        .returning(RechargeApproval.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if decided is None:
+        current = _load(session, approval.id)
+        raise ApprovalNotPending(
+            f"recharge approval {approval.id} is already {current.status}",
+            approval_id=approval.id,
+            approval_status=current.status,
+        )
+    approval = _load(session, approval.id)
+    audit.record(
+        session,
+        context=context,
+        action=f"recharge.approval.{'approve' if status == ApprovalStatus.approved else 'reject'}",
+        target_type=TARGET_TYPE,
+        target_id=approval.id,
+        tenant_id=approval.tenant_id,
+        before={"status": ApprovalStatus.pending.value},
+        after={
+            "status": status.value,
+            "note": note,
+            "requested_by_user_id": approval.requested_by_user_id,
+            "result": result,
+        },
+    )
+    return approval
+
+
+def reject(session: Session, *, context: RequestContext, approval_id: int, note: str | None) -> RechargeApproval:
+    """Nothing is applied. The requester may reject (withdraw) their own request: only approving needs four
+    eyes."""
+    approval = lock(session, approval_id=approval_id, tenant_scope=context.principal.tenant_scope)
+    approval = ensure_pending(session, approval)
+    return decide(session, context=context, approval=approval, status=ApprovalStatus.rejected, note=note)
+
+
+# --- expiry --------------------------------------------------------------------------------------------
+
+_EXPIRE_SQL = text(
+    """
+    WITH due AS (
+        SELECT id FROM recharge_approvals
+        WHERE status = 'pending' AND expires_at <= now()
+          AND (CAST(:approval_id AS bigint) IS NULL OR id = :approval_id)
+        ORDER BY id
+        -- An approval an operator is deciding right now is theirs to expire: the sweep neither waits nor fights.
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE recharge_approvals a SET status = 'expired', decided_at = now()
+    FROM due WHERE a.id = due.id
+    RETURNING a.id, a.tenant_id, a.kind, a.total_amount, a.requested_by_user_id, a.expires_at
+    """
+)
+
+
+def expire_due(session: Session, *, approval_id: int | None = None) -> int:
+    """Mark every pending approval past its `expires_at` expired (or only `approval_id`); returns how many. For
+    the worker's periodic sweep; reads and approvals also expire lazily."""
+    expired = session.execute(_EXPIRE_SQL, {"approval_id": approval_id}).all()
+    for row in expired:
+        audit.record(
+            session,
+            context=None,
+            action="recharge.approval.expire",
+            target_type=TARGET_TYPE,
+            target_id=row.id,
+            tenant_id=row.tenant_id,
+            before={"status": ApprovalStatus.pending.value},
+            after={
+                "status": ApprovalStatus.expired.value,
+                "kind": row.kind,
+                "total_amount": row.total_amount,
+                "requested_by_user_id": row.requested_by_user_id,
+                "expires_at": row.expires_at.isoformat(),
+            },
+        )
+    return len(expired)
+
+
+def _expired_if_due(session: Session, approval: RechargeApproval) -> RechargeApproval:
+    # The Python clock only decides whether to ask; the database's clock decides (as the trigger does).
+    if approval.status != ApprovalStatus.pending or approval.expires_at > datetime.now(UTC):
+        return approval
+    if expire_due(session, approval_id=approval.id) == 0:
+        return approval
+    return _load(session, approval.id)
+
+
+def _load(session: Session, approval_id: int) -> RechargeApproval:
+    return session.scalars(
+        select(RechargeApproval).where(RechargeApproval.id == approval_id).execution_options(populate_existing=True)
+    ).one()

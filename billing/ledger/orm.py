@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billing.db import BillingBase
+from billing.sealing.orm import XID8
 
 
 class AccountKind(StrEnum):
@@ -111,6 +112,7 @@ class LedgerEntry(BillingBase):
     __table_args__ = (
         CheckConstraint("amount <> 0", name="amount_nonzero"),
         Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+        Index("ix_ledger_entries_xid_id", "xid", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -122,6 +124,7 @@ class LedgerEntry(BillingBase):
     row_no: Mapped[int | None] = mapped_column(Integer)
     reference: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    xid: Mapped[str] = mapped_column(XID8, server_default=text("pg_current_xact_id()"))  # the sealer's (xid, id)
 
 
 class Hold(BillingBase):

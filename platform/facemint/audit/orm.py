@@ -3,10 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, Index, Text, func
+from sqlalchemy import BigInteger, DateTime, Identity, Index, Text, func, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from billing.sealing.orm import XID8
 from facemint.db import Base
 
 
@@ -14,7 +15,10 @@ class AuditEvent(Base):
     """Append-only (trigger in the migration): one row per admin write, in the write's own transaction."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_audit_events_xid_id", "xid", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -28,3 +32,4 @@ class AuditEvent(Base):
     ip: Mapped[str | None] = mapped_column(INET)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    xid: Mapped[str] = mapped_column(XID8, server_default=text("pg_current_xact_id()"))  # the sealer's (xid, id)

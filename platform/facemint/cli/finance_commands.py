@@ -1,13 +1,76 @@
-"""`facemint finance ...` commands: filled in by the issue 5 work."""
+"""`facemint export ...`: the finance logs streamed to a file, straight from the database."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 
 import click
 
 from facemint.config import Settings
 
+LOG_NAMES = ("recharges", "usage", "ledger", "audit")
+
 
 def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
-    return None
+    @cli.command("export")
+    @click.argument("log", type=click.Choice(LOG_NAMES))
+    @click.option("--from", "start", type=click.DateTime(), default=None, help="UTC, inclusive")
+    @click.option("--to", "end", type=click.DateTime(), default=None, help="UTC, exclusive")
+    @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+    @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+    @click.option("--tenant-id", type=int, default=None)
+    @click.option("--quiet", is_flag=True, help="no progress bar")
+    def export(
+        log: str,
+        start: datetime | None,
+        end: datetime | None,
+        fmt: str,
+        output: Path,
+        tenant_id: int | None,
+        quiet: bool,
+    ) -> None:
+        """Export a finance log (the same stream as GET /admin/v1/finance/LOG/export): one consistent snapshot,
+        ending with a totals trailer. Reads the database directly, across every tenant unless --tenant-id."""
+        from facemint.cli.main import _database
+        from facemint.db import make_engine
+        from facemint.finance import service
+        from facemint.finance.errors import InvalidFilter
+        from facemint.finance.exports import ExportStream
+
+        with _database(settings()) as url:
+            engine = make_engine(url, pool_size=1)
+            try:
+                with engine.connect() as connection:
+                    from sqlalchemy.orm import Session
+
+                    with Session(bind=connection) as session:
+                        filters = service.resolve_filters(
+                            session, log=service.LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
+                        )
+                stream = ExportStream(
+                    engine, log=service.LOGS[log], filters=filters, fmt="jsonl" if fmt == "jsonl" else "csv"
+                )
+                chunks = stream.open()
+                next(chunks)
+                assert stream.totals is not None
+                rows = int(stream.totals["rows"])
+                tmp = output.with_name(output.name + ".part")
+                with (
+                    tmp.open("wb") as out,
+                    click.progressbar(
+                        length=max(rows, 1), label=f"{log} ({rows} rows)", file=sys.stderr, hidden=quiet
+                    ) as bar,
+                ):
+                    for chunk in chunks:
+                        out.write(chunk)
+                        bar.update(chunk.count(b"\n"))
+                tmp.replace(output)
+            except InvalidFilter as exc:
+                raise click.UsageError(exc.detail) from exc
+            finally:
+                engine.dispose()
+        totals = ", ".join(f"{k}={v}" for k, v in stream.totals.items() if k != "snapshot")
+        click.echo(f"wrote {output} ({stream.bytes_sent} bytes): {totals}", err=True)

@@ -34,6 +34,8 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
     ) -> None:
         """Export a finance log (the same stream as GET /admin/v1/finance/LOG/export): one consistent snapshot,
         ending with a totals trailer. Reads the database directly, across every tenant unless --tenant-id."""
+        from sqlalchemy.orm import Session
+
         from facemint.cli.main import _database
         from facemint.db import make_engine
         from facemint.finance import service
@@ -43,13 +45,10 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
         with _database(settings()) as url:
             engine = make_engine(url, pool_size=1)
             try:
-                with engine.connect() as connection:
-                    from sqlalchemy.orm import Session
-
-                    with Session(bind=connection) as session:
-                        filters = service.resolve_filters(
-                            session, log=service.LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
-                        )
+                with engine.connect() as connection, Session(bind=connection) as session:
+                    filters = service.resolve_filters(
+                        session, log=service.LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
+                    )
                 stream = ExportStream(
                     engine, log=service.LOGS[log], filters=filters, fmt="jsonl" if fmt == "jsonl" else "csv"
                 )
@@ -61,7 +60,10 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
                 with (
                     tmp.open("wb") as out,
                     click.progressbar(
-                        length=max(rows, 1), label=f"{log} ({rows} rows)", file=sys.stderr, hidden=quiet
+                        length=rows + (2 if fmt == "csv" else 1),
+                        label=f"{log} ({rows} rows)",
+                        file=sys.stderr,
+                        hidden=quiet,
                     ) as bar,
                 ):
                     for chunk in chunks:

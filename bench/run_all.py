@@ -24,6 +24,7 @@ BENCHMARKS = {
     "holds": ([], ["--runs", "1", "--seconds", "5"]),
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
     "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
+    "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
 }
 
 

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
     "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
+    "sealing": ([], ["--entries", "200000", "--seconds", "4", "--runs", "1", "--no-index-cost"]),
 }
 
 

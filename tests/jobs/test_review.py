@@ -157,3 +157,29 @@ def test_one_sweep_settles_a_backlog_larger_than_a_batch(
     report = sweep()
     assert sorted(report.failed) == sorted(ids)
     assert balance(engine, payer.account_id) == (7, 0)
+
+
+def test_workers_seal_the_ledger_a_job_writes(job_client: Any, make_payer: Any, engine: Any, start_worker: Any) -> None:
+    """The sealer runs in every worker: the capture a job posts ends up sealed, and the seal verifies."""
+    from billing.sealing import service as sealing
+    from tests.jobs.conftest import wait_for, wait_terminal
+
+    payer = make_payer(3)
+    public_id = submit(job_client, payer).json()["id"]
+    start_worker(FACEMINT_SEAL_INTERVAL_SECONDS="0.2")
+    assert wait_terminal(engine, public_id).status == "succeeded"
+    with engine.connect() as conn:
+        newest_entry = conn.execute(text("SELECT max(id) FROM ledger_entries")).scalar_one()
+
+    def sealed_through() -> int:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT coalesce(max(last_id), 0) FROM ledger_seals WHERE stream = 'ledger_entries'")
+                ).scalar_one()
+            )
+
+    wait_for(lambda: sealed_through() >= newest_entry, timeout=20)
+    with Session(engine) as session:
+        report = sealing.verify(session)
+    assert report.intact, report

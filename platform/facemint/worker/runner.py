@@ -21,8 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 
+from billing.sealing import service as sealing
 from facemint.config import Settings
-from facemint.db import make_engine, make_sessionmaker
+from facemint.db import make_engine, make_sessionmaker, unit_of_work
 from facemint.storage import make_storage
 from facemint.webhooks import service as webhooks
 from facemint.worker import sweeper, tasks
@@ -62,6 +63,7 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     background = [
         sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
         sweeper.Periodic("webhooks", 1.0, lambda: _send_webhooks(context)),
+        sweeper.Periodic("sealer", settings.seal_interval_seconds, lambda: _seal(context)),
     ]
     for thread in background:
         thread.start()
@@ -87,6 +89,12 @@ def _send_webhooks(context: tasks.WorkerContext, *, rounds: int = 50) -> None:
     for _ in range(rounds):
         if webhooks.deliver_due(context.sessions, settings=context.settings) == 0:
             return
+
+
+def _seal(context: tasks.WorkerContext) -> None:
+    """Seal finished ledger entries and audit events; a worker that finds another sealing skips its turn."""
+    with unit_of_work(context.sessions) as session:
+        sealing.seal_all(session, max_rows=context.settings.seal_batch_max_rows, wait=False)
 
 
 def supervise(argv: list[str], concurrency: int) -> None:

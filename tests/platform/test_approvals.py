@@ -320,6 +320,25 @@ class TestApproving:
         assert recharge_transactions(session) == 0
         assert _reject(client, world.approver, approval["id"], note="frozen").json()["status"] == "rejected"
 
+    def test_the_recharge_log_shows_which_approval_applied_a_recharge(self, client: TestClient, world: World) -> None:
+        user = world.users[0]
+        approval = _held(_recharge(client, world.requester, user, THRESHOLD + 1))
+        assert _approve(client, world.approver, approval["id"]).status_code == 200
+        small = client.post(
+            SINGLE, json={"user_id": user.id, "amount": 5, "reason": "small"}, headers=world.requester.headers("s-1")
+        )
+        assert small.status_code == 201, small.text
+        log = client.get(
+            "/admin/v1/finance/recharges", params={"user_id": user.id}, headers=world.finance.headers("read")
+        )
+        assert log.status_code == 200, log.text
+        rows = {row["amount"]: row for row in log.json()["items"]}
+        assert (rows[THRESHOLD + 1]["approval_id"], rows[THRESHOLD + 1]["approved_by_user_id"]) == (
+            approval["id"],
+            world.approver.user.id,
+        )
+        assert (rows[5]["approval_id"], rows[5]["approved_by_user_id"]) == (None, None)
+
 
 class TestRejectionAndExpiry:
     def test_rejected_applies_nothing_and_cannot_be_approved(

@@ -111,11 +111,17 @@ RECHARGES = LogSpec(
         Column("actor", "t.actor", "text"),
         Column("reason", "t.reason", "text"),
         Column("reference", "coalesce(e.reference, t.reference)", "text"),
+        # Four-eyes: the approval this recharge was applied from, and who approved it (None: applied directly).
+        Column("approval_id", "coalesce(ra.id, rb.id)"),
+        Column("approved_by_user_id", "coalesce(ra.decided_by_user_id, rb.decided_by_user_id)"),
         Column("created_at", "e.created_at", "ts"),
     ),
     source=(
         "ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id "
-        "JOIN ledger_accounts a ON a.id = e.account_id LEFT JOIN users u ON u.account_id = e.account_id"
+        "JOIN ledger_accounts a ON a.id = e.account_id LEFT JOIN users u ON u.account_id = e.account_id "
+        # Two equality joins (not one OR): they plan as hash joins over the small approvals table.
+        "LEFT JOIN recharge_approvals ra ON ra.transaction_id = t.id "
+        "LEFT JOIN recharge_approvals rb ON rb.batch_id = t.batch_id"
     ),
     base_where=("t.kind = 'recharge'", "e.amount > 0"),
     id_sql="e.id",
@@ -193,11 +199,17 @@ LEDGER = LogSpec(
         Column("actor", "t.actor", "text"),
         Column("reason", "t.reason", "text"),
         Column("reference", "coalesce(e.reference, t.reference)", "text"),
+        # Four-eyes: the approval this recharge was applied from, and who approved it (None: applied directly).
+        Column("approval_id", "coalesce(ra.id, rb.id)"),
+        Column("approved_by_user_id", "coalesce(ra.decided_by_user_id, rb.decided_by_user_id)"),
         Column("created_at", "e.created_at", "ts"),
     ),
     source=(
         "ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id "
-        "JOIN ledger_accounts a ON a.id = e.account_id LEFT JOIN users u ON u.account_id = e.account_id"
+        "JOIN ledger_accounts a ON a.id = e.account_id LEFT JOIN users u ON u.account_id = e.account_id "
+        # Two equality joins (not one OR): they plan as hash joins over the small approvals table.
+        "LEFT JOIN recharge_approvals ra ON ra.transaction_id = t.id "
+        "LEFT JOIN recharge_approvals rb ON rb.batch_id = t.batch_id"
     ),
     id_sql="e.id",
     time_sql="e.created_at",

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from facemint import storage as storage_module
 from facemint.jobs import endpoints as job_endpoints
-from facemint.jobs import service as jobs
+from facemint.jobs import queries as job_queries
 from facemint.storage import LocalStorage
 from facemint.webhooks import service as webhook_service
 from tests.jobs.conftest import Payer, balance, hold_row, job_row, submit
@@ -119,7 +119,7 @@ def test_usage_days_are_utc_whatever_the_database_time_zone(
     day = row.finished_at.astimezone(UTC).date()
     with Session(engine) as session:
         session.execute(text(f"SET TIME ZONE '{zone}'"))
-        rows = jobs.usage(session, user_id=payer.user_id, start=day, end=day)
+        rows = job_queries.usage(session, user_id=payer.user_id, start=day, end=day)
         session.rollback()
     assert [(r.day, r.jobs, r.tokens) for r in rows] == [(day, 1, 1)]
 

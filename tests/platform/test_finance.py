@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
 from facemint.audit import service as audit_service
+from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
 from facemint.tenants.orm import Tenant
 from facemint.users.orm import Role, User
@@ -70,7 +71,7 @@ def make_job(session: Session, user: User, *, outcome: str, units: int = 1) -> R
             done = jobs.fail(session, job_id=running.id, attempt=running.attempts, code="boom", detail="failed")
         assert done is not None
     session.commit()
-    return jobs.get_by_id(session, job_id=submitted.id)  # type: ignore[return-value]
+    return job_queries.get_by_id(session, job_id=submitted.id)  # type: ignore[return-value]
 
 
 @dataclass

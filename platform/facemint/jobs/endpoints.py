@@ -22,6 +22,7 @@ from facemint.auth.scopes import Scope
 from facemint.config import Settings
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, require
 from facemint.errors import PayloadTooLarge
+from facemint.jobs import queries as job_queries
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.errors import InvalidPreferWait, InvalidSwapRequest, QueueUnavailable, ResultGone
@@ -257,7 +258,7 @@ def _submit(
             # The job is committed (and held): answer it as it is rather than fail a request that succeeded.
             finished = False
         if finished:
-            job = _with_session(request, lambda s: jobs.get_by_id(s, job_id=job.id))
+            job = _with_session(request, lambda s: job_queries.get_by_id(s, job_id=job.id))
     response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in _TERMINAL else 202
     response.headers["X-Tokens-Held"] = str(job.tokens_held if job.status in ("queued", "running") else 0)
     response.headers["X-Balance-Available"] = str(available)
@@ -269,7 +270,7 @@ _TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def _is_finished(session: Session, job_id: int) -> bool:
-    row = jobs.get_by_id(session, job_id=job_id)
+    row = job_queries.get_by_id(session, job_id=job_id)
     return row is not None and row.status in _TERMINAL
 
 
@@ -287,7 +288,7 @@ def _with_session(request: Request, work: Any) -> Any:
 
 
 def _own_job(session: Session, principal: Principal, job_id: str) -> Any:
-    return jobs.get_visible(
+    return job_queries.get_visible(
         session, public_id=job_id, user_id=principal.user_id, tenant_scope=principal.tenant_id, own_only=True
     )
 
@@ -302,7 +303,7 @@ def list_jobs(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> Page[JobRead]:
-    rows = jobs.list_jobs(
+    rows = job_queries.list_jobs(
         session,
         user_id=principal.user_id,
         status=status,
@@ -385,6 +386,6 @@ def get_usage(
     start = start or end - timedelta(days=29)
     if start > end or (end - start).days > 366:
         raise InvalidSwapRequest("`start` must be on or before `end`, at most 366 days apart")
-    rows = jobs.usage(session, user_id=principal.user_id, start=start, end=end)
+    rows = job_queries.usage(session, user_id=principal.user_id, start=start, end=end)
     items = [UsageRow(day=r.day, operation=r.operation, jobs=r.jobs, tokens=r.tokens) for r in rows]
     return UsageRead(start=start, end=end, total_tokens=sum(i.tokens for i in items), items=items)

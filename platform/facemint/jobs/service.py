@@ -6,7 +6,9 @@ complete (worker)   running (this attempt) -> succeeded, and capture the hold
 fail     (worker)   running (this attempt) -> failed, and release the hold
 retry    (worker)   running (this attempt) -> queued, within the attempt budget
 cancel   (request)  queued -> canceled + release; running -> cancel requested (the worker stops at the next stage)
-sweep    (any)      stale running jobs back to queued or failed; past-deadline jobs failed; holds released
+sweep    (any)      stale running jobs back to queued or failed; past-deadline jobs failed (jobs/sweeps.py)
+
+Reads are in jobs/queries.py.
 
 Whoever loses a race changes nothing: every transition names the state (and attempt) it moves from, and the
 hold moves in the same transaction, so capture and release each happen at most once. Services never commit."""
@@ -17,7 +19,6 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from sqlalchemy import text
@@ -26,22 +27,16 @@ from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
 from billing.pricing import service as pricing
-from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, JobNotFound
+from facemint.jobs import queries
+from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished
 from facemint.jobs.orm import JobStatus
+from facemint.jobs.queries import JOB_COLUMNS
 from facemint.jobs.schemas import JobRead
 from facemint.webhooks import service as webhooks
 
 # A hold outlives its job's deadline by this margin, so the job path (which records why) always settles it
 # first; the ledger's own expiry is the backstop for a hold whose job row is somehow never swept.
 HOLD_MARGIN_SECONDS = 120
-
-_JOB_COLUMNS = """
-    id, public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue, status, idempotency_key,
-    request_hash, price_version, tokens_per_unit, units, tokens_held, tokens_captured, options, input_location,
-    result_location, result_content_type, result_size_bytes, webhook_url, error_code, error_detail, attempts,
-    max_attempts, worker_id, timings_ms, created_at, dispatched_at, started_at, heartbeat_at, finished_at,
-    cancel_requested_at, deadline_at, inputs_deleted_at, result_expires_at, files_deleted_at
-"""
 
 
 def new_public_id() -> str:
@@ -112,7 +107,7 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
                     :idempotency_key, :request_hash, :price_version, :tokens_per_unit, :units, :tokens,
                     CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
                     now() + make_interval(secs => :deadline_seconds), clock_timestamp())
-            RETURNING {_JOB_COLUMNS}
+            RETURNING {JOB_COLUMNS}
             """
         ),
         {
@@ -146,7 +141,7 @@ def _json(value: Any) -> str:
 
 def _by_key(session: Session, *, user_id: int, idempotency_key: str) -> Row[Any] | None:
     return session.execute(
-        text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = :user_id AND idempotency_key = :key"),
+        text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = :user_id AND idempotency_key = :key"),
         {"user_id": user_id, "key": idempotency_key},
     ).one_or_none()
 
@@ -156,88 +151,6 @@ def mark_undispatched(session: Session, *, job_id: int) -> None:
     session.execute(
         text("UPDATE jobs SET dispatched_at = NULL WHERE id = :id AND status = 'queued'"),
         {"id": job_id},
-    )
-
-
-# --- reading -----------------------------------------------------------------------------------------
-
-
-def get_visible(
-    session: Session, *, public_id: str, user_id: int, tenant_scope: int | None, own_only: bool
-) -> Row[Any]:
-    """A job the caller may see: their own, or (tenant admins and staff reading through /v1) within their scope.
-    Anything else answers 404, as if it did not exist."""
-    row = session.execute(
-        text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE public_id = :id"), {"id": public_id}
-    ).one_or_none()
-    if row is None:
-        raise JobNotFound("job not found")
-    if own_only and row.user_id != user_id:
-        raise JobNotFound("job not found")
-    if tenant_scope is not None and row.tenant_id != tenant_scope:
-        raise JobNotFound("job not found")
-    return row
-
-
-def get_by_id(session: Session, *, job_id: int) -> Row[Any] | None:
-    return session.execute(text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
-
-
-def list_jobs(
-    session: Session,
-    *,
-    user_id: int,
-    status: str | None,
-    operation: str | None,
-    created_after: Any,
-    created_before: Any,
-    before_id: int | None,
-    limit: int,
-) -> list[Row[Any]]:
-    return list(
-        session.execute(
-            text(
-                f"""
-                SELECT {_JOB_COLUMNS} FROM jobs
-                WHERE user_id = :user_id
-                  AND (CAST(:status AS text) IS NULL OR status = :status)
-                  AND (CAST(:operation AS text) IS NULL OR operation = :operation)
-                  AND (CAST(:after AS timestamptz) IS NULL OR created_at >= :after)
-                  AND (CAST(:before AS timestamptz) IS NULL OR created_at < :before)
-                  AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
-                ORDER BY id DESC LIMIT :limit
-                """
-            ),
-            {
-                "user_id": user_id,
-                "status": status,
-                "operation": operation,
-                "after": created_after,
-                "before": created_before,
-                "before_id": before_id,
-                "limit": limit + 1,
-            },
-        )
-    )
-
-
-def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row[Any]]:
-    """The caller's charges by day (UTC) and operation: what was captured, nothing merely held."""
-    return list(
-        session.execute(
-            text(
-                """
-                SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, operation,
-                       count(*) AS jobs, CAST(sum(tokens_captured) AS bigint) AS tokens
-                FROM jobs
-                WHERE user_id = :user_id AND status = 'succeeded'
-                  AND finished_at >= CAST(:start AS date)::timestamp AT TIME ZONE 'UTC'
-                  AND finished_at < (CAST(:end AS date) + 1)::timestamp AT TIME ZONE 'UTC'
-                GROUP BY 1, 2 ORDER BY 1, 2
-                """
-            ),
-            {"user_id": user_id, "start": start, "end": end},
-        )
     )
 
 
@@ -254,7 +167,7 @@ def claim(session: Session, *, public_id: str, worker_id: str) -> Row[Any] | Non
                             heartbeat_at = now(), worker_id = :worker_id
             WHERE public_id = :id AND status = 'queued' AND attempts < max_attempts AND deadline_at > now()
               AND cancel_requested_at IS NULL
-            RETURNING {_JOB_COLUMNS}
+            RETURNING {JOB_COLUMNS}
             """
         ),
         {"id": public_id, "worker_id": worker_id},
@@ -271,14 +184,6 @@ def heartbeat(session: Session, *, job_id: int, attempt: int) -> tuple[bool, boo
         {"id": job_id, "attempt": attempt},
     ).one_or_none()
     return (row is not None, bool(row.cancel) if row is not None else False)
-
-
-def cancel_requested(session: Session, *, job_id: int, attempt: int) -> bool:
-    """True when the job should stop now: cancel asked, or the job is no longer this attempt's."""
-    row = session.execute(
-        text("SELECT status, attempts, cancel_requested_at FROM jobs WHERE id = :id"), {"id": job_id}
-    ).one()
-    return row.cancel_requested_at is not None or row.status != "running" or row.attempts != attempt
 
 
 def complete(
@@ -303,7 +208,7 @@ def complete(
                             result_expires_at = now() + make_interval(secs => :ttl),
                             error_code = NULL, error_detail = NULL
             WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested_at IS NULL
-            RETURNING {_JOB_COLUMNS}
+            RETURNING {JOB_COLUMNS}
             """
         ),
         {
@@ -334,7 +239,7 @@ def fail(
     timings_ms: dict[str, float] | None = None,
 ) -> Row[Any] | None:
     """running (this attempt) -> failed (or canceled), releasing the hold. None: no longer this attempt's."""
-    rows = _finish(
+    rows = finish_uncharged(
         session,
         job_ids=[job_id],
         status=status,
@@ -356,7 +261,7 @@ def retry(session: Session, *, job_id: int, attempt: int, code: str, detail: str
                             error_code = :code, error_detail = :detail
             WHERE id = :id AND status = 'running' AND attempts = :attempt AND attempts < max_attempts
               AND deadline_at > now() AND cancel_requested_at IS NULL
-            RETURNING {_JOB_COLUMNS}
+            RETURNING {JOB_COLUMNS}
             """
         ),
         {"id": job_id, "attempt": attempt, "code": code, "detail": detail[:1000]},
@@ -380,7 +285,7 @@ def cancel(session: Session, *, job: Row[Any]) -> Row[Any]:
     """Queued: canceled now and released (never charged). Running: cancel requested; the worker stops at its
     next stage boundary and releases (never charged), unless the job finishes first, in which case it is
     charged as any success. Finished: 409."""
-    rows = _finish(
+    rows = finish_uncharged(
         session,
         job_ids=[job.id],
         status=JobStatus.canceled,
@@ -393,13 +298,13 @@ def cancel(session: Session, *, job: Row[Any]) -> Row[Any]:
     row = session.execute(
         text(
             f"UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
-            f"WHERE id = :id AND status = 'running' RETURNING {_JOB_COLUMNS}"
+            f"WHERE id = :id AND status = 'running' RETURNING {JOB_COLUMNS}"
         ),
         {"id": job.id},
     ).one_or_none()
     if row is not None:
         return row
-    current = get_by_id(session, job_id=job.id)
+    current = queries.get_by_id(session, job_id=job.id)
     assert current is not None
     if current.status == "queued":  # it moved running -> queued between the two statements: try once more
         return cancel(session, job=current)
@@ -415,138 +320,16 @@ def mark_files_deleted(session: Session, *, job_id: int) -> Row[Any]:
     return session.execute(
         text(
             f"UPDATE jobs SET files_deleted_at = coalesce(files_deleted_at, now()), "
-            f"inputs_deleted_at = coalesce(inputs_deleted_at, now()) WHERE id = :id RETURNING {_JOB_COLUMNS}"
+            f"inputs_deleted_at = coalesce(inputs_deleted_at, now()) WHERE id = :id RETURNING {JOB_COLUMNS}"
         ),
         {"id": job_id},
     ).one()
 
 
-# --- the sweeper's transitions ---------------------------------------------------------------------------
-
-
-def take_back_stale(session: Session, *, stale_after_seconds: float, limit: int = 100) -> tuple[list[str], list[str]]:
-    """Running jobs whose worker stopped heartbeating: queued again within their attempt budget and deadline
-    (returns their ids to dispatch), otherwise failed and released. SKIP LOCKED: sweepers run everywhere."""
-    stale = session.execute(
-        text(
-            """
-            SELECT id, attempts < max_attempts AND deadline_at > now() AND cancel_requested_at IS NULL AS retry,
-                   cancel_requested_at IS NOT NULL AS canceled
-            FROM jobs
-            WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => :stale)
-            ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
-            """
-        ),
-        {"stale": stale_after_seconds, "limit": limit},
-    ).all()
-    requeued = [
-        r.public_id
-        for r in session.execute(
-            text(
-                "UPDATE jobs SET status = 'queued', dispatched_at = NULL, worker_id = NULL, heartbeat_at = NULL, "
-                "error_code = 'worker_lost', error_detail = 'the worker stopped while running this job; retried' "
-                "WHERE id = ANY(:ids) AND status = 'running' RETURNING public_id"
-            ),
-            {"ids": [r.id for r in stale if r.retry]},
-        )
-    ]
-    failed = _finish(
-        session,
-        job_ids=[r.id for r in stale if not r.retry and not r.canceled],
-        status=JobStatus.failed,
-        code="worker_lost",
-        detail="the worker stopped while running this job and no attempts or time were left",
-        from_statuses=("running",),
-    )
-    canceled = _finish(
-        session,
-        job_ids=[r.id for r in stale if r.canceled],
-        status=JobStatus.canceled,
-        code="canceled",
-        detail="canceled by the caller",
-        from_statuses=("running",),
-    )
-    return requeued, [r.public_id for r in failed + canceled]
-
-
-def fail_past_deadline(session: Session, *, limit: int = 100) -> list[str]:
-    ids = list(
-        session.execute(
-            text(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND deadline_at <= now() "
-                "ORDER BY deadline_at LIMIT :limit FOR UPDATE SKIP LOCKED"
-            ),
-            {"limit": limit},
-        ).scalars()
-    )
-    rows = _finish(
-        session,
-        job_ids=ids,
-        status=JobStatus.failed,
-        code="deadline_exceeded",
-        detail="the job did not finish before its deadline; its tokens were released",
-        from_statuses=("queued", "running"),
-    )
-    return [r.public_id for r in rows]
-
-
-def due_for_dispatch(session: Session, *, redispatch_after_seconds: float, limit: int = 200) -> list[Row[Any]]:
-    """Queued jobs with no queue entry (recorded but never queued, or taken back by the sweeper), and queued jobs
-    whose queue entry is older than `redispatch_after_seconds` (the entry may be lost: Redis restarted empty).
-    Locked until the caller commits; the caller queues them and marks them dispatched."""
-    return list(
-        session.execute(
-            text(
-                """
-                SELECT id, public_id, queue FROM jobs
-                WHERE status = 'queued' AND deadline_at > now()
-                  AND (dispatched_at IS NULL AND created_at < now() - interval '1 second'
-                       OR dispatched_at < now() - make_interval(secs => :after))
-                ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
-                """
-            ),
-            {"after": redispatch_after_seconds, "limit": limit},
-        )
-    )
-
-
-def mark_dispatched(session: Session, *, job_ids: Sequence[int]) -> None:
-    session.execute(
-        text("UPDATE jobs SET dispatched_at = clock_timestamp() WHERE id = ANY(:ids) AND status = 'queued'"),
-        {"ids": list(job_ids)},
-    )
-
-
-def files_to_delete(session: Session, *, limit: int = 200) -> list[Row[Any]]:
-    """Finished jobs whose inputs are still stored, and results past their expiry."""
-    return list(
-        session.execute(
-            text(
-                """
-                SELECT id, public_id, result_location,
-                       (result_expires_at <= now() AND files_deleted_at IS NULL) AS result_expired
-                FROM jobs
-                WHERE (status IN ('succeeded', 'failed', 'canceled') AND inputs_deleted_at IS NULL)
-                   OR (files_deleted_at IS NULL AND result_location IS NOT NULL AND result_expires_at <= now())
-                ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
-                """
-            ),
-            {"limit": limit},
-        )
-    )
-
-
-def mark_result_expired(session: Session, *, job_ids: Sequence[int]) -> None:
-    session.execute(
-        text("UPDATE jobs SET files_deleted_at = now() WHERE id = ANY(:ids) AND files_deleted_at IS NULL"),
-        {"ids": list(job_ids)},
-    )
-
-
 # --- shared ------------------------------------------------------------------------------------------
 
 
-def _finish(
+def finish_uncharged(
     session: Session,
     *,
     job_ids: Sequence[int],
@@ -568,7 +351,7 @@ def _finish(
                                 timings_ms = coalesce(CAST(:timings AS jsonb), timings_ms)
                 WHERE id = ANY(:ids) AND status = ANY(:from_statuses)
                   AND (CAST(:attempt AS integer) IS NULL OR attempts = :attempt)
-                RETURNING {_JOB_COLUMNS}
+                RETURNING {JOB_COLUMNS}
                 """
             ),
             {

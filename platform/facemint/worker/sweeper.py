@@ -25,7 +25,7 @@ from rq.job import JobStatus as RQStatus
 from billing.ledger import service as ledger
 from facemint.approvals import service as approvals
 from facemint.db import unit_of_work
-from facemint.jobs import queue
+from facemint.jobs import queue, sweeps
 from facemint.jobs import service as jobs
 from facemint.worker.tasks import WorkerContext
 
@@ -51,7 +51,7 @@ def sweep_once(context: WorkerContext) -> SweepReport:
     # which is what the documented bound on held tokens assumes.
     for _ in range(MAX_BATCHES):
         with unit_of_work(context.sessions) as session:
-            requeued, failed = jobs.take_back_stale(
+            requeued, failed = sweeps.take_back_stale(
                 session, stale_after_seconds=settings.job_stale_after_seconds, limit=BATCH
             )
         report.requeued += requeued
@@ -60,7 +60,7 @@ def sweep_once(context: WorkerContext) -> SweepReport:
             break
     for _ in range(MAX_BATCHES):
         with unit_of_work(context.sessions) as session:
-            failed = jobs.fail_past_deadline(session, limit=BATCH)
+            failed = sweeps.fail_past_deadline(session, limit=BATCH)
         report.failed += failed
         if len(failed) < BATCH:
             break
@@ -83,7 +83,7 @@ def dispatch(context: WorkerContext) -> list[str]:
     two sweepers never queue the same job at once; a Redis failure leaves the rest for the next sweep."""
     dispatched: list[str] = []
     with unit_of_work(context.sessions) as session:
-        due = jobs.due_for_dispatch(session, redispatch_after_seconds=context.settings.job_redispatch_seconds)
+        due = sweeps.due_for_dispatch(session, redispatch_after_seconds=context.settings.job_redispatch_seconds)
         done: list[int] = []
         for row in due:
             try:
@@ -99,7 +99,7 @@ def dispatch(context: WorkerContext) -> list[str]:
                 break
             done.append(row.id)
             dispatched.append(row.public_id)
-        jobs.mark_dispatched(session, job_ids=done)
+        sweeps.mark_dispatched(session, job_ids=done)
     return dispatched
 
 
@@ -118,13 +118,13 @@ def _drop_stale_entry(context: WorkerContext, public_id: str) -> None:
 
 def delete_files(context: WorkerContext) -> int:
     with unit_of_work(context.sessions) as session:
-        rows = jobs.files_to_delete(session)
+        rows = sweeps.files_to_delete(session)
         for row in rows:
             context.storage.delete_prefix(f"inputs/{row.public_id}")
             if row.result_expired and row.result_location:
                 context.storage.delete(row.result_location)
         jobs.mark_inputs_deleted(session, job_ids=[r.id for r in rows])
-        jobs.mark_result_expired(session, job_ids=[r.id for r in rows if r.result_expired])
+        sweeps.mark_result_expired(session, job_ids=[r.id for r in rows if r.result_expired])
     return len(rows)
 
 

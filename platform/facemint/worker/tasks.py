@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from facemint import metrics
 from facemint.config import Settings
 from facemint.db import unit_of_work
+from facemint.jobs import queries as job_queries
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.orm import JobStatus
@@ -180,7 +181,7 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
     if settled is None:
         # Not ours any more (swept, canceled meanwhile, or a commit whose answer was lost): keep the file only if
         # the job did end with it.
-        final = _with_retry(context, lambda s: jobs.get_by_id(s, job_id=job.id), what="read")
+        final = _with_retry(context, lambda s: job_queries.get_by_id(s, job_id=job.id), what="read")
         if final is None or final.result_location != key:
             context.storage.delete(key)
             if (

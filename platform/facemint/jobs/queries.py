@@ -1,0 +1,99 @@
+"""Reading jobs: one job as its caller may see it, a user's list, and usage. Nothing here writes."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+
+from facemint.jobs.errors import JobNotFound
+
+JOB_COLUMNS = """
+    id, public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue, status, idempotency_key,
+    request_hash, price_version, tokens_per_unit, units, tokens_held, tokens_captured, options, input_location,
+    result_location, result_content_type, result_size_bytes, webhook_url, error_code, error_detail, attempts,
+    max_attempts, worker_id, timings_ms, created_at, dispatched_at, started_at, heartbeat_at, finished_at,
+    cancel_requested_at, deadline_at, inputs_deleted_at, result_expires_at, files_deleted_at
+"""
+
+
+def get_visible(
+    session: Session, *, public_id: str, user_id: int, tenant_scope: int | None, own_only: bool
+) -> Row[Any]:
+    """A job the caller may see: their own, or (tenant admins and staff reading through /v1) within their scope.
+    Anything else answers 404, as if it did not exist."""
+    row = session.execute(
+        text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE public_id = :id"), {"id": public_id}
+    ).one_or_none()
+    if row is None:
+        raise JobNotFound("job not found")
+    if own_only and row.user_id != user_id:
+        raise JobNotFound("job not found")
+    if tenant_scope is not None and row.tenant_id != tenant_scope:
+        raise JobNotFound("job not found")
+    return row
+
+
+def get_by_id(session: Session, *, job_id: int) -> Row[Any] | None:
+    return session.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    user_id: int,
+    status: str | None,
+    operation: str | None,
+    created_after: Any,
+    created_before: Any,
+    before_id: int | None,
+    limit: int,
+) -> list[Row[Any]]:
+    return list(
+        session.execute(
+            text(
+                f"""
+                SELECT {JOB_COLUMNS} FROM jobs
+                WHERE user_id = :user_id
+                  AND (CAST(:status AS text) IS NULL OR status = :status)
+                  AND (CAST(:operation AS text) IS NULL OR operation = :operation)
+                  AND (CAST(:after AS timestamptz) IS NULL OR created_at >= :after)
+                  AND (CAST(:before AS timestamptz) IS NULL OR created_at < :before)
+                  AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+                ORDER BY id DESC LIMIT :limit
+                """
+            ),
+            {
+                "user_id": user_id,
+                "status": status,
+                "operation": operation,
+                "after": created_after,
+                "before": created_before,
+                "before_id": before_id,
+                "limit": limit + 1,
+            },
+        )
+    )
+
+
+def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row[Any]]:
+    """The caller's charges by day (UTC) and operation: what was captured, nothing merely held."""
+    return list(
+        session.execute(
+            text(
+                """
+                SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, operation,
+                       count(*) AS jobs, CAST(sum(tokens_captured) AS bigint) AS tokens
+                FROM jobs
+                WHERE user_id = :user_id AND status = 'succeeded'
+                  AND finished_at >= CAST(:start AS date)::timestamp AT TIME ZONE 'UTC'
+                  AND finished_at < (CAST(:end AS date) + 1)::timestamp AT TIME ZONE 'UTC'
+                GROUP BY 1, 2 ORDER BY 1, 2
+                """
+            ),
+            {"user_id": user_id, "start": start, "end": end},
+        )
+    )

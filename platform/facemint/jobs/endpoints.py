@@ -20,12 +20,14 @@ from billing.ledger.service import request_hash
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
+from facemint.db import unit_of_work
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, require
 from facemint.errors import PayloadTooLarge
 from facemint.jobs import queries as job_queries
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.errors import InvalidPreferWait, InvalidSwapRequest, QueueUnavailable, ResultGone
+from facemint.jobs.orm import TERMINAL_STATUSES
 from facemint.jobs.schemas import JobRead, UsageRead, UsageRow
 from facemint.pagination import Page, PageParams, make_page, page_params
 from facemint.storage import Storage, input_prefix
@@ -244,47 +246,33 @@ def _submit(
         except RedisError:
             # Recorded and held, but not queued: the dispatcher queues it as soon as Redis answers again, or the
             # sweeper fails it and releases its tokens at its deadline. Either way the tokens are accounted for.
-            _with_session(request, lambda s: jobs.mark_undispatched(s, job_id=job.id))
+            with unit_of_work(request.app.state.sessionmaker) as new_session:
+                jobs.mark_undispatched(new_session, job_id=job.id)
     if wait:
         try:
             finished = queue.wait_until(
                 redis,
                 public_id=job.public_id,
                 timeout_seconds=wait,
-                is_finished=lambda: _with_session(request, lambda s: _is_finished(s, job.id)),
+                is_finished=lambda: _current(request, job.id).status in TERMINAL_STATUSES,
             )
             response.headers["Preference-Applied"] = f"wait={wait}"
         except RedisError:
             # The job is committed (and held): answer it as it is rather than fail a request that succeeded.
             finished = False
         if finished:
-            job = _with_session(request, lambda s: job_queries.get_by_id(s, job_id=job.id))
-    response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in _TERMINAL else 202
+            job = _current(request, job.id)
+    response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in TERMINAL_STATUSES else 202
     response.headers["X-Tokens-Held"] = str(job.tokens_held if job.status in ("queued", "running") else 0)
     response.headers["X-Balance-Available"] = str(available)
     response.headers["Location"] = f"/v1/jobs/{job.public_id}"
     return JobRead.from_row(job)
 
 
-_TERMINAL = ("succeeded", "failed", "canceled")
-
-
-def _is_finished(session: Session, job_id: int) -> bool:
-    row = job_queries.get_by_id(session, job_id=job_id)
-    return row is not None and row.status in _TERMINAL
-
-
-def _with_session(request: Request, work: Any) -> Any:
-    session: Session = request.app.state.sessionmaker()
-    try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def _current(request: Request, job_id: int) -> Any:
+    """The job as committed now, read in a session of its own (the request's has already committed)."""
+    with unit_of_work(request.app.state.sessionmaker) as session:
+        return job_queries.get_by_id(session, job_id=job_id)
 
 
 def _own_job(session: Session, principal: Principal, job_id: str) -> Any:

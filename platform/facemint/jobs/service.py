@@ -29,7 +29,7 @@ from billing.ledger import service as ledger
 from billing.pricing import service as pricing
 from facemint.jobs import queries
 from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished
-from facemint.jobs.orm import JobStatus
+from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.jobs.queries import JOB_COLUMNS
 from facemint.jobs.schemas import JobRead
 from facemint.webhooks import service as webhooks
@@ -312,7 +312,7 @@ def cancel(session: Session, *, job: Row[Any]) -> Row[Any]:
 
 
 def ensure_finished(job: Row[Any]) -> None:
-    if job.status not in ("succeeded", "failed", "canceled"):
+    if job.status not in TERMINAL_STATUSES:
         raise JobNotFinished("the job is still queued or running: cancel it first")
 
 

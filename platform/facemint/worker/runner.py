@@ -31,11 +31,6 @@ from facemint.worker import sweeper, tasks
 logger = logging.getLogger("facemint.worker")
 
 
-class WarmWorker(SimpleWorker):
-    """Runs jobs in this process (no fork). The job's own deadline is enforced by Postgres and the sweeper;
-    RQ's timeout is a second line."""
-
-
 def load_engine(settings: Settings) -> object:
     from facemint.cli.engine_commands import engine_config
     from inference.engine import Engine
@@ -71,7 +66,8 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     try:
         while True:
             try:
-                worker = WarmWorker([Queue(name, connection=queue_redis) for name in queues], connection=queue_redis)
+                # SimpleWorker runs each job in this process (no fork): the engine stays loaded and CUDA intact.
+                worker = SimpleWorker([Queue(name, connection=queue_redis) for name in queues], connection=queue_redis)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except (RedisConnectionError, RedisTimeoutError):

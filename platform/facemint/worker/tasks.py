@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -25,7 +25,7 @@ from facemint.db import unit_of_work
 from facemint.jobs import queries as job_queries
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
-from facemint.jobs.orm import JobStatus
+from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.storage import ObjectMissing, Storage, result_key
 from inference.errors import EngineError
 from inference.selection import FaceSelection
@@ -42,7 +42,6 @@ class WorkerContext:
     storage: Storage
     engine: Any  # inference.engine.Engine, or anything with the same `swap`
     worker_id: str
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 _context: WorkerContext | None = None
@@ -224,8 +223,7 @@ def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str,
 
 
 def _after_settlement(context: WorkerContext, job: Any, outcome: str) -> None:
-    context.stats[outcome] = context.stats.get(outcome, 0) + 1
-    if outcome in ("succeeded", "failed", "canceled"):
+    if outcome in TERMINAL_STATUSES:
         context.storage.delete_prefix(job.input_location)
         try:
             _with_retry(context, lambda s: jobs.mark_inputs_deleted(s, job_ids=[job.id]), what="inputs")

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from facemint.recharges import service as recharge_service
+from facemint.recharges import batch as recharge_batch
 from facemint.tenants.orm import Tenant
 from facemint.users.orm import Role
 from tests.factories import create_tenant, create_user, fund
@@ -83,13 +83,13 @@ class TestIdempotencyRaces:
         user = create_user(session, tenant=tenant)
         # Hold the first request between claiming its key and applying, until the second one is under way.
         second_started = threading.Event()
-        real_resolve = recharge_service._resolve_rows
+        real_resolve = recharge_batch._resolve_rows
 
         def slow_resolve(*args: object, **kwargs: object) -> object:
             second_started.wait(timeout=5)
             return real_resolve(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(recharge_service, "_resolve_rows", slow_resolve)
+        monkeypatch.setattr(recharge_batch, "_resolve_rows", slow_resolve)
         body = f"email,amount\n{user.email},10\n"
         headers = {**admin.headers, "Idempotency-Key": "same", "Content-Type": "text/csv"}
 

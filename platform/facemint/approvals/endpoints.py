@@ -16,7 +16,7 @@ from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, SettingsDep, request_context, require
 from facemint.errors import problem_response
 from facemint.pagination import Page, PageParams, make_page, page_params
-from facemint.recharges import service as recharge_service
+from facemint.recharges import approving
 
 router = APIRouter(prefix="/admin/v1/recharge-approvals", tags=["recharge approvals"])
 
@@ -72,7 +72,7 @@ def approve(
     body: ApprovalDecision | None = None,
 ) -> ApprovalRead | JSONResponse:
     try:
-        approval = recharge_service.approve(
+        approval = approving.approve(
             session,
             context=request_context(request, principal, settings),
             approval_id=approval_id,

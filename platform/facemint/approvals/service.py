@@ -1,5 +1,5 @@
 """Four-eyes approvals: storing held recharges and moving them, one way, to an outcome. Applying an approved
-recharge is the recharge flow's work (`facemint.recharges.service.approve`): this module never moves tokens.
+recharge is the recharge flow's work (`facemint.recharges.approving.approve`): this module never moves tokens.
 
 Services never commit; the request (or the worker's sweep) boundary does."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from billing.errors import IdempotencyConflict
 from facemint.approvals.errors import ApprovalExpired, ApprovalNotFound, ApprovalNotPending
@@ -132,11 +132,7 @@ def request(
 
 
 def get(session: Session, *, approval_id: int, tenant_scope: int | None) -> RechargeApproval:
-    approval = session.scalars(
-        select(RechargeApproval).where(RechargeApproval.id == approval_id).execution_options(populate_existing=True)
-    ).one_or_none()
-    if approval is None or (tenant_scope is not None and approval.tenant_id != tenant_scope):
-        raise ApprovalNotFound(f"recharge approval {approval_id} not found")
+    approval = _visible(session, approval_id=approval_id, tenant_scope=tenant_scope, for_update=False)
     return _expired_if_due(session, approval)
 
 
@@ -149,10 +145,14 @@ def list_approvals(
     before_id: int | None,
     limit: int,
 ) -> list[RechargeApproval]:
-    """Newest first. Expires what is due first, so a list never shows a pending approval nobody can approve."""
+    """Newest first. Expires what is due first, so a list never shows a pending approval nobody can approve.
+    Without `payload`: a list never shows it, and a batch's holds every row."""
     expire_due(session)
     query = within_tenant(
-        select(RechargeApproval), RechargeApproval.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id
+        select(RechargeApproval).options(defer(RechargeApproval.payload)),
+        RechargeApproval.tenant_id,
+        tenant_scope=tenant_scope,
+        tenant_id=tenant_id,
     )
     if status is not None:
         query = query.where(RechargeApproval.status == status)
@@ -196,12 +196,15 @@ def request_view(approval: RechargeApproval, *, staff: bool) -> dict[str, Any]:
 
 def lock(session: Session, *, approval_id: int, tenant_scope: int | None) -> RechargeApproval:
     """The approval, locked until the transaction ends: a second approver waits here, then sees the outcome."""
-    approval = session.scalars(
-        select(RechargeApproval)
-        .where(RechargeApproval.id == approval_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    return _visible(session, approval_id=approval_id, tenant_scope=tenant_scope, for_update=True)
+
+
+def _visible(session: Session, *, approval_id: int, tenant_scope: int | None, for_update: bool) -> RechargeApproval:
+    """The approval as the database has it now, if the caller's tenant scope may see it."""
+    query = select(RechargeApproval).where(RechargeApproval.id == approval_id)
+    if for_update:
+        query = query.with_for_update()
+    approval = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
     if approval is None or (tenant_scope is not None and approval.tenant_id != tenant_scope):
         raise ApprovalNotFound(f"recharge approval {approval_id} not found")
     return approval

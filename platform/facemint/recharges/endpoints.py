@@ -13,8 +13,10 @@ from facemint.auth.scopes import Scope
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
 from facemint.errors import PayloadTooLarge, UnsupportedMediaType
 from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
 from facemint.recharges.errors import AmountAboveCeiling, BatchNotFound, ReasonRequired
+from facemint.recharges.origin import Held
 from facemint.recharges.parsing import parse_csv, parse_json
 from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
 
@@ -33,7 +35,7 @@ _HELD: dict[int | str, dict[str, Any]] = {
 }
 
 
-def held_response(held: recharge_service.Held) -> JSONResponse:
+def held_response(held: Held) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if held.replayed else {}
     body = ApprovalRead.model_validate(held.approval).model_dump(mode="json")
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
@@ -60,7 +62,7 @@ def create_recharge(
         idempotency_key=idempotency_key,
         policy=approvals.Policy.from_settings(settings),
     )
-    if isinstance(outcome, recharge_service.Held):
+    if isinstance(outcome, Held):
         return held_response(outcome)
     if outcome.replayed:
         response.status_code = status.HTTP_200_OK
@@ -134,10 +136,10 @@ def create_batch(
         raise ReasonRequired(
             "a reason is required (query parameter, or `reason` in the JSON body)",
         )
-    outcome = recharge_service.submit_batch(
+    outcome = batch_service.submit_batch(
         session,
         context=request_context(request, principal, settings),
-        request=recharge_service.BatchRequest(
+        request=batch_service.BatchRequest(
             mode=mode,
             dry_run=dry_run,
             reason=final_reason[:500],

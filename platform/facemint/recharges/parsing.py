@@ -41,6 +41,10 @@ class RowFailure:
             out["user_id"] = self.user_id
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RowFailure:
+        return cls(data["row"], data["code"], data["detail"], email=data.get("email"), user_id=data.get("user_id"))
+
 
 @dataclass(slots=True)
 class ParsedBatch:
@@ -53,6 +57,31 @@ class ParsedBatch:
     amounts: list[int] = field(default_factory=list)
     references: list[str | None] = field(default_factory=list)
     failures: list[RowFailure] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parsed rows as an approval stores them: what was requested, so approving applies exactly it
+        (parsing the body again could give another answer once the ceiling or the row limit changes)."""
+        return {
+            "row_count": self.row_count,
+            "row_nos": self.row_nos,
+            "user_ids": self.user_ids,
+            "emails": self.emails,
+            "amounts": self.amounts,
+            "references": self.references,
+            "failures": [f.as_dict() for f in self.failures],
+        }
+
+    @classmethod
+    def from_dict(cls, rows: dict[str, Any]) -> ParsedBatch:
+        return cls(
+            row_count=rows["row_count"],
+            row_nos=rows["row_nos"],
+            user_ids=rows["user_ids"],
+            emails=rows["emails"],
+            amounts=rows["amounts"],
+            references=rows["references"],
+            failures=[RowFailure.from_dict(f) for f in rows["failures"]],
+        )
 
     def add(
         self,

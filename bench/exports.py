@@ -26,6 +26,7 @@ import procs
 from sqlalchemy import text
 
 from facemint.db import make_engine, make_sessionmaker, snapshot_session
+from facemint.finance.exports import TRAILER_KEY, parse_csv_trailer
 from facemint.reports.service import reconcile_all
 
 MB = 1024 * 1024
@@ -132,10 +133,7 @@ def stream_export(base: str, key: str, fmt: str, proc: procs.psutil.Process, cli
                     tail = (tail + chunk)[-4096:]
         elapsed = time.perf_counter() - begun
     trailer_line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode()
-    if fmt == "jsonl":
-        trailer = json.loads(trailer_line)["_trailer"]
-    else:
-        trailer = dict(cell.split("=", 1) for cell in trailer_line.split(",")[1:] if "=" in cell)
+    trailer = json.loads(trailer_line)[TRAILER_KEY] if fmt == "jsonl" else parse_csv_trailer(trailer_line)
     rows = int(trailer["rows"])
     return {
         "format": fmt,

@@ -24,7 +24,7 @@ from billing.ledger import service as ledger
 from facemint.audit import service as audit_service
 from facemint.cli.main import cli
 from facemint.config import Settings, get_settings
-from facemint.finance import service
+from facemint.finance import logs, service
 from facemint.finance.exports import ExportStream, parse_csv_trailer
 from facemint.users.orm import Role
 from tests.factories import create_tenant, create_user, fund
@@ -85,7 +85,7 @@ class TestCsv:
 
     def test_header_and_timestamps(self, client: TestClient, book: Book) -> None:
         body = export(client, book.finance, "ledger", "csv")
-        assert body.splitlines()[0].split(",") == [c.name for c in service.LEDGER.columns]
+        assert body.splitlines()[0].split(",") == [c.name for c in logs.LEDGER.columns]
         rows, _ = parse_csv(body)
         assert all(r["created_at"].endswith("Z") and "T" in r["created_at"] for r in rows)
 
@@ -243,7 +243,7 @@ class TestConsistentSnapshot:
     @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
     def test_export_while_settling(self, engine: Engine, session: Session, settling: list[int], fmt: str) -> None:
         filters = service.Filters()
-        stream = ExportStream(engine, log=service.LEDGER, filters=filters, fmt=fmt, chunk_bytes=512)  # type: ignore[arg-type]
+        stream = ExportStream(engine, log=logs.LEDGER, filters=filters, fmt=fmt, chunk_bytes=512)  # type: ignore[arg-type]
         chunks = stream.open()
         body = [next(chunks), next(chunks)]
         # More settlements commit while the export is half read: none of them may appear in it.
@@ -267,7 +267,7 @@ class TestConsistentSnapshot:
 
     def test_abandoned_export_releases_its_connection(self, engine: Engine, book: Book) -> None:
         before = engine.pool.checkedout()
-        stream = ExportStream(engine, log=service.LEDGER, filters=service.Filters(), fmt="csv", chunk_bytes=64)
+        stream = ExportStream(engine, log=logs.LEDGER, filters=service.Filters(), fmt="csv", chunk_bytes=64)
         chunks = stream.open()
         next(chunks)
         next(chunks)

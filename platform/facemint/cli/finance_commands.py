@@ -10,13 +10,12 @@ from pathlib import Path
 import click
 
 from facemint.config import Settings
-
-LOG_NAMES = ("recharges", "usage", "ledger", "audit")
+from facemint.finance.logs import LOGS
 
 
 def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
     @cli.command("export")
-    @click.argument("log", type=click.Choice(LOG_NAMES))
+    @click.argument("log", type=click.Choice(list(LOGS)))
     @click.option("--from", "start", type=click.DateTime(), default=None, help="UTC, inclusive")
     @click.option("--to", "end", type=click.DateTime(), default=None, help="UTC, exclusive")
     @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
@@ -38,24 +37,20 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
 
         from facemint.cli.main import _database
         from facemint.db import make_engine
-        from facemint.finance import service
         from facemint.finance.errors import InvalidFilter
         from facemint.finance.exports import ExportStream
+        from facemint.finance.service import resolve_filters
 
         with _database(settings()) as url:
             engine = make_engine(url, pool_size=1)
             try:
                 with engine.connect() as connection, Session(bind=connection) as session:
-                    filters = service.resolve_filters(
-                        session, log=service.LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
+                    filters = resolve_filters(
+                        session, log=LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
                     )
-                stream = ExportStream(
-                    engine, log=service.LOGS[log], filters=filters, fmt="jsonl" if fmt == "jsonl" else "csv"
-                )
-                chunks = stream.open()
-                next(chunks)
-                assert stream.totals is not None
-                rows = int(stream.totals["rows"])
+                stream = ExportStream(engine, log=LOGS[log], filters=filters, fmt="jsonl" if fmt == "jsonl" else "csv")
+                chunks, totals = stream.start()
+                rows = int(totals["rows"])
                 tmp = output.with_name(output.name + ".part")
                 with (
                     tmp.open("wb") as out,
@@ -74,5 +69,5 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
                 raise click.UsageError(exc.detail) from exc
             finally:
                 engine.dispose()
-        totals = ", ".join(f"{k}={v}" for k, v in stream.totals.items() if k != "snapshot")
-        click.echo(f"wrote {output} ({stream.bytes_sent} bytes): {totals}", err=True)
+        summary = ", ".join(f"{k}={v}" for k, v in totals.items() if k != "snapshot")
+        click.echo(f"wrote {output} ({stream.bytes_sent} bytes): {summary}", err=True)

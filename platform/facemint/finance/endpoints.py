@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, require
-from facemint.finance import service
+from facemint.finance import logs, reports, service
 from facemint.finance.exports import ExportFormat, ExportStream
 from facemint.finance.schemas import (
     AuditRow,
@@ -77,10 +77,10 @@ async def log_query(
 
 Filters = Annotated[LogQuery, Depends(log_query)]
 Pagination = Annotated[PageParams, Depends(page_params)]
-Format = Annotated[Literal["csv", "jsonl"], Query(alias="format")]
+Format = Annotated[ExportFormat, Query(alias="format")]
 
 
-def _filters(session: SessionDep, principal: Principal, log: service.LogSpec, query: LogQuery) -> service.Filters:
+def _filters(session: SessionDep, principal: Principal, log: logs.LogSpec, query: LogQuery) -> service.Filters:
     if query.tenant_id is not None:
         principal.ensure_tenant_visible(query.tenant_id, what="tenant")
     return service.resolve_filters(
@@ -101,7 +101,7 @@ def _filters(session: SessionDep, principal: Principal, log: service.LogSpec, qu
 def _page(
     session: SessionDep,
     principal: Principal,
-    log: service.LogSpec,
+    log: logs.LogSpec,
     query: LogQuery,
     page: PageParams,
     model: type[RowT],
@@ -114,19 +114,21 @@ def _page(
 
 
 def _export(
-    request: Request, session: SessionDep, principal: Principal, log: service.LogSpec, query: LogQuery, fmt: str
+    request: Request,
+    session: SessionDep,
+    principal: Principal,
+    log: logs.LogSpec,
+    query: LogQuery,
+    fmt: ExportFormat,
 ) -> StreamingResponse:
     filters = _filters(session, principal, log, query)
-    export_format: ExportFormat = "jsonl" if fmt == "jsonl" else "csv"
-    stream = ExportStream(request.app.state.engine, log=log, filters=filters, fmt=export_format)
-    chunks = stream.open()
-    next(chunks)  # the snapshot is open and the totals known before the 200 goes out
-    assert stream.totals is not None
+    stream = ExportStream(request.app.state.engine, log=log, filters=filters, fmt=fmt)
+    chunks, totals = stream.start()  # the snapshot is open and the totals known before the 200 goes out
     headers = {
         "Content-Disposition": f'attachment; filename="{stream.filename}"',
         "Cache-Control": "no-store",
-        "X-Export-Rows": str(stream.totals["rows"]),
-        "X-Export-As-Of": str(stream.totals["as_of"]),
+        "X-Export-Rows": str(totals["rows"]),
+        "X-Export-As-Of": str(totals["as_of"]),
     }
     return StreamingResponse(chunks, media_type=stream.media_type, headers=headers)
 
@@ -137,25 +139,25 @@ def _export(
 @router.get("/recharges", response_model=Page[RechargeRow])
 def list_recharges(session: SessionDep, principal: Reader, query: Filters, page: Pagination) -> Page[RechargeRow]:
     """Recharges, single and batch: one row per credited entry (a batch row, or a single recharge's target)."""
-    return _page(session, principal, service.RECHARGES, query, page, RechargeRow, "entry_id")
+    return _page(session, principal, logs.RECHARGES, query, page, RechargeRow, "entry_id")
 
 
 @router.get("/usage", response_model=Page[UsageRow])
 def list_usage(session: SessionDep, principal: Reader, query: Filters, page: Pagination) -> Page[UsageRow]:
     """Usage: one row per job with its hold (held), what was captured and what was released."""
-    return _page(session, principal, service.USAGE, query, page, UsageRow, "id")
+    return _page(session, principal, logs.USAGE, query, page, UsageRow, "id")
 
 
 @router.get("/ledger", response_model=Page[LedgerRow])
 def list_ledger(session: SessionDep, principal: Reader, query: Filters, page: Pagination) -> Page[LedgerRow]:
     """Ledger entries with each account's balance after the entry. A tenant admin sees its accounts' entries."""
-    return _page(session, principal, service.LEDGER, query, page, LedgerRow, "entry_id")
+    return _page(session, principal, logs.LEDGER, query, page, LedgerRow, "entry_id")
 
 
 @router.get("/audit", response_model=Page[AuditRow])
 def list_audit(session: SessionDep, principal: Reader, query: Filters, page: Pagination) -> Page[AuditRow]:
     """Audit events; fields named like a secret, hash, key or password are left out of before/after."""
-    return _page(session, principal, service.AUDIT, query, page, AuditRow, "id")
+    return _page(session, principal, logs.AUDIT, query, page, AuditRow, "id")
 
 
 _EXPORT_DOC = (
@@ -168,28 +170,28 @@ _EXPORT_DOC = (
 def export_recharges(
     request: Request, session: SessionDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> StreamingResponse:
-    return _export(request, session, principal, service.RECHARGES, query, fmt)
+    return _export(request, session, principal, logs.RECHARGES, query, fmt)
 
 
 @router.get("/usage/export", response_class=StreamingResponse, description=_EXPORT_DOC)
 def export_usage(
     request: Request, session: SessionDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> StreamingResponse:
-    return _export(request, session, principal, service.USAGE, query, fmt)
+    return _export(request, session, principal, logs.USAGE, query, fmt)
 
 
 @router.get("/ledger/export", response_class=StreamingResponse, description=_EXPORT_DOC)
 def export_ledger(
     request: Request, session: SessionDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> StreamingResponse:
-    return _export(request, session, principal, service.LEDGER, query, fmt)
+    return _export(request, session, principal, logs.LEDGER, query, fmt)
 
 
 @router.get("/audit/export", response_class=StreamingResponse, description=_EXPORT_DOC)
 def export_audit(
     request: Request, session: SessionDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> StreamingResponse:
-    return _export(request, session, principal, service.AUDIT, query, fmt)
+    return _export(request, session, principal, logs.AUDIT, query, fmt)
 
 
 # --- reports -----------------------------------------------------------------------------------------------
@@ -209,8 +211,8 @@ def daily_report(
     between available and held, never the balance, so it is not part of that identity."""
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
-    first, last = service.default_days(from_, to)
-    rows = service.daily_report(
+    first, last = reports.default_days(from_, to)
+    rows = reports.daily_report(
         session, first=first, last=last, tenant_scope=principal.tenant_scope, tenant_id=tenant_id
     )
     return DailyReport(
@@ -235,7 +237,7 @@ def liability_report(
     Now: the accounts' balance and held. A past instant: entries up to it, and the holds open at it."""
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
-    lines = service.liability(session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id)
+    lines = reports.liability(session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id)
     per_tenant: dict[int | None, dict[str, list[int]]] = defaultdict(lambda: {"user": [0, 0], "pool": [0, 0]})
     kinds: dict[str, list[int]] = {"user": [0, 0], "pool": [0, 0]}
     for line in lines:

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine
 
-from facemint.finance.service import LEDGER, Filters, LogSpec, select_sql, totals_sql, tracked_balance_sql
+from facemint.finance.logs import LEDGER, LogSpec
+from facemint.finance.service import Filters, select_sql, totals_sql, tracked_balance_sql
 
 logger = logging.getLogger("facemint.finance.exports")
 
@@ -70,6 +71,13 @@ class ExportStream:
     @property
     def filename(self) -> str:
         return f"facemint-{self.log.name}-{self.created:%Y%m%dT%H%M%SZ}.{self.fmt}"
+
+    def start(self) -> tuple[Iterator[bytes], dict[str, Any]]:
+        """`open()`, primed: the snapshot is taken; the rest of the chunks, and the totals."""
+        chunks = self.open()
+        next(chunks)
+        assert self.totals is not None
+        return chunks, self.totals
 
     def open(self) -> Iterator[bytes]:
         connection = self.engine.connect().execution_options(isolation_level="REPEATABLE READ")

@@ -65,6 +65,8 @@ class LedgerRow(BaseModel):
     actor: str | None
     reason: str | None
     reference: str | None
+    approval_id: int | None = Field(default=None, description="the four-eyes approval it was applied from")
+    approved_by_user_id: int | None = None
     created_at: datetime
 
 

@@ -1,0 +1,177 @@
+"""The finance reports: daily movements per tenant and UTC day, and the outstanding liability at an instant.
+Each is one set-based statement over the ledger (one snapshot); the values are bound parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from facemint.finance.errors import InvalidFilter
+from facemint.finance.service import as_utc, tenant_conditions
+
+MAX_REPORT_DAYS = 366
+
+
+@dataclass(frozen=True, slots=True)
+class DailyRow:
+    tenant_id: int | None
+    day: date
+    opening: int
+    recharged: int
+    consumed: int
+    released: int
+    adjustments: int
+    closing: int
+
+
+def default_days(first: date | None, last: date | None) -> tuple[date, date]:
+    last = last or datetime.now(UTC).date()
+    first = first or last - timedelta(days=29)
+    if first > last:
+        raise InvalidFilter("`from` must not be after `to`", filter="from")
+    if (last - first).days + 1 > MAX_REPORT_DAYS:
+        raise InvalidFilter(f"at most {MAX_REPORT_DAYS} days per report", filter="to")
+    return first, last
+
+
+_DAILY_SQL = """
+WITH acct AS (
+    SELECT id, coalesce(tenant_id, 0) AS tenant_id FROM ledger_accounts a WHERE a.balance_tracked {scope}
+),
+opening AS (
+    SELECT a.tenant_id, sum(e.amount) AS amount
+    FROM ledger_entries e JOIN acct a ON a.id = e.account_id
+    WHERE e.created_at < %(start)s GROUP BY a.tenant_id
+),
+moves AS (
+    SELECT a.tenant_id, (e.created_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce(sum(e.amount) FILTER (WHERE t.kind = 'recharge'), 0) AS recharged,
+           coalesce(-sum(e.amount) FILTER (WHERE t.kind = 'capture'), 0) AS consumed,
+           coalesce(sum(e.amount) FILTER (WHERE t.kind IN ('adjustment', 'reversal')), 0) AS adjustments
+    FROM ledger_entries e JOIN acct a ON a.id = e.account_id JOIN ledger_transactions t ON t.id = e.transaction_id
+    WHERE e.created_at >= %(start)s AND e.created_at < %(end)s
+    GROUP BY 1, 2
+),
+released AS (
+    SELECT a.tenant_id, (h.resolved_at AT TIME ZONE 'UTC')::date AS day,
+           sum(h.amount - coalesce(h.captured_amount, 0)) AS released
+    FROM holds h JOIN acct a ON a.id = h.account_id
+    WHERE h.status <> 'held' AND h.resolved_at >= %(start)s AND h.resolved_at < %(end)s
+    GROUP BY 1, 2
+),
+tenants AS (
+    SELECT tenant_id FROM opening UNION SELECT tenant_id FROM moves UNION SELECT tenant_id FROM released
+),
+grid AS (
+    SELECT tn.tenant_id, d::date AS day
+    FROM tenants tn CROSS JOIN generate_series(%(first)s::date, %(last)s::date, interval '1 day') AS d
+),
+daily AS (
+    SELECT g.tenant_id, g.day, coalesce(o.amount, 0) AS opening_before,
+           coalesce(m.recharged, 0) AS recharged, coalesce(m.consumed, 0) AS consumed,
+           coalesce(r.released, 0) AS released, coalesce(m.adjustments, 0) AS adjustments
+    FROM grid g
+    LEFT JOIN opening o ON o.tenant_id = g.tenant_id
+    LEFT JOIN moves m ON m.tenant_id = g.tenant_id AND m.day = g.day
+    LEFT JOIN released r ON r.tenant_id = g.tenant_id AND r.day = g.day
+)
+SELECT tenant_id, day, recharged, consumed, released, adjustments,
+       opening_before + coalesce(sum(recharged - consumed + adjustments) OVER (
+           PARTITION BY tenant_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS opening
+FROM daily ORDER BY tenant_id, day
+"""
+
+
+def _scope_sql(tenant_scope: int | None, tenant_id: int | None) -> tuple[str, dict[str, Any]]:
+    parts, params = tenant_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
+    return " ".join(f"AND {part}" for part in parts), params
+
+
+def daily_report(
+    session: Session, *, first: date, last: date, tenant_scope: int | None, tenant_id: int | None
+) -> list[DailyRow]:
+    """Per tenant and UTC day (`first` to `last`, both included), over the tenant's user and pool accounts:
+    opening balance, recharged, consumed (captures), adjustments (adjustments and reversals) and closing, with
+    opening + recharged - consumed + adjustments = closing. Everything comes from ledger entries, set-based, in one
+    statement (one snapshot). A transfer between two accounts of the same tenant (pool to user) nets to zero.
+
+    `released` is informational: tokens that left a hold without being charged that day (released or expired
+    holds, and the unused rest of a partial capture). A hold never changes the balance (it only moves tokens from
+    available to held and back), so released is not part of the identity.
+
+    Accounts without a tenant (staff users) are listed under tenant_id None, for staff only."""
+    scope, params = _scope_sql(tenant_scope, tenant_id)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    params.update(start=start, end=end, first=first, last=last)
+    rows = session.connection().exec_driver_sql(_DAILY_SQL.format(scope=scope), params).mappings()
+    out = []
+    for row in rows:
+        closing = row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"]
+        out.append(
+            DailyRow(
+                tenant_id=row["tenant_id"] or None,
+                day=row["day"],
+                opening=int(row["opening"]),
+                recharged=int(row["recharged"]),
+                consumed=int(row["consumed"]),
+                released=int(row["released"]),
+                adjustments=int(row["adjustments"]),
+                closing=int(closing),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LiabilityLine:
+    tenant_id: int | None
+    kind: str  # user | pool
+    balance: int
+    held: int
+
+
+_LIABILITY_NOW_SQL = """
+SELECT coalesce(a.tenant_id, 0) AS tenant_id, a.kind, sum(a.balance) AS balance, sum(a.held) AS held
+FROM ledger_accounts a WHERE a.balance_tracked {scope}
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+_LIABILITY_AT_SQL = """
+WITH acct AS (SELECT a.id, coalesce(a.tenant_id, 0) AS tenant_id, a.kind FROM ledger_accounts a
+              WHERE a.balance_tracked {scope}),
+bal AS (SELECT e.account_id, sum(e.amount) AS amount FROM ledger_entries e JOIN acct ON acct.id = e.account_id
+        WHERE e.created_at <= %(at)s GROUP BY 1),
+held AS (SELECT h.account_id, sum(h.amount) AS amount FROM holds h JOIN acct ON acct.id = h.account_id
+         WHERE h.created_at <= %(at)s AND (h.resolved_at IS NULL OR h.resolved_at > %(at)s) GROUP BY 1)
+SELECT acct.tenant_id, acct.kind, coalesce(sum(bal.amount), 0) AS balance, coalesce(sum(held.amount), 0) AS held
+FROM acct LEFT JOIN bal ON bal.account_id = acct.id LEFT JOIN held ON held.account_id = acct.id
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+def liability(
+    session: Session, *, at: datetime | None, tenant_scope: int | None, tenant_id: int | None
+) -> list[LiabilityLine]:
+    """Tokens owed to customers: per tenant and account kind (user, pool), balance and held (available = balance -
+    held). `at=None` reads the accounts' balance and held now; a past instant sums the entries up to it for the
+    balance, and the holds open at it (made by then, not resolved by then) for held. One statement: one snapshot.
+    """
+    scope, params = _scope_sql(tenant_scope, tenant_id)
+    if at is None:
+        sql = _LIABILITY_NOW_SQL.format(scope=scope)
+    else:
+        sql = _LIABILITY_AT_SQL.format(scope=scope)
+        params["at"] = as_utc(at)
+    return [
+        LiabilityLine(
+            tenant_id=row["tenant_id"] or None,
+            kind="pool" if row["kind"] == "tenant_pool" else "user",
+            balance=int(row["balance"]),
+            held=int(row["held"]),
+        )
+        for row in session.connection().exec_driver_sql(sql, params).mappings()
+    ]

@@ -151,31 +151,44 @@ def _check_read_committed(session: Session) -> None:
         raise RuntimeError(f"the sealer must run in READ COMMITTED, not {level}")
 
 
-def seal(session: Session, *, stream: str, max_rows: int, wait: bool = True) -> SealResult | None:
-    """Seal the next batch of `stream` (at most `max_rows` finished rows); None when there is nothing new (or,
-    with `wait=False`, when another sealer is at work). Never commits: the caller's boundary does."""
-    s = _stream(stream)
-    if max_rows < 1:
-        raise ValueError("max_rows must be at least 1")
+def _lock(session: Session, *, wait: bool) -> bool:
+    """Take the sealers' lock for this transaction (False: `wait=False` and another sealer holds it). Sealers
+    queue here; the statements after it see whatever the previous sealer committed."""
     _check_read_committed(session)
-    # Sealers queue here; this statement's successors see whatever the previous sealer committed.
     if wait:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEALER_LOCK})
-    elif not session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEALER_LOCK}).scalar_one():
-        return None
-    prev = session.execute(
-        text(
-            "SELECT seq, hash, xid_to::text AS xid_to, last_id FROM ledger_seals WHERE stream = :stream "
-            "ORDER BY seq DESC LIMIT 1"
-        ),
-        {"stream": stream},
-    ).one_or_none()
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEALER_LOCK}).scalar_one())
+
+
+_LAST_SEAL_SQL = text(
+    "SELECT seq, hash, xid_to::text AS xid_to, last_id FROM ledger_seals WHERE stream = :stream "
+    "ORDER BY seq DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """Where a stream's chain ends: its last seal (seq 0 and the genesis hash before the first)."""
+
+    seq: int = 0
+    hash: bytes = GENESIS
+    xid_to: str = "0"
+    last_id: int = 0
+
+
+def _head(session: Session, stream: str) -> _Head:
+    row = session.execute(_LAST_SEAL_SQL, {"stream": stream}).one_or_none()
+    return _Head() if row is None else _Head(row.seq, bytes(row.hash), row.xid_to, row.last_id)
+
+
+def _seal_after(session: Session, s: Stream, stream: str, head: _Head, *, max_rows: int) -> SealResult | None:
     params = {
         "stream": stream,
-        "seq": (prev.seq if prev else 0) + 1,
-        "prev_hash": bytes(prev.hash) if prev else GENESIS,
-        "after_xid": prev.xid_to if prev else "0",
-        "after_id": prev.last_id if prev else 0,
+        "seq": head.seq + 1,
+        "prev_hash": head.hash,
+        "after_xid": head.xid_to,
+        "after_id": head.last_id,
         "max_rows": max_rows,
     }
     row = session.execute(text(_seal_sql(s)), params).one_or_none()
@@ -195,6 +208,21 @@ def seal(session: Session, *, stream: str, max_rows: int, wait: bool = True) -> 
     )
 
 
+def _check_max_rows(max_rows: int) -> None:
+    if max_rows < 1:
+        raise ValueError("max_rows must be at least 1")
+
+
+def seal(session: Session, *, stream: str, max_rows: int, wait: bool = True) -> SealResult | None:
+    """Seal the next batch of `stream` (at most `max_rows` finished rows); None when there is nothing new (or,
+    with `wait=False`, when another sealer is at work). Never commits: the caller's boundary does."""
+    s = _stream(stream)
+    _check_max_rows(max_rows)
+    if not _lock(session, wait=wait):
+        return None
+    return _seal_after(session, s, stream, _head(session, stream), max_rows=max_rows)
+
+
 def seal_all(
     session: Session,
     *,
@@ -205,20 +233,25 @@ def seal_all(
 ) -> list[SealResult]:
     """Seal every stream until it is caught up with the finished transactions (at most `max_batches` batches per
     stream; the rest waits for the next run). `wait=False` (periodic sealers in several workers): return [] at
-    once when another sealer holds the lock instead of queueing behind it."""
+    once when another sealer holds the lock instead of queueing behind it.
+
+    The lock is taken once and held to the end of the transaction, so no other sealer can extend a chain
+    meanwhile: each batch follows the one just sealed without reading the chain's head again."""
+    chosen = [(stream, _stream(stream)) for stream in streams]
+    _check_max_rows(max_rows)
     results: list[SealResult] = []
-    if not wait:
-        _check_read_committed(session)
-        if not session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEALER_LOCK}).scalar_one():
-            return results
-    for stream in streams:
+    if not _lock(session, wait=wait):
+        return results
+    for stream, s in chosen:
+        head = _head(session, stream)
         for _ in range(max_batches):
-            result = seal(session, stream=stream, max_rows=max_rows)
+            result = _seal_after(session, s, stream, head, max_rows=max_rows)
             if result is None:
                 break
             results.append(result)
             if result.n_rows < max_rows:
                 break
+            head = _Head(result.seq, result.hash, result.xid_to, result.last_id)
     return results
 
 
@@ -300,15 +333,8 @@ def verify(session: Session, *, anchors: Iterable[Mapping[str, Any]] = (), limit
     stored chain must still reach them. Run it on one snapshot (REPEATABLE READ) for a consistent answer."""
     report = VerifyReport()
     for stream, s in _STREAMS.items():
-        last = session.execute(
-            text(
-                "SELECT seq, xid_to::text AS xid_to, last_id FROM ledger_seals WHERE stream = :stream "
-                "ORDER BY seq DESC LIMIT 1"
-            ),
-            {"stream": stream},
-        ).one_or_none()
-        max_seq = last.seq if last else 0
-        bounds = {"stream": stream, "max_seq": max_seq}
+        last = _head(session, stream)
+        bounds = {"stream": stream, "max_seq": last.seq}
         chain = session.execute(text(_CHAIN_SQL), {**bounds, "genesis": GENESIS}).all()
         report.seals[stream] = len(chain)
         for link in chain:
@@ -335,7 +361,7 @@ def verify(session: Session, *, anchors: Iterable[Mapping[str, Any]] = (), limit
             text("SELECT count(*) FROM ledger_seal_leaves WHERE stream = :stream AND seq <= :max_seq"), bounds
         ).scalar_one()
         counts: dict[str, int] = {}
-        if last is not None:
+        if last.seq:
             rows = session.execute(
                 text(_rows_sql(s)), {**bounds, "last_xid": last.xid_to, "last_id": last.last_id, "limit": limit}
             )

@@ -19,6 +19,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from redis import Redis
@@ -151,7 +152,7 @@ class RequestMetrics:
             )
         out.family("facemint_http_request_duration_seconds", "histogram", "HTTP request duration, by route template.")
         for (method, route), per_bucket, total, count in durations:
-            cumulative = [sum(per_bucket[: i + 1]) for i in range(len(HTTP_BUCKETS))]
+            cumulative = list(accumulate(per_bucket[:-1]))  # the last slot (above every bound) is only in +Inf
             out.histogram(
                 "facemint_http_request_duration_seconds",
                 (("method", method), ("route", route)),
@@ -271,16 +272,17 @@ def _write_redis_metrics(out: _Exposition, redis: Redis, settings: Settings) -> 
 # --- jobs, tokens and webhooks (Postgres) -----------------------------------------------------------------------
 
 _JOBS_SQL = text("SELECT status, count(*) FROM jobs GROUP BY status")
-_HELD_SQL = text("SELECT coalesce(sum(held), 0) FROM ledger_accounts")
-# A captured hold releases what it did not capture, so released counts that remainder too.
-_HOLDS_SQL = text(
+# The single-valued series in one round trip. A captured hold releases what it did not capture, so released
+# counts that remainder too.
+_TOTALS_SQL = text(
     """
-SELECT coalesce(sum(captured_amount) FILTER (WHERE status = 'captured'), 0) AS captured,
-       coalesce(sum(amount - coalesce(captured_amount, 0)) FILTER (WHERE status <> 'held'), 0) AS released
+SELECT (SELECT coalesce(sum(held), 0) FROM ledger_accounts) AS held,
+       coalesce(sum(captured_amount) FILTER (WHERE status = 'captured'), 0) AS captured,
+       coalesce(sum(amount - coalesce(captured_amount, 0)) FILTER (WHERE status <> 'held'), 0) AS released,
+       (SELECT count(*) FROM webhook_events WHERE status = 'pending') AS webhooks_pending
 FROM holds
 """
 )
-_WEBHOOKS_SQL = text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")
 
 
 def _write_database_metrics(out: _Exposition, session: Session) -> None:
@@ -288,25 +290,23 @@ def _write_database_metrics(out: _Exposition, session: Session) -> None:
     session.execute(text(f"SET LOCAL statement_timeout = {_STATEMENT_TIMEOUT_MS}"))
     jobs = {status: 0 for status in JOB_STATUSES}
     jobs.update({str(status): int(count) for status, count in session.execute(_JOBS_SQL)})
-    held = int(session.execute(_HELD_SQL).scalar_one())
-    holds = session.execute(_HOLDS_SQL).one()
-    webhooks_pending = int(session.execute(_WEBHOOKS_SQL).scalar_one())
+    totals = session.execute(_TOTALS_SQL).one()
 
     out.family("facemint_jobs", "gauge", "Jobs by status.")
     for status, count in jobs.items():
         out.sample("facemint_jobs", (("status", status),), count)
     out.family("facemint_tokens_held", "gauge", "Tokens held by open holds.")
-    out.sample("facemint_tokens_held", (), held)
+    out.sample("facemint_tokens_held", (), int(totals.held))
     out.family("facemint_tokens_captured_total", "counter", "Tokens captured from holds.")
-    out.sample("facemint_tokens_captured_total", (), int(holds.captured))
+    out.sample("facemint_tokens_captured_total", (), int(totals.captured))
     out.family(
         "facemint_tokens_released_total",
         "counter",
         "Tokens returned from holds: released, expired, and the uncaptured rest of captured holds.",
     )
-    out.sample("facemint_tokens_released_total", (), int(holds.released))
+    out.sample("facemint_tokens_released_total", (), int(totals.released))
     out.family("facemint_webhook_events_pending", "gauge", "Webhook events not yet delivered nor given up.")
-    out.sample("facemint_webhook_events_pending", (), webhooks_pending)
+    out.sample("facemint_webhook_events_pending", (), int(totals.webhooks_pending))
 
 
 # --- the endpoint -----------------------------------------------------------------------------------------------

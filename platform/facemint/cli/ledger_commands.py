@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from billing.sealing.schemas import VerifyReport
 from facemint.config import Settings
+
+
+@contextmanager
+def _snapshot(settings: Settings) -> Iterator[Session]:
+    """A read-only session on one snapshot of the configured (or embedded) database, for verify and digest."""
+    from facemint.cli.main import _database
+    from facemint.db import make_engine, snapshot_session
+
+    with _database(settings) as url:
+        engine = make_engine(url, pool_size=1)
+        try:
+            with snapshot_session(engine) as session:
+                yield session
+        finally:
+            engine.dispose()
 
 
 def _print_verify(report: VerifyReport, limit: int) -> None:
@@ -77,8 +94,6 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
         """Recompute every seal from the rows; exit 1 listing modified, deleted and inserted rows and broken
         links, 0 when intact."""
         from billing.sealing import service as sealing
-        from facemint.cli.main import _database
-        from facemint.db import make_engine, snapshot_session
 
         anchors: list[dict[str, Any]] = []
         for path in anchor_files:
@@ -87,14 +102,8 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 click.echo(f"error: {path} is not a digest: {exc}", err=True)
                 sys.exit(2)
-        loaded = settings()
-        with _database(loaded) as url:
-            engine = make_engine(url, pool_size=1)
-            try:
-                with snapshot_session(engine) as session:
-                    report = sealing.verify(session, anchors=anchors, limit=limit)
-            finally:
-                engine.dispose()
+        with _snapshot(settings()) as session:
+            report = sealing.verify(session, anchors=anchors, limit=limit)
         if as_json:
             click.echo(json.dumps(report.as_dict()))
         else:
@@ -106,17 +115,9 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
     def digest(output: Path | None) -> None:
         """The latest seal of each stream as JSON, to keep outside the database (give it back to verify --anchor)."""
         from billing.sealing import service as sealing
-        from facemint.cli.main import _database
-        from facemint.db import make_engine, snapshot_session
 
-        loaded = settings()
-        with _database(loaded) as url:
-            engine = make_engine(url, pool_size=1)
-            try:
-                with snapshot_session(engine) as session:
-                    document = sealing.latest_digest(session)
-            finally:
-                engine.dispose()
+        with _snapshot(settings()) as session:
+            document = sealing.latest_digest(session)
         if not document["streams"]:
             click.echo("nothing sealed yet: run `facemint ledger seal`", err=True)
         body = json.dumps(document, indent=2)

@@ -86,10 +86,10 @@ class Target:
 def validate_webhook_url(url: str, *, allowed_networks: Sequence[str], resolve: Resolver = socket.getaddrinfo) -> str:
     """The normalized URL, or InvalidWebhookUrl when it is not http(s) or any address it resolves to is not
     public (unless inside `allowed_networks`)."""
-    return check_target(url, allowed_networks=allowed_networks, resolve=resolve).url
+    return _check_target(url, allowed_networks=allowed_networks, resolve=resolve).url
 
 
-def check_target(url: str, *, allowed_networks: Sequence[str], resolve: Resolver = socket.getaddrinfo) -> Target:
+def _check_target(url: str, *, allowed_networks: Sequence[str], resolve: Resolver = socket.getaddrinfo) -> Target:
     if not isinstance(url, str) or not url:
         raise InvalidWebhookUrl("the webhook URL is empty")
     if len(url) > MAX_URL_LENGTH:
@@ -112,7 +112,8 @@ def check_target(url: str, *, allowed_networks: Sequence[str], resolve: Resolver
         raise InvalidWebhookUrl("the webhook URL has no host")
     if port == 0:
         raise InvalidWebhookUrl("the webhook URL's port must be 1-65535")
-    effective_port = port or (443 if scheme == "https" else 80)
+    default_port = 443 if scheme == "https" else 80
+    effective_port = port or default_port
     networks = _parse_networks(allowed_networks)
 
     literal = _ip_literal(parts.hostname)
@@ -127,14 +128,14 @@ def check_target(url: str, *, allowed_networks: Sequence[str], resolve: Resolver
             raise InvalidWebhookUrl(f"{host} is a cloud metadata service")
         addresses = _resolve(host, effective_port, resolve)
     for address in addresses:
-        reason = address_refusal(address, networks)
+        reason = _address_refusal(address, networks)
         if reason is not None:
             if literal is not None:
                 raise InvalidWebhookUrl(f"the webhook address {address} {reason}")
             # The address itself is not echoed: it would tell callers how this server resolves internal names.
             raise InvalidWebhookUrl(f"the webhook host {host} resolves to an address that {reason}")
 
-    netloc = url_host if port is None or port == (443 if scheme == "https" else 80) else f"{url_host}:{port}"
+    netloc = url_host if port in (None, default_port) else f"{url_host}:{port}"
     normalized = f"{scheme}://{netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     return Target(url=normalized, host=host, port=effective_port, addresses=addresses)
 
@@ -216,7 +217,9 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
-def address_refusal(address: IPAddress, allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+def _address_refusal(
+    address: IPAddress, allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str | None:
     """Why a webhook may not be sent to this address, or None when it may."""
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         address = ipaddress.IPv6Address(str(address).partition("%")[0])  # a zone does not change what it is
@@ -248,10 +251,6 @@ def _is_public(address: IPAddress) -> bool:
 
 
 # --- Signing -------------------------------------------------------------------------------------------------
-
-
-def new_secret() -> str:
-    return new_webhook_secret()
 
 
 def _secret_key(secret: str) -> bytes:
@@ -407,7 +406,7 @@ def _send(event: _Claimed, *, settings: Settings, resolve: Resolver, ssl_context
         return round((time.monotonic() - started) * 1000, 3)
 
     try:
-        target = check_target(event.url, allowed_networks=settings.webhook_allowed_networks, resolve=resolve)
+        target = _check_target(event.url, allowed_networks=settings.webhook_allowed_networks, resolve=resolve)
     except InvalidWebhookUrl as exc:
         return _Outcome(response_status=None, error=_truncate(f"refused: {exc.detail}"), duration_ms=elapsed_ms())
     body = encode_body(event.payload)
@@ -529,7 +528,7 @@ def rotate_secret(session: Session, *, context: RequestContext, tenant_id: int, 
     """Replace the tenant's signing secret; every attempt from now on (retries included) is signed with it."""
     tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=tenant_scope)
     before = _fingerprint(tenant.webhook_secret)
-    tenant.webhook_secret = new_secret()
+    tenant.webhook_secret = new_webhook_secret()
     session.flush()
     audit.record(
         session,

@@ -64,7 +64,7 @@ def _strip_sensitive(column: str) -> str:
 _ENTRY_SOURCE = (
     "ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id "
     "JOIN ledger_accounts a ON a.id = e.account_id LEFT JOIN users u ON u.account_id = e.account_id "
-    # Two equality joins (not one OR): they plan as hash joins over the small approvals table.
+    # Two equality joins, not one OR: an OR condition rules out a hash join (a nested loop per exported row).
     "LEFT JOIN recharge_approvals ra ON ra.transaction_id = t.id "
     "LEFT JOIN recharge_approvals rb ON rb.batch_id = t.batch_id"
 )

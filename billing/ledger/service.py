@@ -126,16 +126,22 @@ legs AS (
 ),
 -- Lock the tracked accounts in id order so two postings over the same pair cannot deadlock.
 locked AS (
-    SELECT a.id FROM ledger_accounts a
+    SELECT a.id, a.balance - a.held AS available FROM ledger_accounts a
     WHERE a.id = ANY(CAST(:accounts AS bigint[])) AND a.balance_tracked AND EXISTS (SELECT 1 FROM txn)
     ORDER BY a.id
     FOR UPDATE
 ),
+-- Every leg or none: a balance never moves without its entry (the database checks it), so one leg that would
+-- take its account below zero stops them all.
+covered AS (
+    SELECT coalesce(bool_and(locked.available + legs.amount >= 0), true) AS ok
+    FROM locked JOIN legs ON legs.account_id = locked.id
+),
 moved AS (
     UPDATE ledger_accounts a
     SET balance = a.balance + legs.amount, version = a.version + 1
-    FROM legs, locked
-    WHERE a.id = legs.account_id AND a.id = locked.id AND a.balance - a.held + legs.amount >= 0
+    FROM legs, locked, covered
+    WHERE a.id = legs.account_id AND a.id = locked.id AND covered.ok
     RETURNING a.id, a.balance
 ),
 entries AS (

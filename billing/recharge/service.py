@@ -122,41 +122,28 @@ def apply_staged(
     applied, total = stage_totals(session)
     if applied == 0:
         return AppliedBatch(batch_id=batch_id, transaction_id=None, applied=0, total_amount=0)
-    source_balance_after: int | None = None
     with database_refusals():
-        if source_tracked:
-            # The source (a tenant's pool) is debited first: a single guarded statement, so a pool never
-            # hands out more than it holds, and it is locked before any user account.
-            source_balance_after = session.execute(
-                text(
-                    "UPDATE ledger_accounts SET balance = balance - :total, version = version + 1 "
-                    "WHERE id = :source AND balance - held >= :total RETURNING balance"
-                ),
-                {"total": total, "source": source_account_id},
-            ).scalar_one_or_none()
-            if source_balance_after is None:
-                available = session.execute(
-                    text("SELECT balance - held FROM ledger_accounts WHERE id = :id"),
-                    {"id": source_account_id},
-                ).scalar_one()
-                raise InsufficientTokens(
-                    f"the pool holds {available} tokens; this batch needs {total}",
-                    needed=total,
-                    available=available,
-                )
+        # One statement: the source (a tenant's pool, when tracked) is debited with a guard, every staged row
+        # credited, and all the entries written, so the accounts never differ from the journal between two
+        # statements (a database rule: `ledger_accounts_follow_journal`). The pool's row is locked first.
         row = session.execute(
             text(
                 f"""
-                WITH txn AS (
+                WITH debited AS (
+                    UPDATE ledger_accounts SET balance = balance - :total, version = version + 1
+                    WHERE id = :source AND :tracked AND balance - held >= :total
+                    RETURNING id, balance
+                ),
+                txn AS (
                     INSERT INTO ledger_transactions
                         (kind, idempotency_key, request_hash, amount, tenant_id, actor, reason, batch_id)
-                    VALUES ('recharge', 'batch:' || :batch_id, :hash, :total, :tenant_id, :actor, :reason,
-                            :batch_id)
+                    SELECT 'recharge', 'batch:' || :batch_id, :hash, :total, :tenant_id, :actor, :reason, :batch_id
+                    WHERE NOT :tracked OR EXISTS (SELECT 1 FROM debited)
                     RETURNING id
                 ),
                 credited AS (
                     UPDATE ledger_accounts a SET balance = a.balance + s.amount, version = a.version + 1
-                    FROM {STAGE_TABLE} s
+                    FROM {STAGE_TABLE} s, txn
                     WHERE a.id = s.account_id AND a.balance_tracked
                     RETURNING a.id, a.balance, s.amount, s.row_no, s.reference
                 ),
@@ -165,11 +152,12 @@ def apply_staged(
                         (transaction_id, account_id, amount, balance_after, row_no, reference)
                     SELECT txn.id, c.id, c.amount, c.balance, c.row_no, c.reference FROM txn, credited c
                     UNION ALL
-                    SELECT txn.id, :source, -CAST(:total AS bigint), CAST(:source_after AS bigint), NULL, NULL
+                    SELECT txn.id, :source, -CAST(:total AS bigint), (SELECT balance FROM debited), NULL, NULL
                     FROM txn
                     RETURNING 1
                 )
-                SELECT (SELECT id FROM txn) AS transaction_id, (SELECT count(*) FROM entries) AS n_entries
+                SELECT (SELECT id FROM txn) AS transaction_id, (SELECT count(*) FROM entries) AS n_entries,
+                       (SELECT balance - held FROM ledger_accounts WHERE id = :source) AS source_available
                 """
             ),
             {
@@ -180,9 +168,16 @@ def apply_staged(
                 "actor": actor,
                 "reason": reason,
                 "source": source_account_id,
-                "source_after": source_balance_after,
+                "tracked": source_tracked,
             },
         ).one()
+    if row.transaction_id is None:
+        # The pool's guard refused: nothing was written. (The figure is the pool before this statement.)
+        raise InsufficientTokens(
+            f"the pool holds {row.source_available} tokens; this batch needs {total}",
+            needed=total,
+            available=row.source_available,
+        )
     if row.n_entries != applied + 1:
         # A staged account vanished or is not a tracked account: refuse the batch rather than half-apply it.
         raise InvalidAmount("a staged row did not match a user account; nothing was applied")

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from facemint import health
 from facemint.api_keys.endpoints import router as api_keys_router
@@ -19,13 +20,15 @@ from facemint.balances.endpoints import admin_router as balances_admin_router
 from facemint.balances.endpoints import v1_router as balances_v1_router
 from facemint.config import Environment, Settings, get_settings
 from facemint.db import make_engine, make_sessionmaker
-from facemint.errors import install_error_handlers
 from facemint.finance.endpoints import router as finance_router
+from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
 from facemint.jobs.endpoints import router as jobs_router
 from facemint.metrics import install_metrics
-from facemint.middleware import RequestIdMiddleware
+from facemint.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from facemint.prices.endpoints import router as prices_router
+from facemint.problems import install_error_handlers
 from facemint.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from facemint.recharges.endpoints import BATCH_PATH
 from facemint.recharges.endpoints import router as recharges_router
 from facemint.reports.endpoints import router as reports_router
 from facemint.storage import make_storage
@@ -41,12 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database_url, redis_url = settings.require_urls()
     engine = make_engine(database_url)
     redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)
+    # For what waits on the event loop without a thread (`Prefer: wait`): the same timeouts.
+    async_redis = AsyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         engine.dispose()
         redis.close()
+        await async_redis.aclose()
 
     dev = settings.env is Environment.dev
     app = FastAPI(
@@ -62,11 +68,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.redis = redis
+    app.state.async_redis = async_redis
     app.state.limiter = RateLimiter(settings, redis_url=redis_url)
     app.state.storage = make_storage(settings)
 
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_body_bytes,
+        path_limits={SWAPS_PATH: swap_body_limit(settings), BATCH_PATH: settings.batch_max_bytes},
+    )
     app.add_middleware(RequestIdMiddleware)
 
     for router in (

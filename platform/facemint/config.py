@@ -30,11 +30,21 @@ DEFAULT_PLAN_LIMITS: dict[str, dict[str, str]] = {
 }
 
 
+DEFAULT_PLAN_MAX_ACTIVE_JOBS: dict[str, int] = {"free": 20, "pro": 200, "enterprise": 2000}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEMINT_", extra="ignore")
 
-    env: Environment = Environment.dev
+    # Secure by default: prod whenever a database is configured. dev (the built-in secrets, open /docs and
+    # /metrics) only when said so, or on the embedded servers (no database URL: `facemint up`, the CLI on the
+    # local data dir), see `_default_env`.
+    env: Environment = Environment.prod
     database_url: str | None = None
+    # Migrations run as the schema's owner; the service connects as `database_url`, a role that may read and
+    # write rows but not alter tables, disable triggers or change journal rows (see facemint.migrate).
+    database_owner_url: str | None = None
+    database_app_role: str = Field(default="facemint_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str | None = None
     data_dir: Path = Path(".facemint")
 
@@ -58,6 +68,10 @@ class Settings(BaseSettings):
     approval_threshold_amount: int = Field(default=100_000, ge=1)
     approval_threshold_batch_total: int = Field(default=1_000_000, ge=1)
     approval_ttl_seconds: int = Field(default=86400, ge=60)
+    # What one requester may move without review in any 24 hours (recharges, batches, adjustments and reversals
+    # applied directly, summed); beyond it, further ones wait for approval too, so splitting one large amount
+    # into many small ones does not skip review.
+    approval_threshold_daily_total: int = Field(default=1_000_000, ge=1)
 
     # Sealed books: the sealer hashes finished ledger entries and audit events in batches of at most this many rows.
     seal_batch_max_rows: int = Field(default=50_000, ge=1)
@@ -65,9 +79,14 @@ class Settings(BaseSettings):
 
     plan_limits: dict[str, dict[str, str]] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
     login_limit_per_ip: str = "20/minute"
+    # Failed sign-ins only: a successful one never counts against its account.
     login_limit_per_account: str = "10/minute"
+    # Failed authentications per address (IPv6 per /64); a valid credential is never refused because of them.
     anonymous_limit_per_ip: str = "120/minute"
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Every request body is limited while it streams: uploads and batches by their own settings
+    # (`max_image_bytes`, `batch_max_bytes`), every other route by this.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # The engine: model directory (default: <data dir>/models) and ONNX Runtime provider (auto|cuda|tensorrt|cpu).
     models_dir: Path | None = None
@@ -88,10 +107,20 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     result_ttl_seconds: int = Field(default=86400, ge=60)
     prefer_wait_max_seconds: int = Field(default=60, ge=0, le=300)
+    # Concurrent `Prefer: wait` requests per tenant (429 beyond): waiting holds no thread, but a connection.
+    prefer_wait_max_per_tenant: int = Field(default=20, ge=1)
+    # Queued plus running jobs per tenant, by plan (429 beyond): one tenant cannot fill every GPU.
+    plan_max_active_jobs: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PLAN_MAX_ACTIVE_JOBS))
     storage_dir: Path | None = None  # default: <data dir>/storage
     queue_name: str = "swaps"
     # Test and benchmark aid (refused in prod): each job pauses this long at its first stage boundary.
     debug_job_delay_seconds: float = Field(default=0.0, ge=0, le=600)
+    # Test aid (refused in prod): a worker pauses this long between storing a result and settling the job.
+    debug_pause_before_settle_seconds: float = Field(default=0.0, ge=0, le=600)
+    # Files under inputs/ and results/ that no job accounts for (a worker killed between storing and settling,
+    # a submit whose commit failed, a delete that failed) are removed once they are this old.
+    orphan_file_grace_seconds: float = Field(default=3600.0, ge=1)
+    orphan_sweep_interval_seconds: float = Field(default=600.0, gt=0)
 
     # Webhooks: Standard Webhooks signatures; private, loopback, link-local and metadata addresses are refused
     # unless their network is listed here (e.g. ["127.0.0.0/8"] in tests).
@@ -101,6 +130,16 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: list[float] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0]
     )
+    # Senders per worker process, and at most this many attempts in flight per tenant across all workers: a
+    # tenant whose endpoint swallows packets ties up its own share, never everyone's.
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    webhook_max_in_flight_per_tenant: int = Field(default=2, ge=1, le=256)
+
+    # Finance exports: concurrent streams per tenant (staff count as one) and in total (429 beyond), and the
+    # longest one export's snapshot may stay open.
+    export_max_concurrent_per_tenant: int = Field(default=2, ge=1)
+    export_max_concurrent: int = Field(default=8, ge=1)
+    export_max_seconds: int = Field(default=900, ge=1, le=86400)
 
     # /metrics: open in dev when no token is set; in prod it needs `Authorization: Bearer <metrics_token>`.
     metrics_token: SecretStr | None = None
@@ -108,6 +147,22 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_env(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("env") in (None, ""):
+            data = {**data, "env": Environment.prod if data.get("database_url") else Environment.dev}
+        return data
+
+    @field_validator("plan_max_active_jobs", mode="before")
+    @classmethod
+    def _parse_active_jobs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, dict):
+            return {**DEFAULT_PLAN_MAX_ACTIVE_JOBS, **value}
+        return value
 
     @field_validator("plan_limits", mode="before")
     @classmethod
@@ -133,9 +188,26 @@ class Settings(BaseSettings):
                     problems.append(f"FACEMINT_{name.upper()} must be at least 32 characters")
             if self.debug_job_delay_seconds:
                 problems.append("FACEMINT_DEBUG_JOB_DELAY_SECONDS is a test aid")
+            if self.debug_pause_before_settle_seconds:
+                problems.append("FACEMINT_DEBUG_PAUSE_BEFORE_SETTLE_SECONDS is a test aid")
             if problems:
                 raise ValueError("refusing to start in prod: " + "; ".join(problems))
         return self
+
+    @property
+    def uses_builtin_secrets(self) -> bool:
+        """Whether the JWT secret or the API-key pepper is missing or the published development default."""
+        return any(
+            value is None or value.get_secret_value() in ("", default)
+            for value, default in ((self.jwt_secret, DEV_JWT_SECRET), (self.api_key_pepper, DEV_API_KEY_PEPPER))
+        )
+
+    @property
+    def migration_database_url(self) -> str | None:
+        return self.database_owner_url or self.database_url
+
+    def max_active_jobs(self, plan: str) -> int:
+        return self.plan_max_active_jobs.get(plan, self.plan_max_active_jobs["free"])
 
     @property
     def resolved_models_dir(self) -> Path:

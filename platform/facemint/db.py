@@ -1,14 +1,21 @@
-"""Engine and sessions. The request (or job) boundary owns the transaction; services only flush."""
+"""Engine and sessions. The request (or job) boundary owns the transaction; services only flush. Work that must
+follow the commit (queueing a job, waking a waiter, deleting files) is registered with `after_commit` and run by
+the boundary once the commit has succeeded, never when it rolls back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from billing.db import metadata
+
+logger = logging.getLogger("facemint.db")
+_AFTER_COMMIT = "facemint.after_commit"
+_AFTER_ROLLBACK = "facemint.after_rollback"
 
 
 class Base(DeclarativeBase):
@@ -32,6 +39,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size * 2,
         pool_recycle=1800,
+        # A failed statement's error (and any SQL logging) must never carry the bound values: they include
+        # password hashes, key hashes, webhook secrets and customers' data.
+        hide_parameters=True,
     )
 
 
@@ -39,16 +49,65 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run `callback` once the boundary has committed this session's transaction (dropped on rollback)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def after_rollback(session: Session, callback: Callable[[], object]) -> None:
+    """Run `callback` if the boundary rolls the transaction back before committing (an error in the request).
+    Not run when the COMMIT itself fails: its outcome is unknown, so undoing anything could undo committed work
+    (the orphan sweep handles what is left)."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(callback)
+
+
+def has_hooks(session: Session) -> bool:
+    return bool(session.info.get(_AFTER_COMMIT) or session.info.get(_AFTER_ROLLBACK))
+
+
+def forget_hooks(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    session.info.pop(_AFTER_ROLLBACK, None)
+
+
+def run_after_commit(session: Session) -> None:
+    """The boundary calls this right after a successful commit. Each callback runs once; one that fails is
+    logged and the rest still run (the commit stands: what follows it must be safe to lose, e.g. a queue entry
+    the dispatcher recreates)."""
+    session.info.pop(_AFTER_ROLLBACK, None)
+    _run(session.info.pop(_AFTER_COMMIT, []))
+
+
+def run_after_rollback(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    _run(session.info.pop(_AFTER_ROLLBACK, []))
+
+
+def _run(callbacks: list[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.warning("after-transaction step %s failed", getattr(callback, "__name__", callback), exc_info=True)
+
+
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A job or CLI boundary: commit on success, roll back on any error."""
+    """A job or CLI boundary: commit on success (then run the after-commit steps), roll back on any error."""
     session = factory()
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            run_after_rollback(session)
+            raise
+        try:
+            session.commit()
+        except BaseException:
+            forget_hooks(session)
+            raise
+        run_after_commit(session)
     finally:
         session.close()
 

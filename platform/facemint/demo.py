@@ -19,7 +19,7 @@ from facemint.api_keys.schemas import ApiKeyCreate
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import scopes_for_role
 from facemint.config import Settings
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.recharges import service as recharge_service
 from facemint.recharges.schemas import RechargeCreate
 from facemint.tenants import service as tenant_service

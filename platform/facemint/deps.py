@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from sqlalchemy.orm import Session
@@ -17,7 +16,10 @@ from facemint.auth.errors import InsufficientScope
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
+from facemint.context import RequestContext
+from facemint.db import forget_hooks, has_hooks, run_after_commit, run_after_rollback
 from facemint.errors import FacemintError, IdempotencyKeyRequired, InvalidIdempotencyKey, Unauthorized
+from facemint.pagination import MAX_LIMIT, PageParams, decode_cursor
 from facemint.ratelimit import RateLimiter, client_ip
 
 
@@ -42,13 +44,22 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     transaction ended does none: the pool's reset is a no-op on an idle psycopg2 connection.)"""
     session: Session = request.app.state.sessionmaker()
     try:
-        yield session
-        if session.in_transaction():
-            await run_in_threadpool(session.commit)
-    except BaseException:
-        if session.in_transaction():
-            await run_in_threadpool(session.rollback)
-        raise
+        try:
+            yield session
+        except BaseException:
+            if session.in_transaction():
+                await run_in_threadpool(session.rollback)
+            if has_hooks(session):
+                await run_in_threadpool(run_after_rollback, session)
+            raise
+        try:
+            if session.in_transaction():
+                await run_in_threadpool(session.commit)
+        except BaseException:
+            forget_hooks(session)  # the commit's outcome is unknown: neither hook may run
+            raise
+        if has_hooks(session):
+            await run_in_threadpool(run_after_commit, session)
     finally:
         session.close()
 
@@ -106,15 +117,6 @@ def require(*scopes: Scope) -> Callable[[Principal], Coroutine[Any, Any, Princip
     return check
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What the audit trail records about the request behind a write."""
-
-    principal: Principal
-    request_id: str | None
-    ip: str
-
-
 def request_context(request: Request, principal: Principal, settings: Settings) -> RequestContext:
     return RequestContext(
         principal=principal,
@@ -136,3 +138,10 @@ async def idempotency_key_header(request: Request) -> str:
 
 
 IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
+
+
+async def page_params(
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+) -> PageParams:
+    return PageParams(before_id=decode_cursor(cursor), limit=limit)

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from facemint.errors import problem_response
+from facemint.problems import problem_response
 
 router = APIRouter(tags=["health"])
 

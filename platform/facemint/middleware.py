@@ -28,3 +28,52 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Every request body is limited while it streams: a declared Content-Length over the route's limit is
+    refused before a byte is read, and a body (chunked or lying) that streams past it stops the read with 413.
+    Nothing buffers here: the limit is enforced inside `receive`, as the application reads.
+
+    Limits are per path (`path_limits`, exact paths such as /v1/swaps), `default_limit` everywhere else."""
+
+    def __init__(self, app: ASGIApp, *, default_limit: int, path_limits: dict[str, int]) -> None:
+        self.app = app
+        self.default_limit = default_limit
+        self.path_limits = path_limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        from facemint.problems import BodyTooLarge, problem_response
+
+        limit = self.path_limits.get(scope["path"], self.default_limit)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            error = BodyTooLarge(limit)
+            response = problem_response(
+                Request(scope),
+                status=413,
+                code="payload_too_large",
+                title="Payload too large",
+                detail=str(error.detail),
+                extra={"max_bytes": limit},
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)

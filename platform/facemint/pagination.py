@@ -6,9 +6,8 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import Select
 
@@ -49,13 +48,6 @@ def decode_cursor(cursor: str | None) -> int | None:
     return value
 
 
-async def page_params(
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-) -> PageParams:
-    return PageParams(before_id=decode_cursor(cursor), limit=limit)
-
-
 def make_page(
     items: list[T], *, limit: int, id_of: Callable[[T], int | None] = lambda item: getattr(item, "id", None)
 ) -> Page[T]:
@@ -71,14 +63,3 @@ def newest_first(query: SelectT, id_column: Any, *, before_id: int | None, limit
     """Order by id, newest first, after the cursor, one row more than the page (see `make_page`)."""
     query = query.order_by(id_column.desc()).limit(limit + 1)
     return query if before_id is None else query.where(id_column < before_id)
-
-
-def within_tenant(
-    query: SelectT, tenant_column: Any, *, tenant_scope: int | None, tenant_id: int | None = None
-) -> SelectT:
-    """The one place a list is scoped to the caller's tenant (`tenant_scope`, None for staff), plus an optional
-    `tenant_id` filter (a tenant admin's endpoint has already refused another tenant's id with 404)."""
-    for value in (tenant_scope, tenant_id):
-        if value is not None:
-            query = query.where(tenant_column == value)
-    return query

@@ -178,6 +178,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: f
 def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {
         **os.environ,
+        "FACEMINT_ENV": "dev",
         "FACEMINT_DATABASE_URL": settings.database_url or "",
         "FACEMINT_REDIS_URL": settings.redis_url or "",
         "FACEMINT_DATA_DIR": str(settings.data_dir),

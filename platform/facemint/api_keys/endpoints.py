@@ -8,8 +8,8 @@ from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import RedisDep, SessionDep, SettingsDep, request_context, require
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params, request_context, require
+from facemint.pagination import Page, PageParams, make_page
 
 router = APIRouter(prefix="/admin/v1/api-keys", tags=["api-keys"])
 

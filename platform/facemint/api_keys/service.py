@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facemint import tenancy
 from facemint.api_keys import keys
 from facemint.api_keys.errors import ApiKeyNotFound, InvalidExpiry, ScopeNotAllowed
 from facemint.api_keys.orm import ApiKey
@@ -16,8 +17,9 @@ from facemint.audit import service as audit
 from facemint.auth.scopes import scopes_for_role
 from facemint.auth.service import LAST_USED_KEY
 from facemint.config import Settings
-from facemint.deps import RequestContext
-from facemint.pagination import newest_first, within_tenant
+from facemint.context import RequestContext
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 from facemint.users import service as user_service
 from facemint.users.orm import User
 
@@ -79,7 +81,7 @@ def create(
 
 def get(session: Session, *, key_id: int, tenant_scope: int | None) -> ApiKey:
     api_key = session.get(ApiKey, key_id)
-    if api_key is None or (tenant_scope is not None and api_key.tenant_id != tenant_scope):
+    if api_key is None or not tenancy.is_visible(tenant_scope, api_key.tenant_id):
         raise ApiKeyNotFound(f"API key {key_id} not found")
     return api_key
 

@@ -13,9 +13,9 @@ from facemint.approvals.errors import ApprovalExpired
 from facemint.approvals.schemas import ApprovalDecision, ApprovalDetail, ApprovalRead, Status
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, SettingsDep, request_context, require
-from facemint.errors import problem_response
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
+from facemint.pagination import Page, PageParams, make_page
+from facemint.problems import problem_response
 from facemint.recharges import approving
 
 router = APIRouter(prefix="/admin/v1/recharge-approvals", tags=["recharge approvals"])

@@ -30,6 +30,8 @@ from facemint.db import Base
 class ApprovalKind(StrEnum):
     single = "single"
     batch = "batch"
+    adjustment = "adjustment"
+    reversal = "reversal"
 
 
 class ApprovalStatus(StrEnum):
@@ -45,7 +47,7 @@ class RechargeApproval(Base):
 
     __tablename__ = "recharge_approvals"
     __table_args__ = (
-        CheckConstraint("kind IN ('single', 'batch')", name="kind"),
+        CheckConstraint("kind IN ('single', 'batch', 'adjustment', 'reversal')", name="kind"),
         CheckConstraint("status IN ('pending', 'approved', 'rejected', 'expired')", name="status"),
         CheckConstraint("total_amount > 0 AND row_count > 0", name="amounts_positive"),
         CheckConstraint(

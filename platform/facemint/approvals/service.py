@@ -14,12 +14,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
 from billing.errors import IdempotencyConflict
+from facemint import tenancy
 from facemint.approvals.errors import ApprovalExpired, ApprovalNotFound, ApprovalNotPending
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.audit import service as audit
 from facemint.config import Settings
-from facemint.deps import RequestContext
-from facemint.pagination import newest_first, within_tenant
+from facemint.context import RequestContext
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 
 TARGET_TYPE = "recharge_approval"
 # What a batch approval shows of its rows: enough to judge it, never a 100,000-row document in a response.
@@ -205,7 +207,7 @@ def _visible(session: Session, *, approval_id: int, tenant_scope: int | None, fo
     if for_update:
         query = query.with_for_update()
     approval = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
-    if approval is None or (tenant_scope is not None and approval.tenant_id != tenant_scope):
+    if approval is None or not tenancy.is_visible(tenant_scope, approval.tenant_id):
         raise ApprovalNotFound(f"recharge approval {approval_id} not found")
     return approval
 

@@ -8,8 +8,8 @@ from facemint.audit import service as audit_service
 from facemint.audit.schemas import AuditEventRead
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, require
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import SessionDep, page_params, require
+from facemint.pagination import Page, PageParams, make_page
 
 router = APIRouter(prefix="/admin/v1/audit-events", tags=["audit"])
 

@@ -9,8 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facemint.audit.orm import AuditEvent
-from facemint.deps import RequestContext
-from facemint.pagination import newest_first, within_tenant
+from facemint.context import RequestContext
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 
 
 def record(

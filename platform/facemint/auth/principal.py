@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facemint import tenancy
 from facemint.auth.scopes import Scope
 from facemint.errors import NotFound
 from facemint.users.orm import STAFF_ROLES, Role
@@ -41,8 +42,5 @@ class Principal:
         return f"key:{self.api_key_public_id}" if self.api_key_public_id else f"user:{self.user_id}"
 
     def ensure_tenant_visible(self, tenant_id: int | None, *, what: str) -> None:
-        """Another tenant's objects answer 404, as if they did not exist."""
-        if self.is_staff:
-            return
-        if tenant_id is None or tenant_id != self.tenant_id:
-            raise NotFound(f"{what} not found")
+        """Another tenant's objects answer 404, as if they did not exist (the rule is `facemint.tenancy`'s)."""
+        tenancy.ensure_visible(self.tenant_scope, tenant_id, not_found=NotFound(f"{what} not found"))

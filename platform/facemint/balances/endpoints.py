@@ -18,8 +18,8 @@ from facemint.balances.schemas import (
     PostingRead,
     ReversalCreate,
 )
-from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, request_context, require
+from facemint.pagination import Page, PageParams, make_page
 from facemint.tenants import service as tenant_service
 
 v1_router = APIRouter(prefix="/v1", tags=["account"])

@@ -11,8 +11,9 @@ from billing.ledger.orm import AccountKind, TransactionKind
 from billing.ledger.schemas import Posting
 from facemint.audit import service as audit
 from facemint.balances.schemas import AccountBalanceRead, AdjustmentCreate, ReversalCreate
-from facemint.deps import RequestContext
-from facemint.pagination import newest_first, within_tenant
+from facemint.context import RequestContext
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 from facemint.users import service as user_service
 from facemint.users.orm import User
 

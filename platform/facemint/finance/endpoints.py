@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, require
+from facemint.deps import SessionDep, page_params, require
 from facemint.finance import logs, reports, service
 from facemint.finance.exports import ExportFormat, ExportStream
 from facemint.finance.schemas import (
@@ -32,7 +32,7 @@ from facemint.finance.schemas import (
     TenantLiability,
     UsageRow,
 )
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.pagination import Page, PageParams, make_page
 
 router = APIRouter(prefix="/admin/v1/finance", tags=["finance"])
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from facemint import tenancy
 from facemint.finance.errors import FilterTargetNotFound, InvalidFilter
 from facemint.finance.logs import Column, LogSpec
 
@@ -100,7 +101,7 @@ def resolve_filters(
             .exec_driver_sql("SELECT tenant_id, account_id FROM users WHERE id = %(id)s", {"id": user_id})
             .first()
         )
-        if row is None or (tenant_scope is not None and row.tenant_id != tenant_scope):
+        if row is None or not tenancy.is_visible(tenant_scope, row.tenant_id):
             raise FilterTargetNotFound(f"user {user_id} not found")
         filters = replace(filters, user_id=user_id, user_account_id=row.account_id)
     if batch_id is not None:
@@ -123,7 +124,7 @@ def resolve_filters(
         filters = replace(filters, batch_id=batch_id)
     if job_id is not None:
         job = _find_job(session, job_id)
-        if job is None or (tenant_scope is not None and job.tenant_id != tenant_scope):
+        if job is None or not tenancy.is_visible(tenant_scope, job.tenant_id):
             raise FilterTargetNotFound(f"job {job_id} not found")
         filters = replace(filters, job_id=job.id, job_public_id=job.public_id, job_hold_id=job.hold_id)
     return filters

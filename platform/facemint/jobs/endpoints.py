@@ -21,7 +21,7 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
 from facemint.db import unit_of_work
-from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, require
+from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, require
 from facemint.errors import PayloadTooLarge
 from facemint.jobs import queries as job_queries
 from facemint.jobs import queue
@@ -29,7 +29,7 @@ from facemint.jobs import service as jobs
 from facemint.jobs.errors import InvalidPreferWait, InvalidSwapRequest, QueueUnavailable, ResultGone
 from facemint.jobs.orm import TERMINAL_STATUSES
 from facemint.jobs.schemas import JobRead, UsageRead, UsageRow
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.pagination import Page, PageParams, make_page
 from facemint.storage import Storage, input_prefix
 from facemint.webhooks import service as webhook_service
 from facemint.webhooks.schemas import WebhookEventRead
@@ -46,6 +46,12 @@ Writer = Annotated[Principal, Depends(require(Scope.jobs_write))]
 SWAP_OPERATION = "swap.image"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
 _MULTIPART_OVERHEAD = 64 * 1024
+SWAPS_PATH = "/v1/swaps"
+
+
+def swap_body_limit(settings: Settings) -> int:
+    """The most a swap upload may stream: three images and the form around them."""
+    return 3 * settings.max_image_bytes + _MULTIPART_OVERHEAD
 
 
 async def get_storage(request: Request) -> Storage:

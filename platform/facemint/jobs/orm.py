@@ -56,6 +56,7 @@ class Job(Base):
         CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts_within_budget"),
         # The sweeper and the dispatcher only ever look at live jobs.
         Index("ix_jobs_live", "status", "heartbeat_at", postgresql_where=text("status IN ('queued', 'running')")),
+        Index("ix_jobs_tenant_live", "tenant_id", postgresql_where=text("status IN ('queued', 'running')")),
         Index("ix_jobs_user_id_id", "user_id", "id"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index(
@@ -108,3 +109,4 @@ class Job(Base):
     inputs_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     files_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from facemint import tenancy
 from facemint.jobs.errors import JobNotFound
 
 JOB_COLUMNS = """
@@ -32,8 +33,7 @@ def get_visible(
         raise JobNotFound("job not found")
     if own_only and row.user_id != user_id:
         raise JobNotFound("job not found")
-    if tenant_scope is not None and row.tenant_id != tenant_scope:
-        raise JobNotFound("job not found")
+    tenancy.ensure_visible(tenant_scope, row.tenant_id, not_found=JobNotFound("job not found"))
     return row
 
 

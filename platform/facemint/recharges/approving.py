@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from facemint.approvals import service as approvals
 from facemint.approvals.errors import SelfApproval
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.recharges import batch, service
 from facemint.recharges.origin import Origin, approval_key, ensure_pool_covers
 from facemint.recharges.parsing import ParsedBatch

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from billing.errors import InsufficientTokens
 from billing.recharge import service as batches
+from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.audit import service as audit
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.recharges.errors import BatchRejected
 from facemint.recharges.origin import Held, Origin, Source, approved_from, ensure_pool_covers, key_scope, source_for
 from facemint.recharges.parsing import ParsedBatch, RowFailure
@@ -97,8 +98,11 @@ def submit_batch(
                     return BatchOutcome(held.result, created=False)
                 return BatchOutcome({}, created=False, held=Held(approval=held, replayed=True))
 
-    if request.tenant_id is not None and principal.tenant_scope not in (None, request.tenant_id):
-        raise TenantNotFound(f"tenant {request.tenant_id} not found")
+    tenancy.ensure_visible(
+        principal.tenant_scope,
+        request.tenant_id if request.tenant_id is not None else principal.tenant_scope,
+        not_found=TenantNotFound(f"tenant {request.tenant_id} not found"),
+    )
     staged = stage(
         session, origin=origin, tenant_id=request.tenant_id, mode=request.mode, dry_run=request.dry_run, parsed=parsed
     )

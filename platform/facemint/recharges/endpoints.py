@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from billing.recharge import service as batches
+from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.schemas import ApprovalRead
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, request_context, require
+from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, request_context, require
 from facemint.errors import PayloadTooLarge, UnsupportedMediaType
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.pagination import Page, PageParams, make_page
 from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
 from facemint.recharges.errors import AmountAboveCeiling, BatchNotFound, ReasonRequired
@@ -21,6 +22,7 @@ from facemint.recharges.parsing import parse_csv, parse_json
 from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
 
 router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
+BATCH_PATH = "/admin/v1/recharges/batch"
 
 Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
 Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
@@ -178,7 +180,7 @@ def list_batches(
 @router.get("/batches/{batch_id}", response_model=BatchDetail)
 def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDetail:
     row = batches.get_batch(session, batch_id=batch_id)
-    if row is None or (principal.tenant_scope is not None and row["tenant_id"] != principal.tenant_scope):
+    if row is None or not tenancy.is_visible(principal.tenant_scope, row["tenant_id"]):
         raise BatchNotFound(f"recharge batch {batch_id} not found")
     if not principal.is_staff:
         # A staff batch scoped to this tenant may list rows naming another tenant's users: not for tenant eyes.

@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 from billing.ledger import service as ledger
 from billing.ledger.orm import TransactionKind
 from billing.ledger.schemas import Posting
+from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.audit import service as audit
 from facemint.auth.principal import Principal
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.errors import Forbidden
 from facemint.recharges.errors import RecipientFrozen, RecipientTenantSuspended
 from facemint.recharges.origin import (
@@ -221,6 +222,6 @@ def _find_user(session: Session, *, principal: Principal, user_id: int | None, e
         user = session.get(User, user_id)
     else:
         user = session.query(User).filter(User.email == (email or "").strip().lower()).one_or_none()
-    if user is None or (principal.tenant_scope is not None and user.tenant_id != principal.tenant_scope):
+    if user is None or not tenancy.is_visible(principal.tenant_scope, user.tenant_id):
         raise UserNotFound("user not found")
     return user

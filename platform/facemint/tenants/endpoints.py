@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Query, Request, status
 
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, SettingsDep, request_context, require
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
+from facemint.pagination import Page, PageParams, make_page
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantRead, TenantUpdate

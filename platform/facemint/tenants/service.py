@@ -6,9 +6,11 @@ from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
+from facemint import tenancy
 from facemint.audit import service as audit
-from facemint.deps import RequestContext
-from facemint.pagination import newest_first, within_tenant
+from facemint.context import RequestContext
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 from facemint.tenants.errors import TenantExists, TenantNotFound
 from facemint.tenants.orm import Tenant, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantUpdate
@@ -50,7 +52,7 @@ def _flush_unique_name(session: Session, name: str) -> None:
 
 def get(session: Session, *, tenant_id: int, tenant_scope: int | None) -> Tenant:
     tenant = session.get(Tenant, tenant_id)
-    if tenant is None or (tenant_scope is not None and tenant.id != tenant_scope):
+    if tenant is None or not tenancy.is_visible(tenant_scope, tenant.id):
         raise TenantNotFound(f"tenant {tenant_id} not found")
     return tenant
 

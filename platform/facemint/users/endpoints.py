@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Query, Request, status
 
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, SettingsDep, request_context, require
-from facemint.pagination import Page, PageParams, make_page, page_params
+from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
+from facemint.pagination import Page, PageParams, make_page
 from facemint.users import service as user_service
 from facemint.users.orm import Role, UserStatus
 from facemint.users.schemas import UserCreate, UserRead, UserUpdate

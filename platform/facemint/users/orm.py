@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Integer, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from facemint.db import Base
@@ -45,6 +45,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default="active")
     password_hash: Mapped[str | None] = mapped_column(Text)
+    # Bumped whenever what the user may do changes (password, role, status, signing out everywhere): access
+    # tokens carry the version they were issued under and die when it moves on.
+    credentials_version: Mapped[int] = mapped_column(Integer, server_default="1")
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

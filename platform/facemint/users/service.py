@@ -6,12 +6,14 @@ from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
+from facemint import tenancy
 from facemint.audit import service as audit
 from facemint.auth.passwords import hash_password
 from facemint.auth.principal import Principal
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.errors import Conflict, Forbidden, Unprocessable
-from facemint.pagination import newest_first, within_tenant
+from facemint.pagination import newest_first
+from facemint.tenancy import within_tenant
 from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
 from facemint.users.errors import EmailTaken, UserNotFound
@@ -61,9 +63,9 @@ def create(
     _check_role_assignment(principal, data.role)
     tenant_id = data.tenant_id
     if principal is not None and not principal.is_staff:
-        if tenant_id not in (None, principal.tenant_id):
-            raise TenantNotFound(f"tenant {tenant_id} not found")
-        tenant_id = principal.tenant_id
+        tenant_id = tenancy.acting_tenant(
+            principal.tenant_scope, tenant_id, not_found=TenantNotFound(f"tenant {tenant_id} not found")
+        )
     if data.role in STAFF_ROLES:
         if tenant_id is not None:
             raise Unprocessable("platform staff (platform_admin, operator, finance) belong to no tenant")
@@ -104,8 +106,9 @@ def create(
 
 def get(session: Session, *, user_id: int, tenant_scope: int | None) -> User:
     user = session.get(User, user_id)
-    if user is None or (tenant_scope is not None and user.tenant_id != tenant_scope):
+    if user is None:
         raise UserNotFound(f"user {user_id} not found")
+    tenancy.ensure_visible(tenant_scope, user.tenant_id, not_found=UserNotFound(f"user {user_id} not found"))
     return user
 
 

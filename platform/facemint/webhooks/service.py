@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from facemint.audit import service as audit
 from facemint.config import Settings
-from facemint.deps import RequestContext
+from facemint.context import RequestContext
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Tenant, new_webhook_secret
 from facemint.webhooks.errors import InvalidWebhookUrl

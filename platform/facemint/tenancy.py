@@ -1,0 +1,66 @@
+"""Tenant visibility: the one place that decides which tenant's objects a caller may see or act on.
+
+A caller's *tenant scope* is None for platform staff (every tenant) and its own tenant for everyone else
+(`Principal.tenant_scope`). An object outside the scope answers 404, as if it did not exist, so a probe learns
+nothing about other tenants. Nothing else in the service compares tenant ids by hand (a test checks it)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import Select
+
+from facemint.errors import FacemintError, NotFound
+
+SelectT = TypeVar("SelectT", bound=Select)  # any select; the row type is kept
+
+
+def is_visible(tenant_scope: int | None, tenant_id: int | None) -> bool:
+    """Whether an object of `tenant_id` (None: a platform object, e.g. a staff user) is within the scope."""
+    if tenant_scope is None:
+        return True
+    return tenant_id is not None and tenant_id == tenant_scope
+
+
+def ensure_visible(tenant_scope: int | None, tenant_id: int | None, *, not_found: FacemintError) -> None:
+    """Raise `not_found` (the domain's own 404) when the object is outside the scope."""
+    if not is_visible(tenant_scope, tenant_id):
+        raise not_found
+
+
+def ensure_tenant_visible(tenant_scope: int | None, tenant_id: int | None, *, what: str = "tenant") -> None:
+    """For a `tenant_id` a caller names (a filter, a batch's target): another tenant's id answers 404."""
+    if tenant_id is not None:
+        ensure_visible(tenant_scope, tenant_id, not_found=NotFound(f"{what} not found"))
+
+
+def acting_tenant(tenant_scope: int | None, requested: int | None, *, not_found: FacemintError) -> int | None:
+    """The tenant a request acts within: a tenant-scoped caller's own (naming another is 404), or for staff the
+    one it names (None when it names none)."""
+    if tenant_scope is None:
+        return requested
+    if requested is not None and requested != tenant_scope:
+        raise not_found
+    return tenant_scope
+
+
+def same_tenant(first: int | None, second: int | None) -> bool:
+    """Two objects of one tenant (two platform objects count as the same: neither belongs to a tenant)."""
+    return first == second
+
+
+def within_tenant(
+    query: SelectT, tenant_column: Any, *, tenant_scope: int | None, tenant_id: int | None = None
+) -> SelectT:
+    """Scope a list to the caller's tenant (`tenant_scope`, None for staff), plus an optional `tenant_id` filter
+    (an endpoint has already refused another tenant's id with 404, see `ensure_tenant_visible`)."""
+    for value in (tenant_scope, tenant_id):
+        if value is not None:
+            query = query.where(tenant_column == value)
+    return query
+
+
+def tenant_filter_sql(column: str, *, tenant_scope: int | None, param: str = "tenant_scope") -> str:
+    """The same rule for hand-written SQL: a condition on `column` bound to `:<param>` (always true for staff).
+    The caller binds `param` to `tenant_scope`."""
+    return f"(CAST(:{param} AS bigint) IS NULL OR {column} = :{param})"

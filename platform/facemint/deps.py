@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from facemint.context import RequestContext
 from facemint.db import forget_hooks, has_hooks, run_after_commit, run_after_rollback
 from facemint.errors import FacemintError, IdempotencyKeyRequired, InvalidIdempotencyKey, Unauthorized
 from facemint.pagination import MAX_LIMIT, PageParams, decode_cursor
-from facemint.ratelimit import RateLimiter, client_ip
+from facemint.ratelimit import RateLimiter, address_bucket, client_ip
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a sync dependency in the thread pool, and each hop
@@ -35,12 +35,27 @@ async def get_redis(request: Request) -> Redis:
     return redis
 
 
+# Commits, rollbacks and after-commit steps run on threads of their own. A request that took a row or advisory
+# lock keeps it until its boundary commits, in a later thread hop than the work; were that hop to queue behind
+# requests blocked on the very same lock (each holding one of the shared pool's threads), nothing would move until
+# the database connection pool timed out. A commit never waits for a lock, so this pool always drains.
+_BOUNDARY_THREADS = 64
+_boundary_limiter: anyio.CapacityLimiter | None = None
+
+
+async def _at_boundary(function: Callable[..., object], *args: object) -> None:
+    global _boundary_limiter
+    if _boundary_limiter is None:
+        _boundary_limiter = anyio.CapacityLimiter(_BOUNDARY_THREADS)
+    await anyio.to_thread.run_sync(function, *args, limiter=_boundary_limiter)
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """One session per request. The request boundary commits when the endpoint returns and rolls back
-    on any error; services only flush.
+    """One session per request. The request boundary commits when the endpoint returns (then runs the
+    after-commit steps) and rolls back on any error (then runs the after-rollback steps); services only flush.
 
     Async, so that opening and closing cost no thread-pool hop: a session connects lazily, and only a commit or
-    rollback of a transaction that really began does I/O, in the thread pool. (Closing a session whose
+    rollback of a transaction that really began does I/O, on the boundary's own threads. (Closing a session whose
     transaction ended does none: the pool's reset is a no-op on an idle psycopg2 connection.)"""
     session: Session = request.app.state.sessionmaker()
     try:
@@ -48,18 +63,18 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             yield session
         except BaseException:
             if session.in_transaction():
-                await run_in_threadpool(session.rollback)
+                await _at_boundary(session.rollback)
             if has_hooks(session):
-                await run_in_threadpool(run_after_rollback, session)
+                await _at_boundary(run_after_rollback, session)
             raise
         try:
             if session.in_transaction():
-                await run_in_threadpool(session.commit)
+                await _at_boundary(session.commit)
         except BaseException:
             forget_hooks(session)  # the commit's outcome is unknown: neither hook may run
             raise
         if has_hooks(session):
-            await run_in_threadpool(run_after_commit, session)
+            await _at_boundary(run_after_commit, session)
     finally:
         session.close()
 
@@ -73,16 +88,18 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 def authenticate(request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep) -> Principal:
     limiter: RateLimiter = request.app.state.limiter
-    ip = client_ip(request, settings.trusted_proxies)
-    failures_bucket = f"anon-ip:{ip}"
-    # An address that has used up its failed attempts is refused before any credential is checked, so a guess
-    # that happens to be right is refused too while the window lasts.
-    limiter.ensure_open(failures_bucket, settings.anonymous_limit_per_ip)
     try:
         principal = _resolve(request, session, settings, redis)
     except FacemintError:
-        # Failed authentication counts against the caller's address, so guessing is throttled.
-        limiter.hit(request, [(failures_bucket, settings.anonymous_limit_per_ip)])
+        # Only failures count against the caller's address (IPv6: its /64), and only failures are refused by it:
+        # a valid key or token is never locked out by what other clients behind the same address sent. Keys
+        # (190 bits) and signed tokens cannot be guessed, so the bucket bounds the lookups a prober costs us.
+        ip = client_ip(request, settings.trusted_proxies)
+        limiter.hit(
+            request,
+            [(f"anon-ip:{address_bucket(ip)}", settings.anonymous_limit_per_ip)],
+            reason="too many failed attempts from this address",
+        )
         raise
     plan_limits = settings.plan_limits.get(principal.plan) or settings.plan_limits["free"]
     buckets = [(principal.rate_limit_subject, plan_limits["key"])]

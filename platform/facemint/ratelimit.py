@@ -2,10 +2,13 @@
 API key's public id or the user id, and on the tenant; never on a plaintext key, never on an empty key.
 
 Limits are applied by the authentication dependency, once the caller is known, so a single request counts
-against its key bucket and its tenant bucket with the plan's limits (`FACEMINT_PLAN_LIMITS`)."""
+against its key bucket and its tenant bucket with the plan's limits (`FACEMINT_PLAN_LIMITS`). Failed
+authentications count against the caller's address (`address_bucket`: IPv6 per /64), and only they are refused
+by it."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -46,6 +49,21 @@ def client_ip(request: Request, trusted_proxies: list[str]) -> str:
     return peer or "unknown"
 
 
+def address_bucket(address: str) -> str:
+    """The network an address's limits are counted under: an IPv4 address itself, an IPv6 address's /64 (one
+    subscriber usually holds a whole /64, so per-address buckets would be free to multiply), an IPv4-mapped IPv6
+    address as its IPv4 address. Anything that is not an address (a test client's name) stays as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), 64), strict=False))
+    return str(ip)
+
+
 def _rate_limited(reset_at: float, reason: str) -> RateLimited:
     retry_after = max(1, math.ceil(reset_at - time.time()))
     return RateLimited(
@@ -74,7 +92,7 @@ class RateLimiter:
             item = self._parsed[limit] = parse(limit)
         return item
 
-    def ensure_open(self, bucket: str, limit: str) -> None:
+    def ensure_open(self, bucket: str, limit: str, *, reason: str) -> None:
         """Refuse (429) when the bucket is already exhausted, without counting this request."""
         item = self._item(limit)
         try:
@@ -83,9 +101,17 @@ class RateLimiter:
         except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
             raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
         if not allowed:
-            raise _rate_limited(reset_at, "too many failed attempts from this address")
+            raise _rate_limited(reset_at, reason)
 
-    def hit(self, request: Request, buckets: list[tuple[str, str]]) -> None:
+    def count(self, bucket: str, limit: str) -> None:
+        """Count one event (a failure) against a bucket, refusing nothing: whoever comes next is refused by
+        `ensure_open`."""
+        try:
+            self.limiter.limiter.hit(self._item(limit), bucket)
+        except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
+            raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
+
+    def hit(self, request: Request, buckets: list[tuple[str, str]], *, reason: str | None = None) -> None:
         """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted."""
         strategy = self.limiter.limiter
         tightest: WindowState | None = None
@@ -107,7 +133,7 @@ class RateLimiter:
         if tightest is not None:
             request.state.rate_limit = exhausted or tightest
         if exhausted is not None:
-            raise _rate_limited(exhausted.reset_at, f"rate limit of {exhausted.limit} requests exceeded")
+            raise _rate_limited(exhausted.reset_at, reason or f"rate limit of {exhausted.limit} requests exceeded")
 
 
 class RateLimitHeadersMiddleware:

@@ -43,6 +43,7 @@ def claims(settings: Settings, user_id: int, **overrides: Any) -> dict[str, Any]
         "exp": now + 600,
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
+        "cv": 1,  # a new user's credentials version
     }
     values.update(overrides)
     return {k: v for k, v in values.items() if v is not None}
@@ -192,7 +193,7 @@ class TestJwtMatrix:
         token = sign(claims(settings, user_id, iat=now - 7200, exp=now - 3600), settings.jwt_signing_secret)
         self.check_refused(client, token)
 
-    @pytest.mark.parametrize("claim", ["exp", "iat", "iss", "aud", "sub"])
+    @pytest.mark.parametrize("claim", ["exp", "iat", "iss", "aud", "sub", "cv"])
     def test_missing_claim(self, client: TestClient, settings: Settings, user_id: int, claim: str) -> None:
         payload = claims(settings, user_id)
         del payload[claim]
@@ -250,6 +251,14 @@ class TestJwtMatrix:
         for header in (f"Basic {token}", token, "Bearer", "Bearer   "):
             assert_problem(client.get("/v1/balance", headers={"Authorization": header}), 401, "unauthorized")
         assert_problem(client.get("/v1/balance"), 401, "unauthorized")
+
+    @pytest.mark.parametrize("version", [0, -1, 2, "1", 1.0, True, None, [1]], ids=repr)
+    def test_bad_credentials_version(
+        self, client: TestClient, settings: Settings, user_id: int, version: object
+    ) -> None:
+        payload = claims(settings, user_id)
+        payload["cv"] = version  # 2: a version the user has not reached (the current one is 1)
+        self.check_refused(client, sign(payload, settings.jwt_signing_secret))
 
     def test_unknown_user(self, client: TestClient, settings: Settings, user_id: int) -> None:
         self.check_refused(client, sign(claims(settings, user_id + 1000), settings.jwt_signing_secret))

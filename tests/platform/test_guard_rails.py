@@ -213,6 +213,8 @@ class TestRateLimits:
         assert client.get("/v1/balance", headers=bearer(key)).status_code == 200
         assert client.get("/v1/balance", headers=bearer(GARBAGE_KEY)).status_code == 401
         assert client.post("/auth/token", json={"email": user.email, "password": PASSWORD}).status_code == 200
+        # Only a failed sign-in counts against the account.
+        assert client.post("/auth/token", json={"email": user.email, "password": "wrong-password"}).status_code == 401
         names = [name.decode() for name in redis_client.scan_iter("*")]
         assert any(f"key:{public_id}" in name for name in names), names  # the key's bucket is there, by public id
         assert any("login-account:" in name for name in names), names

@@ -202,7 +202,7 @@ class TestBadInputIsAClear4xx:
 
 
 class TestFailedAuthentication:
-    def test_an_exhausted_address_is_refused_even_with_a_valid_key(
+    def test_an_exhausted_address_refuses_failures_but_not_a_valid_key(
         self, session: Session, database_url: str, redis_url: str, make_caller: MakeCaller
     ) -> None:
         from facemint.app import create_app
@@ -214,7 +214,8 @@ class TestFailedAuthentication:
             bad = {"Authorization": "Bearer fmk_notarealkeyatall"}
             statuses = [client.get("/v1/balance", headers=bad).status_code for _ in range(4)]
             assert statuses == [401, 401, 401, 429]
-            assert client.get("/v1/balance", headers=member.headers).status_code == 429
+            # Other clients' failures at this address never lock out a valid key (tests/platform/test_lockout.py).
+            assert client.get("/v1/balance", headers=member.headers).status_code == 200
 
 
 def test_a_narrow_key_cannot_widen_itself_through_its_users_password(

@@ -246,15 +246,16 @@ class TestStaffRoles:
         operator = make_caller(Role.operator)
         body = {"email": "root@example.test", "role": "platform_admin"}
         problem(client.post("/admin/v1/users", json=body, headers=operator.headers), 403, "forbidden")
+        admin = make_caller(Role.platform_admin)
+        # Operators are made by platform admins only (tests/platform/test_privilege.py).
         created = client.post(
-            "/admin/v1/users", json={"email": "ops2@example.test", "role": "operator"}, headers=operator.headers
+            "/admin/v1/users", json={"email": "ops2@example.test", "role": "operator"}, headers=admin.headers
         )
         assert created.status_code == 201, created.text
         promote = client.patch(
             f"/admin/v1/users/{created.json()['id']}", json={"role": "platform_admin"}, headers=operator.headers
         )
         problem(promote, 403, "forbidden")
-        admin = make_caller(Role.platform_admin)
         problem(client.post(f"/admin/v1/users/{admin.id}/freeze", headers=operator.headers), 403, "forbidden")
         assert client.get("/admin/v1/tenants", headers=admin.headers).status_code == 200
 

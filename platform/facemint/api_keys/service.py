@@ -21,7 +21,7 @@ from facemint.context import RequestContext
 from facemint.pagination import newest_first
 from facemint.tenancy import within_tenant
 from facemint.users import service as user_service
-from facemint.users.orm import User
+from facemint.users.orm import Role, User
 
 
 def _snapshot(api_key: ApiKey) -> dict[str, object]:
@@ -52,6 +52,10 @@ def create(
             f"scopes not allowed for this user: {', '.join(refused)}",
             scopes=refused,
         )
+    # A key is privilege handed to its user: operator and finance keys come from platform admins only.
+    user_service.ensure_can_grant(
+        context.principal if context else None, target=user, role=Role(user.role), scopes=frozenset(data.scopes)
+    )
     if data.expires_at is not None and data.expires_at <= datetime.now(UTC):
         raise InvalidExpiry("expires_at must be in the future")
     new_key = keys.generate()

@@ -1,4 +1,7 @@
-"""Access tokens: PyJWT, HS256 pinned, `kid` for rotation, exp/iat/iss/aud/sub required."""
+"""Access tokens: PyJWT, HS256 pinned, `kid` for rotation, exp/iat/iss/aud/sub/cv required.
+
+`cv` is the user's credentials version when the token was issued: a password, role or status change (or signing
+out everywhere) moves the version on, and every earlier token stops working (`facemint.auth.service`)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,13 @@ class AccessToken:
     expires_in: int
 
 
-def issue_access_token(settings: Settings, *, user_id: int) -> AccessToken:
+@dataclass(frozen=True, slots=True)
+class TokenSubject:
+    user_id: int
+    credentials_version: int
+
+
+def issue_access_token(settings: Settings, *, user_id: int, credentials_version: int) -> AccessToken:
     now = int(time.time())
     ttl = settings.access_token_ttl_seconds
     claims = {
@@ -32,13 +41,14 @@ def issue_access_token(settings: Settings, *, user_id: int) -> AccessToken:
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "jti": uuid.uuid4().hex,
+        "cv": credentials_version,
     }
     token = jwt.encode(claims, settings.jwt_signing_secret, algorithm=ALGORITHM, headers={"kid": settings.jwt_kid})
     return AccessToken(token=token, expires_in=ttl)
 
 
-def decode_access_token(settings: Settings, token: str) -> int:
-    """The user id a valid token names. Raises jwt.InvalidTokenError for anything else."""
+def decode_access_token(settings: Settings, token: str) -> TokenSubject:
+    """The user (and credentials version) a valid token names. Raises jwt.InvalidTokenError for anything else."""
     if len(token) > MAX_TOKEN_BYTES:
         raise jwt.InvalidTokenError("token too large")
     header = jwt.get_unverified_header(token)
@@ -55,7 +65,7 @@ def decode_access_token(settings: Settings, token: str) -> int:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway=LEEWAY_SECONDS,
-        options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+        options={"require": ["exp", "iat", "iss", "aud", "sub", "cv"]},
     )
     if claims["iat"] > time.time() + LEEWAY_SECONDS:
         raise jwt.ImmatureSignatureError("issued in the future")
@@ -64,4 +74,7 @@ def decode_access_token(settings: Settings, token: str) -> int:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject.isdigit():
         raise jwt.InvalidTokenError("bad subject")
-    return int(subject)
+    version = claims["cv"]
+    if type(version) is not int or version < 1:
+        raise jwt.InvalidTokenError("bad credentials version")
+    return TokenSubject(user_id=int(subject), credentials_version=version)

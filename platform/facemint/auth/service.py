@@ -30,20 +30,22 @@ LAST_USED_FLUSH_SECONDS = 60
 
 _PRINCIPAL_COLUMNS = """
     u.id AS user_id, u.email, u.role, u.status AS user_status, u.tenant_id, u.account_id,
-    t.status AS tenant_status, coalesce(t.plan, 'platform') AS plan
+    u.credentials_version, t.status AS tenant_status, coalesce(t.plan, 'platform') AS plan
 """
 
 
 def principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:
     try:
-        user_id = decode_access_token(settings, token)
+        subject = decode_access_token(settings, token)
     except jwt.PyJWTError as exc:
         raise Unauthorized("invalid or expired access token") from exc
     row = session.execute(
         text(f"SELECT {_PRINCIPAL_COLUMNS} FROM users u LEFT JOIN tenants t ON t.id = u.tenant_id WHERE u.id = :id"),
-        {"id": user_id},
+        {"id": subject.user_id},
     ).one_or_none()
-    if row is None:
+    # A token dies with the credentials it was issued under: a password, role or status change, a tenant
+    # suspension or signing out everywhere moves the user's version on.
+    if row is None or row.credentials_version != subject.credentials_version:
         raise Unauthorized("invalid or expired access token")
     _ensure_active(row)
     return Principal(

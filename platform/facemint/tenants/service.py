@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from facemint.tenancy import within_tenant
 from facemint.tenants.errors import TenantExists, TenantNotFound
 from facemint.tenants.orm import Tenant, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantUpdate
+from facemint.users.orm import User
 
 
 def snapshot(tenant: Tenant) -> dict[str, object]:
@@ -95,6 +97,14 @@ def update(session: Session, *, context: RequestContext, tenant: Tenant, data: T
         action = "tenant.update"
         if before["status"] != after["status"]:
             action = "tenant.suspend" if after["status"] == TenantStatus.suspended else "tenant.activate"
+            # Every access token of the tenant's users dies with the suspension (and the reactivation: nothing
+            # issued before either outlives it); one statement for however many users.
+            session.execute(
+                sa.update(User)
+                .where(User.tenant_id == tenant.id)
+                .values(credentials_version=User.credentials_version + 1)
+                .execution_options(synchronize_session=False)
+            )
         audit.record(
             session,
             context=context,

@@ -93,3 +93,13 @@ def unfreeze_user(
     user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
 ) -> UserRead:
     return _set_status(user_id, UserStatus.active, request, session, settings, principal)
+
+
+@router.post("/{user_id}/revoke-sessions", response_model=UserRead)
+def revoke_user_sessions(
+    user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
+) -> UserRead:
+    """Every access token the user holds stops working (its API keys do not: revoke those one by one)."""
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    user = user_service.revoke_sessions(session, context=request_context(request, principal, settings), user=user)
+    return UserRead.model_validate(user)

@@ -14,3 +14,17 @@ class EmailTaken(Conflict):
 class UserFrozen(Forbidden):
     code = "user_frozen"
     title = "User frozen"
+
+
+class PrivilegeNotHeld(Forbidden):
+    """A caller tried to hand a user (by creating it, a role, a password, an unfreeze) scopes it does not hold."""
+
+    code = "privilege_not_held"
+    title = "Privilege not held"
+
+
+class PlatformAdminOnly(Forbidden):
+    """Operator and finance accounts are created and given privilege only by platform admins."""
+
+    code = "platform_admin_only"
+    title = "Platform admins only"

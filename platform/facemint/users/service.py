@@ -10,17 +10,22 @@ from facemint import tenancy
 from facemint.audit import service as audit
 from facemint.auth.passwords import hash_password
 from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.context import RequestContext
 from facemint.errors import Conflict, Forbidden, Unprocessable
 from facemint.pagination import newest_first
 from facemint.tenancy import within_tenant
 from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
-from facemint.users.errors import EmailTaken, UserNotFound
+from facemint.users.errors import EmailTaken, PlatformAdminOnly, PrivilegeNotHeld, UserNotFound
 from facemint.users.orm import STAFF_ROLES, Role, User, UserStatus
 from facemint.users.schemas import UserCreate, UserUpdate
 
 _TENANT_ADMIN_ASSIGNABLE = frozenset({Role.tenant_admin, Role.member})
+# Operators move money and approve each other's large recharges; finance reads every tenant's books. Only a
+# platform admin makes such an account or gives it privilege, or one operator could mint a second one to approve
+# its own four-eyes requests.
+_GRANTED_BY_PLATFORM_ADMINS_ONLY = frozenset({Role.operator, Role.finance})
 
 
 def snapshot(user: User) -> dict[str, object]:
@@ -46,7 +51,8 @@ def _check_role_assignment(principal: Principal | None, role: Role) -> None:
 def ensure_can_manage(principal: Principal | None, user: User) -> None:
     """Who may change an existing user, reset its password, freeze it, or issue and revoke its keys: a platform
     admin anyone; an operator anyone but platform admins; a tenant admin its members and itself. Otherwise an
-    operator could take over a platform admin, or a tenant admin impersonate a peer."""
+    operator could take over a platform admin, or a tenant admin impersonate a peer. What hands privilege out (a
+    role, a password, an unfreeze, a key) must also pass `ensure_can_grant`."""
     if principal is None or principal.role is Role.platform_admin or principal.user_id == user.id:
         return
     if principal.role is Role.operator and user.role != Role.platform_admin.value:
@@ -56,11 +62,38 @@ def ensure_can_manage(principal: Principal | None, user: User) -> None:
     raise Forbidden(f"a {principal.role.value} cannot manage a {user.role}")
 
 
+def ensure_can_grant(principal: Principal | None, *, target: User | None, role: Role, scopes: frozenset[Scope]) -> None:
+    """Whatever hands a user privilege (creating it with a role, a new role, a password, an unfreeze, an API key)
+    needs the caller to hold every scope that results: its own scopes, a key's for a key. Otherwise a narrow key
+    could make a wider user, sign in as it and hold the whole role. `role` is the user's role afterwards.
+
+    Operator and finance accounts get privilege from platform admins only; a staff member still sets its own
+    password and issues its own keys (within its scopes: nothing grows)."""
+    if principal is None:  # the command line, run by whoever holds the server
+        return
+    is_self = target is not None and target.id == principal.user_id
+    staff_account = role in _GRANTED_BY_PLATFORM_ADMINS_ONLY or (
+        target is not None and target.role in _GRANTED_BY_PLATFORM_ADMINS_ONLY
+    )
+    if staff_account and principal.role is not Role.platform_admin and not is_self:
+        raise PlatformAdminOnly("only a platform admin creates operator or finance accounts or gives them privilege")
+    missing = sorted(s.value for s in scopes - principal.scopes)
+    if missing:
+        raise PrivilegeNotHeld(f"this would grant scopes you do not hold: {', '.join(missing)}", missing=missing)
+
+
+def _end_sessions(user: User) -> None:
+    """Access tokens carry the credentials version they were issued under; moving it on (in SQL, so concurrent
+    changes never land on the same version) makes every earlier token fail on its next request."""
+    user.credentials_version = User.credentials_version + 1
+
+
 def create(
     session: Session, *, context: RequestContext | None, data: UserCreate, password_hash: str | None = None
 ) -> User:
     principal = context.principal if context else None
     _check_role_assignment(principal, data.role)
+    ensure_can_grant(principal, target=None, role=data.role, scopes=scopes_for_role(data.role))
     tenant_id = data.tenant_id
     if principal is not None and not principal.is_staff:
         tenant_id = tenancy.acting_tenant(
@@ -145,17 +178,24 @@ def update(session: Session, *, context: RequestContext | None, user: User, data
         # Otherwise a narrowly scoped key could set its user's password, log in, and hold the whole role.
         raise Forbidden("an API key cannot change its own user's password; sign in with the password instead")
     before = snapshot(user)
-    if data.role is not None and data.role.value != user.role:
+    role_changes = data.role is not None and data.role.value != user.role
+    if data.role is not None and role_changes:
         if principal is not None and principal.user_id == user.id:
             raise Forbidden("you cannot change your own role")
         _check_role_assignment(principal, data.role)
         if (data.role in STAFF_ROLES) != (user.role in STAFF_ROLES):
             raise Unprocessable("a user cannot move between platform staff and a tenant")
-        user.role = data.role.value
+    if role_changes or data.password is not None:
+        # A new role or a password (anyone who knows it holds the whole role) grants the role's scopes. A new
+        # name grants nothing and stays open to whoever manages the user.
+        role = data.role or Role(user.role)
+        ensure_can_grant(principal, target=user, role=role, scopes=scopes_for_role(role))
+        user.role = role.value
+        if data.password is not None:
+            user.password_hash = hash_password(data.password)
+        _end_sessions(user)
     if data.name is not None:
         user.name = data.name
-    if data.password is not None:
-        user.password_hash = hash_password(data.password)
     session.flush()
     after = snapshot(user)
     if after != before or data.password is not None:
@@ -176,9 +216,14 @@ def set_status(session: Session, *, context: RequestContext, user: User, status:
     if context.principal.user_id == user.id:
         raise Forbidden("you cannot freeze or unfreeze yourself")
     ensure_can_manage(context.principal, user)
+    if status is UserStatus.active:
+        # Unfreezing hands the user's role back; freezing only takes away, so it stays open to whoever manages
+        # the user (an operator may freeze another operator, not unfreeze it).
+        ensure_can_grant(context.principal, target=user, role=Role(user.role), scopes=scopes_for_role(user.role))
     before = snapshot(user)
     if user.status != status.value:
         user.status = status.value
+        _end_sessions(user)
         session.flush()
         audit.record(
             session,
@@ -207,6 +252,7 @@ def bootstrap_admin(session: Session, *, email: str, password: str) -> tuple[Use
         raise Conflict(f"{email} exists with role {existing.role}; refusing to promote it silently")
     existing.password_hash = hash_password(password)
     existing.status = UserStatus.active.value
+    _end_sessions(existing)
     session.flush()
     audit.record(
         session,
@@ -223,4 +269,23 @@ def bootstrap_admin(session: Session, *, email: str, password: str) -> tuple[Use
 def bootstrap_password(session: Session, *, user: User, password: str) -> None:
     """Reset a password from the command line (demo seeding)."""
     user.password_hash = hash_password(password)
+    _end_sessions(user)
     session.flush()
+
+
+def revoke_sessions(session: Session, *, context: RequestContext, user: User) -> User:
+    """Sign a user out everywhere: every access token issued so far fails on its next request. API keys are
+    separate credentials, revoked one by one. The same people may do it as may freeze the user, and anyone to
+    itself."""
+    ensure_can_manage(context.principal, user)
+    _end_sessions(user)
+    session.flush()
+    audit.record(
+        session,
+        context=context,
+        action="user.revoke_sessions",
+        target_type="user",
+        target_id=user.id,
+        tenant_id=user.tenant_id,
+    )
+    return user

@@ -293,9 +293,14 @@ def reverse(
     tenant_id: int | None = None,
 ) -> Posting:
     """Post the exact opposite of a transaction (corrections are new entries, never edits)."""
+    # Serialised per transaction: a concurrent reversal of the same one waits here until this one commits, then
+    # sees it and is refused. An advisory lock rather than a row lock: the journal is append-only, and the service
+    # role holds no UPDATE privilege on it (which SELECT ... FOR UPDATE would need).
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"), {"lock": f"reverse:{transaction_id}"}
+    )
     original = session.execute(
-        # Locked: a concurrent reversal of the same transaction waits here, then sees this one and is refused.
-        text("SELECT id, kind, tenant_id FROM ledger_transactions WHERE id = :id FOR UPDATE"),
+        text("SELECT id, kind, tenant_id FROM ledger_transactions WHERE id = :id"),
         {"id": transaction_id},
     ).one_or_none()
     if original is None or (tenant_id is not None and original.tenant_id != tenant_id):

@@ -64,3 +64,53 @@ def tenant_filter_sql(column: str, *, tenant_scope: int | None, param: str = "te
     """The same rule for hand-written SQL: a condition on `column` bound to `:<param>` (always true for staff).
     The caller binds `param` to `tenant_scope`."""
     return f"(CAST(:{param} AS bigint) IS NULL OR {column} = :{param})"
+
+
+# --- what a tenant-scoped reader sees of a batch's rows ----------------------------------------------------------
+# A staff batch scoped to a tenant may name people outside it (another tenant's users, platform staff): such a row
+# fails as `user_of_other_tenant`. A tenant-scoped reader sees the row's number and code, never who it named. The
+# rule is written twice, in Python (`redact_batch_result`, `redact_audit_after`) and in SQL for the finance logs
+# (`redacted_audit_after_sql`); tests read every route both ways.
+OUTSIDER_ROW_CODES = ("user_of_other_tenant",)
+ROW_IDENTIFIERS = ("email", "user_id")
+
+
+def redact_batch_result(result: dict[str, Any] | None, tenant_scope: int | None) -> dict[str, Any] | None:
+    """A batch result (a batch's stored result, an approval's `result`) as a reader of `tenant_scope` may see it:
+    unchanged for staff; for a tenant, the failed rows naming someone outside the tenant lose their email and
+    user id."""
+    if tenant_scope is None or not isinstance(result, dict) or not isinstance(result.get("failed"), list):
+        return result
+    return {**result, "failed": [_redacted_row(row) for row in result["failed"]]}
+
+
+def _redacted_row(row: Any) -> Any:
+    if not isinstance(row, dict) or row.get("code") not in OUTSIDER_ROW_CODES:
+        return row
+    return {key: value for key, value in row.items() if key not in ROW_IDENTIFIERS}
+
+
+def redact_audit_after(after: dict[str, Any] | None, tenant_scope: int | None) -> dict[str, Any] | None:
+    """An audit event's `after` as a reader of `tenant_scope` may see it: a batch result recorded in it (approval
+    decisions recorded before decisions kept counts only) is redacted as `redact_batch_result` does."""
+    if tenant_scope is None or not isinstance(after, dict) or not isinstance(after.get("result"), dict):
+        return after
+    return {**after, "result": redact_batch_result(after["result"], tenant_scope)}
+
+
+def redacted_audit_after_sql(after_sql: str, *, scope_sql: str) -> str:
+    """`redact_audit_after` in SQL over the JSONB expression `after_sql`, for the reader whose tenant scope the
+    placeholder `scope_sql` binds (NULL for staff: unchanged). `after_sql` is evaluated once."""
+    codes = ", ".join(f"'{code}'" for code in OUTSIDER_ROW_CODES)
+    dropped = "".join(f" - '{key}'" for key in ROW_IDENTIFIERS)
+    row = (
+        f"CASE WHEN jsonb_typeof(r.item) = 'object' AND r.item ->> 'code' IN ({codes}) "
+        f"THEN r.item{dropped} ELSE r.item END"
+    )
+    failed = "x.after -> 'result' -> 'failed'"
+    return (
+        f"(SELECT CASE WHEN CAST({scope_sql} AS bigint) IS NOT NULL AND jsonb_typeof({failed}) = 'array' "
+        f"THEN jsonb_set(x.after, '{{result,failed}}', (SELECT coalesce(jsonb_agg({row} ORDER BY r.n), '[]'::jsonb) "
+        f"FROM jsonb_array_elements({failed}) WITH ORDINALITY AS r(item, n))) "
+        f"ELSE x.after END FROM (SELECT {after_sql} AS after) AS x)"
+    )

@@ -19,6 +19,8 @@ from tests.factories import bearer, create_user, fund, issue_key
 
 SINGLE = "/admin/v1/recharges"
 BATCH = "/admin/v1/recharges/batch"
+APPROVALS = "/admin/v1/recharge-approvals"
+ADJUSTMENTS = "/admin/v1/adjustments"
 
 
 @dataclass(frozen=True)
@@ -153,3 +155,25 @@ def seed_users(session: Session, tenant: Tenant, n: int, prefix: str) -> list[tu
     ).all()
     session.commit()
     return sorted(((r.id, r.email, r.account_id) for r in rows), key=lambda r: r[0])
+
+
+def held(response: httpx.Response) -> dict[str, Any]:
+    """The approval a request was held by (202, pending)."""
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == "pending"
+    return body
+
+
+def approve(client: TestClient, actor: Actor, approval_id: int, note: str | None = None) -> httpx.Response:
+    # The body (a note) is optional.
+    body = {"json": {"note": note}} if note is not None else {}
+    return client.post(f"{APPROVALS}/{approval_id}/approve", headers=actor.headers(), **body)
+
+
+def reject(client: TestClient, actor: Actor, approval_id: int, note: str | None = None) -> httpx.Response:
+    return client.post(f"{APPROVALS}/{approval_id}/reject", json={"note": note}, headers=actor.headers())
+
+
+def reversal_path(transaction_id: int) -> str:
+    return f"/admin/v1/transactions/{transaction_id}/reversal"

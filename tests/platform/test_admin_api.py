@@ -105,16 +105,24 @@ class TestUsers:
         )
         assert "password" not in json.dumps(user)
         uid = user["id"]
-        token = ok(client.post("/auth/token", json={"email": "ann@example.test", "password": "s3cret-pass"}))
-        auth = {"Authorization": f"Bearer {token['access_token']}"}
+
+        def sign_in() -> dict[str, str]:
+            token = ok(client.post("/auth/token", json={"email": "ann@example.test", "password": "s3cret-pass"}))
+            return {"Authorization": f"Bearer {token['access_token']}"}
+
+        auth = sign_in()
         assert ok(client.get(f"/admin/v1/users/{uid}", headers=h)) == user
         updated = ok(client.patch(f"/admin/v1/users/{uid}", json={"name": "Ann", "role": "tenant_admin"}, headers=h))
         assert (updated["name"], updated["role"]) == ("Ann", "tenant_admin")
-        assert client.get("/admin/v1/users", headers=auth).status_code == 200  # the new role applies at once
+        # A role change ends the sessions issued under the old role; the next one holds the new role.
+        problem(client.get("/v1/balance", headers=auth), 401, "unauthorized")
+        auth = sign_in()
+        assert client.get("/admin/v1/users", headers=auth).status_code == 200
         assert ok(client.post(f"/admin/v1/users/{uid}/freeze", headers=h))["status"] == "frozen"
-        problem(client.get("/v1/balance", headers=auth), 403, "user_frozen")
+        problem(client.get("/v1/balance", headers=auth), 401, "unauthorized")
+        problem(client.post("/auth/token", json={"email": "ann@example.test", "password": "s3cret-pass"}), 403)
         assert ok(client.post(f"/admin/v1/users/{uid}/unfreeze", headers=h))["status"] == "active"
-        assert client.get("/v1/balance", headers=auth).status_code == 200
+        assert client.get("/v1/balance", headers=sign_in()).status_code == 200
         problem(client.post(f"/admin/v1/users/{staff.id}/freeze", headers=h), 403, "forbidden")
 
     def test_list_and_filters(self, client: TestClient, session: Session, staff: Caller) -> None:

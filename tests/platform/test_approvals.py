@@ -25,6 +25,7 @@ from facemint.tenants.orm import Tenant
 from facemint.users.orm import Role, User
 from tests.factories import create_tenant, create_user, issue_key
 from tests.platform.recharge_helpers import (
+    APPROVALS,
     SINGLE,
     Actor,
     assert_problem,
@@ -39,8 +40,10 @@ from tests.platform.recharge_helpers import (
     staff,
     tenant_admin,
 )
+from tests.platform.recharge_helpers import approve as _approve
+from tests.platform.recharge_helpers import held as _held
+from tests.platform.recharge_helpers import reject as _reject
 
-APPROVALS = "/admin/v1/recharge-approvals"
 THRESHOLD = 100_000  # the default approval_threshold_amount
 BATCH_TOTAL = 1_000_000  # the default approval_threshold_batch_total
 
@@ -89,23 +92,6 @@ def _recharge(client: TestClient, actor: Actor, user: User, amount: int, key: st
     )
 
 
-def _held(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    assert body["status"] == "pending"
-    return body
-
-
-def _approve(client: TestClient, actor: Actor, approval_id: int, note: str | None = None) -> httpx.Response:
-    # The body (a note) is optional.
-    body = {"json": {"note": note}} if note is not None else {}
-    return client.post(f"{APPROVALS}/{approval_id}/approve", headers=actor.headers(), **body)
-
-
-def _reject(client: TestClient, actor: Actor, approval_id: int, note: str | None = None) -> httpx.Response:
-    return client.post(f"{APPROVALS}/{approval_id}/reject", json={"note": note}, headers=actor.headers())
-
-
 def _get(client: TestClient, actor: Actor, approval_id: int) -> httpx.Response:
     return client.get(f"{APPROVALS}/{approval_id}", headers=actor.headers())
 
@@ -121,9 +107,10 @@ class TestWhatIsHeld:
     ) -> None:
         u0, *rest = world.users
         assert _recharge(client, world.requester, u0, THRESHOLD).status_code == 201
-        # Ten rows of the per-row threshold: exactly the batch threshold.
+        # Ten rows of the per-row threshold: exactly the batch threshold. Sent by another operator: on top of the
+        # recharge above, the requester's own 24-hour total would hold it (tests/platform/test_four_eyes_limits.py).
         csv = csv_body("user_id,amount", *(f"{u.id},{THRESHOLD}" for u in rest[:10]))
-        response = post_batch(client, world.requester, csv, key="b-ok")
+        response = post_batch(client, world.admin, csv, key="b-ok")
         assert response.status_code == 201, response.text
         assert response.json()["total_amount"] == BATCH_TOTAL
         assert balance_of(session, u0.account_id) == THRESHOLD

@@ -45,21 +45,26 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def _lock_waiters(engine: Engine, *, advisory_only: bool) -> int:
+def _lock_waiters(engine: Engine, *, batch_lock_only: bool) -> int:
+    """Sessions waiting on a lock: any lock, or only the batch lock itself (not, say, a requester's four-eyes
+    lock, which one requester's concurrent requests also wait on)."""
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND (NOT :advisory OR wait_event = 'advisory')"
-                ),
-                {"advisory": advisory_only},
-            ).scalar_one()
-        )
+        if batch_lock_only:
+            # A bigint advisory key is split across classid (high 32 bits) and objid (low 32 bits).
+            sql = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND (classid::bigint << 32 | objid::bigint) = :key"
+            )
+        else:
+            sql = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        return int(conn.execute(text(sql), {"key": _BATCH_LOCK_KEY}).scalar_one())
 
 
 def _race(
-    engine: Engine, calls: list[Callable[[], httpx.Response]], *, waiters: int, advisory_only: bool
+    engine: Engine, calls: list[Callable[[], httpx.Response]], *, waiters: int, batch_lock_only: bool
 ) -> tuple[list[httpx.Response], int]:
     """Run `calls` at once while this test holds the batch lock, so they all reach the point where batches
     apply before any of them may go on; release it once `waiters` requests wait on a lock (or after 30 s).
@@ -77,9 +82,9 @@ def _race(
             with ThreadPoolExecutor(max_workers=len(calls)) as pool:
                 futures = [pool.submit(run, call) for call in calls]
                 deadline = time.monotonic() + 30  # generous: two test workers share two cores
-                while time.monotonic() < deadline and _lock_waiters(engine, advisory_only=advisory_only) < waiters:
+                while time.monotonic() < deadline and _lock_waiters(engine, batch_lock_only=batch_lock_only) < waiters:
                     time.sleep(0.05)
-                queued = _lock_waiters(engine, advisory_only=advisory_only)
+                queued = _lock_waiters(engine, batch_lock_only=batch_lock_only)
                 holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _BATCH_LOCK_KEY})
                 holder.commit()
                 responses = [f.result(timeout=60) for f in futures]
@@ -100,8 +105,9 @@ def test_identical_concurrent_requests_apply_one_batch(
     def call() -> httpx.Response:
         return post_batch(client, operator, csv, key="one-key", mode="atomic")
 
-    # One request claims the key and waits for the batch lock; the others wait on its claim.
-    responses, queued = _race(engine, [call] * n, waiters=n, advisory_only=False)
+    # One request takes its requester's four-eyes lock and waits for the batch lock; the others wait on the
+    # requester's lock, then replay what the first applied.
+    responses, queued = _race(engine, [call] * n, waiters=n, batch_lock_only=False)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * (n - 1) + [201], [r.text for r in responses]
     replays = [r for r in responses if r.status_code == 200]
@@ -152,7 +158,7 @@ def test_overlapping_batches_all_apply_without_deadlock(
                 SINGLE, json={"user_id": user_id, "amount": 5, "reason": "single"}, headers=admin.headers(f"s{i}")
             )
         )
-    responses, queued = _race(engine, calls, waiters=len(actors), advisory_only=True)
+    responses, queued = _race(engine, calls, waiters=len(actors), batch_lock_only=True)
     assert [r.status_code for r in responses] == [201] * len(calls), [r.text for r in responses]
     assert len({r.json()["transaction_id"] for r in responses}) == len(calls)
     assert {account: balance_of(session, account) for account in expected} == expected
@@ -177,7 +183,7 @@ def test_racing_batches_never_overdraw_the_pool(
     calls: list[Callable[[], httpx.Response]] = [
         lambda i=i: post_batch(client, admins[i], bodies[i], key=f"pool-{i}") for i in range(2)
     ]
-    responses, queued = _race(engine, calls, waiters=2, advisory_only=True)
+    responses, queued = _race(engine, calls, waiters=2, batch_lock_only=True)
     assert sorted(r.status_code for r in responses) == [201, 402], [r.text for r in responses]
     refused = next(r for r in responses if r.status_code == 402)
     assert_problem(refused, 402, "insufficient_tokens")

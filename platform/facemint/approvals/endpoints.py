@@ -1,22 +1,42 @@
-"""Four-eyes approvals of large recharges: read with `recharges:read` (tenant admins see their tenant's),
-decide with `recharges:approve` (platform admins and operators)."""
+"""Four-eyes approvals of held requests (large recharges and batches, adjustments, reversals, and whatever
+passes the requester's 24-hour total): read with `recharges:read` (tenant admins see their tenant's, with other
+tenants' users redacted), decide with `recharges:approve` (platform admins and operators)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from fastapi.responses import JSONResponse
 
+from facemint.approvals import approving
 from facemint.approvals import service as approvals
 from facemint.approvals.errors import ApprovalExpired
 from facemint.approvals.schemas import ApprovalDecision, ApprovalDetail, ApprovalRead, Status
+from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
 from facemint.pagination import Page, PageParams, make_page
 from facemint.problems import problem_response
-from facemint.recharges import approving
+
+# For the routes that may hold what they are asked (recharges, batches, adjustments, reversals).
+HELD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ApprovalRead,
+        "description": "held for a second operator (above a threshold, or past the requester's 24-hour total): "
+        "nothing applied; the same Idempotency-Key answers with the approval until approved, then with the applied "
+        "result",
+    }
+}
+
+
+def held_response(held: Held) -> JSONResponse:
+    """202 with the approval (the requester's own request: nothing to redact)."""
+    headers = {"Idempotent-Replayed": "true"} if held.replayed else {}
+    body = ApprovalRead.model_validate(held.approval).model_dump(mode="json")
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
 
 router = APIRouter(prefix="/admin/v1/recharge-approvals", tags=["recharge approvals"])
 
@@ -43,14 +63,15 @@ def list_approvals(
         before_id=page.before_id,
         limit=page.limit,
     )
-    return make_page([ApprovalRead.model_validate(row) for row in rows], limit=page.limit)
+    scope = principal.tenant_scope
+    return make_page([ApprovalRead.for_reader(row, tenant_scope=scope) for row in rows], limit=page.limit)
 
 
 @router.get("/{approval_id}", response_model=ApprovalDetail)
 def get_approval(approval_id: ApprovalId, session: SessionDep, principal: Reader) -> ApprovalDetail:
     approval = approvals.get(session, approval_id=approval_id, tenant_scope=principal.tenant_scope)
     return ApprovalDetail(
-        **ApprovalRead.model_validate(approval).model_dump(),
+        **ApprovalRead.for_reader(approval, tenant_scope=principal.tenant_scope).model_dump(),
         request=approvals.request_view(approval, staff=principal.is_staff),
     )
 
@@ -59,7 +80,7 @@ def get_approval(approval_id: ApprovalId, session: SessionDep, principal: Reader
     "/{approval_id}/approve",
     response_model=ApprovalRead,
     responses={
-        403: {"description": "`self_approval`: the requester cannot approve their own recharge"},
+        403: {"description": "`self_approval`: the requester cannot approve their own request"},
         409: {"description": "`approval_expired` (now marked expired) or `approval_not_pending`"},
     },
 )
@@ -80,7 +101,7 @@ def approve(
         )
     except ApprovalExpired as exc:
         return _refused_but_recorded(request, exc)
-    return ApprovalRead.model_validate(approval)
+    return ApprovalRead.for_reader(approval, tenant_scope=principal.tenant_scope)
 
 
 @router.post(
@@ -105,7 +126,7 @@ def reject(
         )
     except ApprovalExpired as exc:
         return _refused_but_recorded(request, exc)
-    return ApprovalRead.model_validate(approval)
+    return ApprovalRead.for_reader(approval, tenant_scope=principal.tenant_scope)
 
 
 def _refused_but_recorded(request: Request, exc: ApprovalExpired) -> JSONResponse:

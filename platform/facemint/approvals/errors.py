@@ -7,7 +7,7 @@ class ApprovalNotFound(NotFound):
 
 
 class SelfApproval(Forbidden):
-    """Four eyes: the requester of a recharge never approves it, whatever scopes they hold."""
+    """Four eyes: the requester of a held request never approves it, whatever scopes they hold."""
 
     code = "self_approval"
     title = "Cannot approve your own request"

@@ -1,4 +1,5 @@
-"""Four-eyes approvals of large recharges. Rules the database enforces (migration 0005), whatever the code does:
+"""Four-eyes approvals of held requests (recharges, batches, adjustments, reversals). Rules the database enforces
+(migrations 0005 and 0006), whatever the code does:
 - an approval leaves `pending` once, to exactly one outcome, and only its outcome columns change then;
 - nobody approves their own request, and nothing is approved at or after `expires_at`;
 - approvals are never deleted."""
@@ -42,8 +43,9 @@ class ApprovalStatus(StrEnum):
 
 
 class RechargeApproval(Base):
-    """A recharge held for a second operator. `payload` is everything needed to apply it later exactly as it was
-    requested; `result` (and `transaction_id` / `batch_id`) what applying it produced."""
+    """A request held for a second operator. `payload` is everything needed to apply it later exactly as it was
+    requested (and `held_because`, the policy's reason); `result` (and `transaction_id` / `batch_id`) what applying
+    it produced. `total_amount` is the tokens it moves (an adjustment's magnitude)."""
 
     __tablename__ = "recharge_approvals"
     __table_args__ = (

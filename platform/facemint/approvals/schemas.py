@@ -5,16 +5,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from facemint import tenancy
+from facemint.approvals.orm import RechargeApproval
+
 Status = Literal["pending", "approved", "rejected", "expired"]
 
 
 class ApprovalRead(BaseModel):
-    """A recharge held for a second operator. `result` is the applied outcome once approved (the ledger
-    `transaction_id` of a single recharge; the `batch_id` and `transaction_id` of a batch)."""
+    """A request held for a second operator: a recharge (`single`), a `batch`, an `adjustment` or a `reversal`.
+    `result` is the applied outcome once approved (the ledger `transaction_id`; a batch's `batch_id` too).
+    `total_amount` is the tokens it moves (an adjustment's magnitude)."""
 
     model_config = ConfigDict(from_attributes=True)
     id: int
-    kind: Literal["single", "batch"]
+    kind: Literal["single", "batch", "adjustment", "reversal"]
     status: Status
     tenant_id: int | None
     requested_by_user_id: int
@@ -29,10 +33,18 @@ class ApprovalRead(BaseModel):
     result: dict[str, Any] | None
     created_at: datetime
 
+    @classmethod
+    def for_reader(cls, approval: RechargeApproval, *, tenant_scope: int | None) -> ApprovalRead:
+        """The approval as a reader of `tenant_scope` may see it (a batch's result redacted for a tenant, see
+        `tenancy.redact_batch_result`). Never set on the ORM row: a decided approval cannot change."""
+        read = cls.model_validate(approval)
+        return read.model_copy(update={"result": tenancy.redact_batch_result(read.result, tenant_scope)})
+
 
 class ApprovalDetail(ApprovalRead):
-    """Adds what approving it would apply: the recharge body and its recipient, or a batch's mode, scope and
-    (for platform staff) its first rows."""
+    """Adds what approving it would apply and why it was held (`held_because`: `amount`, `batch_total` or
+    `daily_total`): the recharge or adjustment body and its recipient, a reversal's original transaction, or a
+    batch's mode, scope and (for platform staff) its first rows."""
 
     request: dict[str, Any]
 

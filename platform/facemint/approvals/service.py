@@ -1,5 +1,7 @@
-"""Four-eyes approvals: storing held recharges and moving them, one way, to an outcome. Applying an approved
-recharge is the recharge flow's work (`facemint.recharges.approving.approve`): this module never moves tokens.
+"""Four-eyes approvals: when a request that moves staff tokens waits for a second operator (`Policy`, and the
+requester's rolling 24-hour total), storing held requests (recharges, batches, adjustments, reversals) and moving
+them, one way, to an outcome. Applying an approved request is its own domain's work, orchestrated by
+`facemint.approvals.approving.approve`: this module never moves tokens.
 
 Services never commit; the request (or the worker's sweep) boundary does."""
 
@@ -30,11 +32,19 @@ PREVIEW_ROWS = 100
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """When a recharge waits for a second operator. The thresholds apply to every requester, tenant admins
-    spending their pool included: the risk (a typo'd amount) is the same whoever types it."""
+    """When a request that moves tokens waits for a second operator. The thresholds apply to every requester,
+    tenant admins spending their pool included: the risk (a typo'd amount, one large amount split into many
+    small ones) is the same whoever types it.
+
+    - one movement (a recharge, a batch row, an adjustment's magnitude, a reversed transaction) above
+      `threshold_amount`: reason `amount`;
+    - a batch whose total is above `threshold_batch_total`: reason `batch_total`;
+    - what the requester applied without review in the last 24 hours, plus this request, above
+      `threshold_daily_total`: reason `daily_total` (see `hold_reason`)."""
 
     threshold_amount: int
     threshold_batch_total: int
+    threshold_daily_total: int
     ttl_seconds: int
 
     @classmethod
@@ -42,14 +52,105 @@ class Policy:
         return cls(
             threshold_amount=settings.approval_threshold_amount,
             threshold_batch_total=settings.approval_threshold_batch_total,
+            threshold_daily_total=settings.approval_threshold_daily_total,
             ttl_seconds=settings.approval_ttl_seconds,
         )
 
-    def single_needs_approval(self, amount: int) -> bool:
-        return amount > self.threshold_amount
+    def size_reason(self, *, amount: int, largest: int | None = None) -> str | None:
+        """Why a request of `amount` tokens waits whatever came before it; a batch gives its total as `amount` and
+        its largest row as `largest`. None: its size alone does not hold it."""
+        if (amount if largest is None else largest) > self.threshold_amount:
+            return "amount"
+        if largest is not None and amount > self.threshold_batch_total:
+            return "batch_total"
+        return None
 
-    def batch_needs_approval(self, *, largest_row: int, total: int) -> bool:
-        return largest_row > self.threshold_amount or total > self.threshold_batch_total
+    def window_reason(self, *, unreviewed: int, amount: int) -> str | None:
+        """`daily_total` when `amount` on top of `unreviewed` (applied without review in the last 24 hours) is
+        above the daily total."""
+        return "daily_total" if unreviewed + amount > self.threshold_daily_total else None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A request that was not applied: it waits for approval (or was rejected or expired without being)."""
+
+    approval: RechargeApproval
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What approving applied: `result` is stored on the approval, `transaction_id` / `batch_id` link it."""
+
+    result: dict[str, Any]
+    transaction_id: int | None
+    batch_id: int | None = None
+
+
+def approval_key(approval_id: int) -> str:
+    # What applying an approval is idempotent on: a second approval of the same request can never post again.
+    return f"approval:{approval_id}"
+
+
+def approved_from(approval: RechargeApproval | None) -> dict[str, Any]:
+    """What an applied request's audit event adds when it was applied from an approval. The 24-hour total leaves
+    such events out (`unreviewed_total`): they were reviewed."""
+    if approval is None:
+        return {}
+    return {"approval_id": approval.id, "requested_by_user_id": approval.requested_by_user_id}
+
+
+# --- the requester's rolling 24-hour total -------------------------------------------------------------
+
+# What each applied movement's audit event says it moved. A reversal recorded before reversals carried their
+# amount is read from its ledger transaction.
+_UNREVIEWED_SQL = text(
+    """
+    SELECT coalesce(sum(CASE ev.action
+        WHEN 'recharge.batch' THEN CAST(ev.after ->> 'total_amount' AS bigint)
+        WHEN 'ledger.adjust' THEN abs(CAST(ev.after ->> 'amount' AS bigint))
+        WHEN 'ledger.reverse' THEN coalesce(
+            CAST(ev.after ->> 'amount' AS bigint),
+            (SELECT t.amount FROM ledger_transactions t WHERE t.id = CAST(ev.target_id AS bigint)))
+        ELSE CAST(ev.after ->> 'amount' AS bigint)
+    END), 0)
+    FROM audit_events ev
+    WHERE ev.actor_user_id = :user_id
+      AND ev.occurred_at > now() - interval '24 hours'
+      AND ev.action IN ('recharge.create', 'recharge.batch', 'ledger.adjust', 'ledger.reverse')
+      AND NOT ev.after ? 'approval_id'
+    """
+)
+
+
+def serialise_requester(session: Session, *, user_id: int) -> None:
+    """Hold `user_id`'s requests one at a time until this transaction ends: of two concurrent small requests,
+    the second counts the first (committed by then) in its 24-hour total, so both cannot slip under it. Taken
+    before the replay checks and any row lock, so a duplicate waits here and then replays."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"), {"lock": f"approval-window:{user_id}"}
+    )
+
+
+def unreviewed_total(session: Session, *, user_id: int) -> int:
+    """Tokens `user_id` (whatever key it used) moved without review in the last 24 hours: single recharges,
+    batch totals, adjustments' magnitudes and reversals, from the audit trail, which records each in the same
+    transaction as the movement."""
+    return int(session.execute(_UNREVIEWED_SQL, {"user_id": user_id}).scalar_one())
+
+
+def hold_reason(
+    session: Session, policy: Policy, *, user_id: int, amount: int, largest: int | None = None
+) -> str | None:
+    """Why a request by `user_id` moving `amount` tokens (a batch: its total, and `largest` its largest row)
+    waits for a second operator, or None when it applies now. Call `serialise_requester` first."""
+    if amount <= 0:
+        return None  # nothing moves (a partial batch whose every row failed): nothing to review
+    reason = policy.size_reason(amount=amount, largest=largest)
+    if reason is not None:
+        return reason
+    return policy.window_reason(unreviewed=unreviewed_total(session, user_id=user_id), amount=amount)
 
 
 # --- requesting ----------------------------------------------------------------------------------------
@@ -84,9 +185,11 @@ def request(
     reason: str,
     policy: Policy,
     summary: dict[str, Any],
+    held_because: str,
 ) -> tuple[RechargeApproval, bool]:
-    """Hold a recharge for approval. Returns (approval, created): a concurrent duplicate of the same request
-    waits on the key, then gets the first one's approval."""
+    """Hold a request for approval (`held_because`: the `Policy` reason). Returns (approval, created): a concurrent
+    duplicate of the same request waits on the key, then gets the first one's approval. `total_amount` is the
+    tokens it moves (an adjustment's magnitude)."""
     principal = context.principal
     approval_id = session.execute(
         insert(RechargeApproval)
@@ -97,7 +200,7 @@ def request(
             requested_by_api_key_id=principal.api_key_id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
-            payload=payload,
+            payload={**payload, "held_because": held_because},
             total_amount=total_amount,
             row_count=row_count,
             reason=reason,
@@ -124,6 +227,7 @@ def request(
             "row_count": row_count,
             "reason": reason,
             "expires_at": approval.expires_at.isoformat(),
+            "held_because": held_because,
             "request": summary,
         },
     )
@@ -163,11 +267,14 @@ def list_approvals(
 
 
 def request_view(approval: RechargeApproval, *, staff: bool) -> dict[str, Any]:
-    """What approving would apply. A batch's rows are shown to platform staff only: a staff batch scoped to a
-    tenant may name other tenants' users."""
+    """What approving would apply, and why it was held. A batch's rows are shown to platform staff only: a staff
+    batch scoped to a tenant may name other tenants' users."""
     payload = approval.payload
-    if approval.kind == ApprovalKind.single:
-        return {"body": payload["body"], "target": payload["target"]}
+    held: dict[str, Any] = {"held_because": payload.get("held_because")}
+    if approval.kind in (ApprovalKind.single, ApprovalKind.adjustment):
+        return {"body": payload["body"], "target": payload["target"], **held}
+    if approval.kind == ApprovalKind.reversal:
+        return {"body": payload["body"], "original": payload["original"], **held}
     rows = payload["rows"]
     view: dict[str, Any] = {
         "mode": payload["mode"],
@@ -176,6 +283,7 @@ def request_view(approval: RechargeApproval, *, staff: bool) -> dict[str, Any]:
         "content_type": payload["content_type"],
         "rows": rows["row_count"],
         "largest_amount": max(rows["amounts"], default=0),
+        **held,
     }
     if staff:
         shown = min(PREVIEW_ROWS, len(rows["row_nos"]))
@@ -243,7 +351,8 @@ def decide(
     batch_id: int | None = None,
 ) -> RechargeApproval:
     """pending -> approved or rejected, as one conditional UPDATE: it changes nothing unless the approval is
-    still pending and not yet due to expire, so a decision can never land twice."""
+    still pending and not yet due to expire, so a decision can never land twice. `result` is stored in full;
+    the audit event, which the approval's tenant reads, records only its ids and counts (`_counts_only`)."""
     if status not in (ApprovalStatus.approved, ApprovalStatus.rejected):
         raise ValueError(f"an operator approves or rejects; {status} is not a decision")
     decided = session.execute(
@@ -286,10 +395,22 @@ def decide(
             "status": status.value,
             "note": note,
             "requested_by_user_id": approval.requested_by_user_id,
-            "result": result,
+            "result": _counts_only(result),
         },
     )
     return approval
+
+
+def _counts_only(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result's scalar fields, its lists as counts and without nested objects: a batch's failed rows (which may
+    name other tenants' users) become their number; a single recharge's target stays in its request event."""
+    if result is None:
+        return None
+    return {
+        key: len(value) if isinstance(value, list) else value
+        for key, value in result.items()
+        if not isinstance(value, dict)
+    }
 
 
 def reject(session: Session, *, context: RequestContext, approval_id: int, note: str | None) -> RechargeApproval:

@@ -38,5 +38,5 @@ def list_audit_events(
         before_id=page.before_id,
         limit=page.limit,
     )
-    items = [AuditEventRead.model_validate(e) for e in events]
+    items = [audit_service.read(e, tenant_scope=principal.tenant_scope) for e in events]
     return make_page(items, limit=page.limit)

@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facemint import tenancy
 from facemint.audit.orm import AuditEvent
+from facemint.audit.schemas import AuditEventRead
 from facemint.context import RequestContext
 from facemint.pagination import newest_first
 from facemint.tenancy import within_tenant
@@ -74,3 +76,10 @@ def list_events(
         query = query.where(AuditEvent.target_id == target_id)
     query = newest_first(query, AuditEvent.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))
+
+
+def read(event: AuditEvent, *, tenant_scope: int | None) -> AuditEventRead:
+    """An event as a reader of `tenant_scope` may see it (`tenancy.redact_audit_after`). The row itself is never
+    changed: the audit trail is append-only."""
+    item = AuditEventRead.model_validate(event)
+    return item.model_copy(update={"after": tenancy.redact_audit_after(item.after, tenant_scope)})

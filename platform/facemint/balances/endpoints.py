@@ -3,9 +3,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from billing.ledger import service as ledger
 from billing.ledger.schemas import Posting
+from facemint.approvals import service as approvals
+from facemint.approvals.endpoints import HELD_RESPONSES, held_response
+from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.balances import service as balance_service
@@ -96,7 +100,9 @@ def get_pool_balance(
     )
 
 
-def _posting_read(posting: Posting, response: Response) -> PostingRead:
+def _posting_read(posting: Posting | Held, response: Response) -> PostingRead | JSONResponse:
+    if isinstance(posting, Held):
+        return held_response(posting)
     if posting.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -109,7 +115,9 @@ def _posting_read(posting: Posting, response: Response) -> PostingRead:
     )
 
 
-@admin_router.post("/adjustments", response_model=PostingRead, status_code=status.HTTP_201_CREATED)
+@admin_router.post(
+    "/adjustments", response_model=PostingRead, status_code=status.HTTP_201_CREATED, responses=HELD_RESPONSES
+)
 def create_adjustment(
     body: AdjustmentCreate,
     request: Request,
@@ -118,7 +126,7 @@ def create_adjustment(
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Scope.ledger_adjust))],
     idempotency_key: IdempotencyKey,
-) -> PostingRead:
+) -> PostingRead | JSONResponse:
     if abs(body.amount) > settings.recharge_max_amount:
         # The same ceiling as a recharge: one correction never mints (or burns) more than one recharge could.
         raise AdjustmentAboveCeiling(
@@ -130,12 +138,16 @@ def create_adjustment(
         context=request_context(request, principal, settings),
         data=body,
         idempotency_key=idempotency_key,
+        policy=approvals.Policy.from_settings(settings),
     )
     return _posting_read(posting, response)
 
 
 @admin_router.post(
-    "/transactions/{transaction_id}/reversal", response_model=PostingRead, status_code=status.HTTP_201_CREATED
+    "/transactions/{transaction_id}/reversal",
+    response_model=PostingRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=HELD_RESPONSES,
 )
 def create_reversal(
     transaction_id: int,
@@ -146,12 +158,13 @@ def create_reversal(
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Scope.ledger_adjust))],
     idempotency_key: IdempotencyKey,
-) -> PostingRead:
+) -> PostingRead | JSONResponse:
     posting = balance_service.reverse(
         session,
         context=request_context(request, principal, settings),
         transaction_id=transaction_id,
         data=body,
         idempotency_key=idempotency_key,
+        policy=approvals.Policy.from_settings(settings),
     )
     return _posting_read(posting, response)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from facemint import tenancy
+
 ColumnType = Literal["int", "text", "ts", "json"]
 
 # Audit before/after never carry key material (keys store scopes, webhooks a fingerprint), but any field whose
@@ -202,7 +204,13 @@ AUDIT = LogSpec(
         Column("request_id", "ev.request_id", "text"),
         Column("ip", "host(ev.ip)", "text"),
         Column("before", _strip_sensitive("ev.before"), "json"),
-        Column("after", _strip_sensitive("ev.after"), "json"),
+        # A tenant-scoped reader (`%(reader_scope)s`, bound by every query of a log) never sees who a batch's
+        # failed rows named outside its tenant (decisions recorded before they kept counts only).
+        Column(
+            "after",
+            tenancy.redacted_audit_after_sql(_strip_sensitive("ev.after"), scope_sql="%(reader_scope)s"),
+            "json",
+        ),
     ),
     source="audit_events ev",
     id_sql="ev.id",

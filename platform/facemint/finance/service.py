@@ -195,6 +195,7 @@ def _select(
 ) -> tuple[str, dict[str, Any]]:
     """`SELECT <columns> FROM <log> WHERE <filters>`, unordered."""
     where, params = where_clause(log, filters)
+    params["reader_scope"] = filters.tenant_scope  # what the reader may see of a column (see `logs.AUDIT`)
     if before_id is not None:
         where += f" AND {log.id_sql} < %(before_id)s"
         params["before_id"] = before_id

@@ -1,53 +1,21 @@
-"""Approving a held recharge: the second operator's decision applies it, exactly once, as its requester asked.
-Storing and deciding approvals is facemint.approvals' work; moving the tokens is this package's."""
+"""Applying an approved recharge or batch, as its requester asked (`facemint.approvals.approving.approve` locks
+the approval, checks the four eyes and records the decision; moving the tokens is this package's work)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session
 
-from facemint.approvals import service as approvals
-from facemint.approvals.errors import SelfApproval
-from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
+from facemint.approvals.orm import RechargeApproval
+from facemint.approvals.service import Applied, approval_key
 from facemint.context import RequestContext
 from facemint.recharges import batch, service
-from facemint.recharges.origin import Origin, approval_key, ensure_pool_covers
+from facemint.recharges.origin import Origin, ensure_pool_covers
 from facemint.recharges.parsing import ParsedBatch
 from facemint.users.errors import UserNotFound
 from facemint.users.orm import User
 
 
-def approve(session: Session, *, context: RequestContext, approval_id: int, note: str | None) -> RechargeApproval:
-    """Apply a held recharge, exactly once, and mark it approved in the same transaction.
-
-    The approval row is locked first: a concurrent second approval waits, then finds it decided. If applying
-    fails (the recipient was frozen since, an atomic batch now has failing rows, the pool ran dry), the error
-    rolls everything back and the approval stays pending, to be rejected or retried."""
-    principal = context.principal
-    approval = approvals.lock(session, approval_id=approval_id, tenant_scope=principal.tenant_scope)
-    if approval.requested_by_user_id == principal.user_id:
-        raise SelfApproval("a recharge needs a second person: its requester cannot approve it")
-    approval = approvals.ensure_pending(session, approval)
-    if approval.kind == ApprovalKind.single:
-        result = _apply_approved_single(session, context=context, approval=approval)
-        transaction_id, batch_id = result["transaction_id"], None
-    else:
-        result = _apply_approved_batch(session, context=context, approval=approval)
-        transaction_id, batch_id = result.get("transaction_id"), result["batch_id"]
-    return approvals.decide(
-        session,
-        context=context,
-        approval=approval,
-        status=ApprovalStatus.approved,
-        note=note,
-        result=result,
-        transaction_id=transaction_id,
-        batch_id=batch_id,
-    )
-
-
-def _apply_approved_single(session: Session, *, context: RequestContext, approval: RechargeApproval) -> dict[str, Any]:
+def apply_approved_single(session: Session, *, context: RequestContext, approval: RechargeApproval) -> Applied:
     payload = approval.payload
     body = payload["body"]
     if body.get("tenant_id") is None:
@@ -67,15 +35,16 @@ def _apply_approved_single(session: Session, *, context: RequestContext, approva
         request_hash=bytes(approval.request_hash),
         approval=approval,
     )
-    return {
+    result = {
         "approval_id": approval.id,
         "transaction_id": posting.transaction_id,
         "amount": posting.amount,
         "target": payload["target"],
     }
+    return Applied(result, transaction_id=posting.transaction_id)
 
 
-def _apply_approved_batch(session: Session, *, context: RequestContext, approval: RechargeApproval) -> dict[str, Any]:
+def apply_approved_batch(session: Session, *, context: RequestContext, approval: RechargeApproval) -> Applied:
     payload = approval.payload
     origin = Origin.from_dict(payload["origin"])
     parsed = ParsedBatch.from_dict(payload["rows"])
@@ -97,4 +66,5 @@ def _apply_approved_batch(session: Session, *, context: RequestContext, approval
         request_hash=bytes(approval.request_hash),
         approval=approval,
     )
-    return outcome.result
+    result = outcome.result
+    return Applied(result, transaction_id=result.get("transaction_id"), batch_id=result["batch_id"])

@@ -1,6 +1,6 @@
 """Batch recharges: rows resolved to users in one set-based pass, staged, then applied as one ledger
-transaction by billing; or held for approval when a row or the total is above the thresholds (applied later
-by `approving.approve`)."""
+transaction by billing; or held for approval when a row or the total is above the thresholds, or the total would
+take the requester past its 24-hour total (applied later, `approving.apply_approved_batch`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from billing.recharge import service as batches
 from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
+from facemint.approvals.service import Held, approved_from
 from facemint.audit import service as audit
 from facemint.context import RequestContext
 from facemint.recharges.errors import BatchRejected
-from facemint.recharges.origin import Held, Origin, Source, approved_from, ensure_pool_covers, key_scope, source_for
+from facemint.recharges.origin import Origin, Source, ensure_pool_covers, key_scope, source_for
 from facemint.recharges.parsing import ParsedBatch, RowFailure
 from facemint.tenants.errors import TenantNotFound
 
@@ -81,13 +82,15 @@ def submit_batch(
     parsed: ParsedBatch,
     policy: approvals.Policy | None,
 ) -> BatchOutcome:
-    """Validate, price and (unless dry run) apply a batch, or hold it for approval when `policy` says a row or
-    the total needs a second operator."""
+    """Validate, price and (unless dry run) apply a batch, or hold it for approval when `policy` says a row, the
+    total or the requester's 24-hour total needs a second operator."""
     principal = context.principal
     origin = Origin.of(principal)
     request_hash = batch_request_hash(request)
     stored_key = f"batch:{key_scope(principal)}:{request.idempotency_key}"
     if not request.dry_run:
+        if policy is not None:
+            approvals.serialise_requester(session, user_id=principal.user_id)
         stored = batches.find_batch(session, idempotency_key=stored_key, request_hash=request_hash)
         if stored is not None:
             return BatchOutcome(stored.result, created=False)
@@ -119,12 +122,15 @@ def submit_batch(
         if stored is None:
             raise
         return BatchOutcome(stored.result, created=False)
-    needs_approval = policy is not None and policy.batch_needs_approval(largest_row=staged.largest, total=staged.total)
+    held_because = (
+        approvals.hold_reason(session, policy, user_id=principal.user_id, amount=staged.total, largest=staged.largest)
+        if policy is not None
+        else None
+    )
     if request.dry_run:
         # A dry run applies nothing, so there is nothing to hold: it says what the real run would meet.
-        return BatchOutcome(staged.result | {"approval_required": needs_approval}, created=False)
-    if needs_approval:
-        assert policy is not None
+        return BatchOutcome(staged.result | {"approval_required": held_because is not None}, created=False)
+    if policy is not None and held_because is not None:
         approval, created = approvals.request(
             session,
             context=context,
@@ -152,6 +158,7 @@ def submit_batch(
                 "failed": len(staged.result["failed"]),
                 "largest_amount": staged.largest,
             },
+            held_because=held_because,
         )
         return BatchOutcome({}, created=created, held=Held(approval=approval, replayed=not created))
     return apply_batch(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -8,7 +8,8 @@ from fastapi.responses import JSONResponse
 from billing.recharge import service as batches
 from facemint import tenancy
 from facemint.approvals import service as approvals
-from facemint.approvals.schemas import ApprovalRead
+from facemint.approvals.endpoints import HELD_RESPONSES, held_response
+from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, request_context, require
@@ -17,7 +18,6 @@ from facemint.pagination import Page, PageParams, make_page
 from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
 from facemint.recharges.errors import AmountAboveCeiling, BatchNotFound, ReasonRequired
-from facemint.recharges.origin import Held
 from facemint.recharges.parsing import parse_csv, parse_json
 from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
 
@@ -28,22 +28,7 @@ Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
 Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
 
 
-_HELD: dict[int | str, dict[str, Any]] = {
-    202: {
-        "model": ApprovalRead,
-        "description": "above the approval threshold: nothing applied, held for a second operator "
-        "(the same Idempotency-Key answers with the approval until approved, then with the applied result)",
-    }
-}
-
-
-def held_response(held: Held) -> JSONResponse:
-    headers = {"Idempotent-Replayed": "true"} if held.replayed else {}
-    body = ApprovalRead.model_validate(held.approval).model_dump(mode="json")
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
-
-
-@router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED, responses=_HELD)
+@router.post("", response_model=RechargeRead, status_code=status.HTTP_201_CREATED, responses=HELD_RESPONSES)
 def create_recharge(
     body: RechargeCreate,
     request: Request,
@@ -100,7 +85,7 @@ async def limited_body(request: Request) -> bytes:
     response_model=BatchResult,
     responses={
         201: {"description": "batch applied"},
-        **_HELD,
+        **HELD_RESPONSES,
         422: {"description": "atomic batch with failing rows: nothing applied, every failure listed"},
     },
     openapi_extra={
@@ -182,13 +167,5 @@ def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDet
     row = batches.get_batch(session, batch_id=batch_id)
     if row is None or not tenancy.is_visible(principal.tenant_scope, row["tenant_id"]):
         raise BatchNotFound(f"recharge batch {batch_id} not found")
-    if not principal.is_staff:
-        # A staff batch scoped to this tenant may list rows naming another tenant's users: not for tenant eyes.
-        row["result"] = {
-            **row["result"],
-            "failed": [
-                {**f, "email": None, "user_id": None} if f.get("code") == "user_of_other_tenant" else f
-                for f in row["result"].get("failed", [])
-            ],
-        }
-    return BatchDetail(**row)
+    # A staff batch scoped to this tenant may list rows naming another tenant's users: not for tenant eyes.
+    return BatchDetail(**{**row, "result": tenancy.redact_batch_result(row["result"], principal.tenant_scope)})

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from billing.errors import InsufficientTokens
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
-from facemint.approvals.orm import RechargeApproval
 from facemint.auth.principal import Principal
 from facemint.tenants.orm import Tenant
 
@@ -58,29 +57,9 @@ class Origin:
         return None if self.is_staff else self.tenant_id
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A recharge that was not applied: it waits for approval (or was rejected or expired without being)."""
-
-    approval: RechargeApproval
-    replayed: bool
-
-
 def key_scope(principal: Principal | Origin) -> str:
     # Idempotency keys are the caller's namespace: two tenants can both send "2026-11-batch-1".
     return "platform" if principal.is_staff else f"tenant:{principal.tenant_id}"
-
-
-def approval_key(approval_id: int) -> str:
-    # What applying an approval is idempotent on: a second approval of the same request can never post again.
-    return f"approval:{approval_id}"
-
-
-def approved_from(approval: RechargeApproval | None) -> dict[str, Any]:
-    """What an applied recharge's audit event adds when it was applied from an approval."""
-    if approval is None:
-        return {}
-    return {"approval_id": approval.id, "requested_by_user_id": approval.requested_by_user_id}
 
 
 def source_for(session: Session, principal: Principal | Origin) -> Source:

@@ -1,6 +1,7 @@
-"""One recharge: who may credit whom, then billing moves the tokens. A recharge above the approval thresholds
-is not applied: it is held (facemint.approvals) until a second operator approves it (`approving.approve`), then
-applied exactly once. Batches are `batch`; where the tokens come from, `origin`."""
+"""One recharge: who may credit whom, then billing moves the tokens. A recharge the approval policy holds (its
+amount, or the requester's 24-hour total) is not applied: it waits (facemint.approvals) until a second operator
+approves it (`facemint.approvals.approving.approve`), then is applied exactly once (`approving`). Batches are
+`batch`; where the tokens come from, `origin`."""
 
 from __future__ import annotations
 
@@ -15,20 +16,13 @@ from billing.ledger.schemas import Posting
 from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
+from facemint.approvals.service import Held, approval_key, approved_from
 from facemint.audit import service as audit
 from facemint.auth.principal import Principal
 from facemint.context import RequestContext
 from facemint.errors import Forbidden
 from facemint.recharges.errors import RecipientFrozen, RecipientTenantSuspended
-from facemint.recharges.origin import (
-    Held,
-    Origin,
-    approval_key,
-    approved_from,
-    ensure_pool_covers,
-    key_scope,
-    source_for,
-)
+from facemint.recharges.origin import Origin, ensure_pool_covers, key_scope, source_for
 from facemint.recharges.schemas import RechargeCreate
 from facemint.tenants.errors import TenantNotFound
 from facemint.tenants.orm import Tenant
@@ -71,13 +65,16 @@ def submit_recharge(
     idempotency_key: str,
     policy: approvals.Policy | None,
 ) -> RechargeOutcome | Held:
-    """Apply one recharge, or hold it for approval when `policy` says its amount needs a second operator."""
+    """Apply one recharge, or hold it for approval when `policy` says it needs a second operator (its amount, or
+    the requester's 24-hour total)."""
     principal = context.principal
     origin = Origin.of(principal)
     target = _resolve_target(session, principal=principal, data=data)
     body = data.model_dump(mode="json")
     key = f"recharge:{key_scope(principal)}:{idempotency_key}"
     request_hash = ledger.request_hash(body)
+    if policy is not None:
+        approvals.serialise_requester(session, user_id=principal.user_id)
     # A replay answers with the first result even if the recipient was frozen since.
     posting = ledger.find_posting(session, idempotency_key=key, request_hash=request_hash)
     if posting is None:
@@ -87,7 +84,10 @@ def submit_recharge(
                 return _answer_held_single(session, held)
         if target.user is not None:
             ensure_recipient_open(session, target.user)
-        if policy is not None and policy.single_needs_approval(data.amount):
+        held_because = (
+            approvals.hold_reason(session, policy, user_id=principal.user_id, amount=data.amount) if policy else None
+        )
+        if policy is not None and held_because is not None:
             # Refused now what would be refused on approval, so nobody approves a recharge that cannot apply.
             ensure_pool_covers(session, source_for(session, origin), data.amount)
             approval, created = approvals.request(
@@ -109,6 +109,7 @@ def submit_recharge(
                 reason=data.reason,
                 policy=policy,
                 summary={"body": body, "target": target.view},
+                held_because=held_because,
             )
             return Held(approval=approval, replayed=not created)
         posting = credit(

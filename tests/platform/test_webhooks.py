@@ -1,16 +1,22 @@
-"""Webhooks: URL checks against server-side request forgery and Standard Webhooks signing. Delivery is in
-test_webhooks_delivery.py, the tenant secret's admin endpoints in test_webhooks_secret.py."""
+"""Webhooks: URL checks against server-side request forgery, lookups bounded by a deadline, and Standard Webhooks
+signing. Delivery is in test_webhooks_delivery.py, fair sharing in test_webhooks_fairness.py, leases in
+test_webhooks_leases.py, the tenant secret's admin endpoints in test_webhooks_secret.py."""
 
 from __future__ import annotations
 
 import base64
+import socket
+import threading
+import time
+from typing import Any
 
 import pytest
 
 from facemint.tenants.orm import new_webhook_secret
 from facemint.webhooks import service as webhooks
 from facemint.webhooks.errors import InvalidWebhookUrl
-from tests.platform.webhook_helpers import PUBLIC_IP, resolver
+from facemint.webhooks.urls import DeadlineResolver, ResolveTimeout
+from tests.platform.webhook_helpers import PUBLIC_IP, resolver, wait_for
 
 # --- URL checks ----------------------------------------------------------------------------------------------
 
@@ -160,3 +166,41 @@ class TestSigning:
         assert secret.startswith("whsec_")
         assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32
         assert secret != new_webhook_secret()
+
+
+# --- Lookups bounded by a deadline ---------------------------------------------------------------------------
+
+
+class TestDeadlineResolver:
+    def test_one_tenants_hanging_lookups_do_not_hold_up_another(self) -> None:
+        released = threading.Event()
+        answer = resolver({"fast.test": [PUBLIC_IP]})
+
+        def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            if host.startswith("hang"):
+                released.wait(10)
+                host = "fast.test"
+            return answer(host, port)
+
+        lookups = DeadlineResolver(resolve, max_pending=10, max_pending_per_key=2)
+        try:
+            for name in ("hang-1.test", "hang-2.test"):
+                started = time.monotonic()
+                with pytest.raises(ResolveTimeout, match="deadline"):
+                    lookups.until(time.monotonic() + 0.2, key="tenant-a")(name, 443)
+                assert time.monotonic() - started < 1
+            assert lookups.pending() == 2  # getaddrinfo cannot be interrupted: both still hang
+            # A third of the same tenant's is refused at once rather than queued behind them ...
+            started = time.monotonic()
+            with pytest.raises(ResolveTimeout, match="earlier lookups"):
+                lookups.until(time.monotonic() + 5, key="tenant-a")("hang-3.test", 443)
+            assert time.monotonic() - started < 0.5
+            # ... while another tenant's lookups go ahead.
+            [info] = lookups.until(time.monotonic() + 5, key="tenant-b")("fast.test", 443)
+            assert info[4] == (PUBLIC_IP, 443)
+        finally:
+            released.set()
+        wait_for(lambda: lookups.pending() == 0, timeout=5)
+        # Resolver errors pass through as they are (the URL check turns them into "cannot be resolved").
+        with pytest.raises(socket.gaierror):
+            lookups.until(time.monotonic() + 5, key="tenant-a")("unknown.test", 443)

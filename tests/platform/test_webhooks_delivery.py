@@ -10,9 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -22,73 +20,34 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.ledger import service as ledger
 from facemint.config import Settings
-from facemint.jobs.orm import Job
 from facemint.tenants.orm import Tenant, new_webhook_secret
+from facemint.webhooks import sender
 from facemint.webhooks import service as webhooks
 from facemint.webhooks.orm import WebhookDelivery, WebhookEvent
+from facemint.webhooks.sender import WebhookSender
 from facemint.webhooks.transport import PinnedTransport
 from tests.conftest import make_settings
-from tests.factories import create_tenant, create_user, fund
+from tests.factories import create_tenant
 from tests.platform.webhook_helpers import (
     PUBLIC_IP,
-    Call,
     QuietHTTPServer,
     Receiver,
     make_due,
+    make_failed_job,
+    queue_events,
     reload,
     resolver,
+    serve_receiver,
     tenant_secret,
+    wait_for,
 )
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state: dict[str, Receiver] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            rec = state["receiver"]
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            with rec.lock:
-                rec.calls.append(Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                planned = rec.plan.get(self.path) or []
-                status = planned.pop(0) if planned else 200
-            if self.path == "/drip":
-                # One byte of the status line at a time: each read is quick, the whole never finishes.
-                try:
-                    for byte in b"HTTP/1.1 200 OK\r\n":
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                except OSError:
-                    pass
-                self.close_connection = True
-                return
-            if self.path == "/slow":
-                time.sleep(3)
-            self.send_response(302 if self.path == "/redirect" else status)
-            if self.path == "/redirect":
-                self.send_header("Location", rec.url("/target"))
-            self.send_header("Content-Length", "2")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state["receiver"] = Receiver(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state["receiver"]
-    server.shutdown()
-    server.server_close()
+    with serve_receiver() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -111,43 +70,8 @@ def make_event(session: Session) -> MakeEvent:
     """`make_event(url, tenant=None)`: a failed job (its hold released) and its pending `job.failed` event."""
 
     def make(url: str, tenant: Tenant | None = None) -> WebhookEvent:
-        user = create_user(session, tenant=tenant)
-        fund(session, account_id=user.account_id, amount=10)
-        public_id = f"job_{uuid.uuid4().hex[:24]}"
-        hold = ledger.reserve(session, account_id=user.account_id, amount=1, reference=public_id, ttl_seconds=600)
-        ledger.release(session, hold_id=hold.hold_id)
-        assert user.tenant_id is not None
-        job = Job(
-            public_id=public_id,
-            tenant_id=user.tenant_id,
-            user_id=user.id,
-            account_id=user.account_id,
-            hold_id=hold.hold_id,
-            operation="swap.image",
-            queue="swaps",
-            status="failed",
-            idempotency_key=public_id,
-            request_hash=b"test",
-            price_version=1,
-            tokens_per_unit=1,
-            units=1,
-            tokens_held=1,
-            options={},
-            input_location="test://input",
-            webhook_url=url,
-            error_code="test_failure",
-            max_attempts=3,
-            deadline_at=func.now() + timedelta(hours=1),
-            finished_at=func.now(),
-        )
-        session.add(job)
-        session.flush()
-        payload = {"type": "job.failed", "data": {"id": public_id, "status": "failed", "error": "test_failure"}}
-        webhooks.record_event(
-            session, job_id=job.id, tenant_id=user.tenant_id, url=url, event_type="job.failed", payload=payload
-        )
-        session.commit()
-        event = session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job.id)).one()
+        job = make_failed_job(session, tenant=tenant, webhook_url=url)
+        [event] = queue_events(session, job, url=url)
         return event
 
     return make
@@ -168,7 +92,7 @@ class TestDelivery:
         assert event.status == "pending"
         assert event.attempts == 0
 
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
 
         [call] = receiver.calls_to("/ok")
         assert call.headers["webhook-id"] == event.public_id
@@ -195,7 +119,7 @@ class TestDelivery:
         assert attempt.duration_ms is not None
         assert attempt.duration_ms >= 0
         # Nothing is due any more.
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 0
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 0
 
     def test_retries_with_backoff_then_succeeds(
         self,
@@ -208,17 +132,17 @@ class TestDelivery:
         receiver.plan["/flaky"] = [500]
         event = make_event(receiver.url("/flaky"))
 
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         event = reload(session, event)
         assert event.status == "pending"
         assert event.attempts == 1
         wait = session.scalar(select(func.extract("epoch", WebhookEvent.next_attempt_at - func.now())))
         assert wait is not None
         assert 25 < float(wait) <= 31  # the first backoff step, 30 s
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 0
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 0
 
         make_due(session)
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         event = reload(session, event)
         assert event.status == "delivered"
         assert event.attempts == 2
@@ -235,7 +159,7 @@ class TestDelivery:
         ]
 
     def test_backoff_schedule_repeats_its_last_step(self, wh_settings: Settings) -> None:
-        steps = [webhooks.backoff_seconds(wh_settings, attempts=n) for n in (1, 2, 3, 7)]
+        steps = [sender.backoff_seconds(wh_settings, attempts=n) for n in (1, 2, 3, 7)]
         assert steps == [30, 60, 60, 60]
 
     def test_redirects_are_not_followed(
@@ -247,7 +171,7 @@ class TestDelivery:
         make_event: MakeEvent,
     ) -> None:
         event = make_event(receiver.url("/redirect"))
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         assert len(receiver.calls_to("/redirect")) == 1
         assert receiver.calls_to("/target") == []
         event = reload(session, event)
@@ -270,13 +194,13 @@ class TestDelivery:
         event = make_event(receiver.url("/down"))
         for _ in range(wh_settings.webhook_max_attempts):
             make_due(session)
-            assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+            assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         event = reload(session, event)
         assert event.status == "failed"
         assert event.attempts == 3
         assert event.delivered_at is None
         make_due(session)
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 0
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 0
         assert len(receiver.calls_to("/down")) == 3
         [listed] = webhooks.list_deliveries(session, job_id=event.job_id)
         assert listed.status == "failed"
@@ -295,7 +219,7 @@ class TestDelivery:
         # address it returned, while the request still names the host.
         event = make_event(receiver.url("/ok", host="receiver.test"))
         resolve = resolver({"receiver.test": ["127.0.0.1"]})
-        assert webhooks.deliver_due(session_factory, settings=wh_settings, resolve=resolve) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings, resolve=resolve) == 1
         [call] = receiver.calls_to("/ok")
         assert call.headers["host"] == f"receiver.test:{receiver.port}"
         assert reload(session, event).status == "delivered"
@@ -312,9 +236,9 @@ class TestDelivery:
         for addresses in (["10.0.0.7"], [PUBLIC_IP, "169.254.169.254"]):
             make_due(session)
             resolve = resolver({"rebind.test": addresses})
-            assert webhooks.deliver_due(session_factory, settings=wh_settings, resolve=resolve) == 1
+            assert sender.deliver_due(session_factory, settings=wh_settings, resolve=resolve) == 1
         make_due(session)
-        assert webhooks.deliver_due(session_factory, settings=wh_settings, resolve=resolver({})) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings, resolve=resolver({})) == 1
         event = reload(session, event)
         assert event.status == "failed"
         assert event.attempts == 3
@@ -337,7 +261,7 @@ class TestDelivery:
             closed.bind(("127.0.0.1", 0))
             port = closed.getsockname()[1]
         event = make_event(f"http://127.0.0.1:{port}/nobody-listens")
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         event = reload(session, event)
         assert event.status == "pending"
         assert event.attempts == 1
@@ -358,8 +282,61 @@ class TestDelivery:
     ) -> None:
         event = make_event(receiver.url(path))
         started = time.monotonic()
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         assert time.monotonic() - started < wh_settings.webhook_timeout_seconds + 1
+        [attempt] = webhooks.list_deliveries(session, job_id=event.job_id)[0].deliveries
+        assert attempt.response_status is None
+        assert attempt.error
+        assert "Timeout" in attempt.error
+
+    def test_a_hanging_resolver_fails_the_attempt_at_its_deadline(
+        self,
+        session: Session,
+        session_factory: sessionmaker[Session],
+        wh_settings: Settings,
+        make_event: MakeEvent,
+    ) -> None:
+        released = threading.Event()
+
+        def hanging(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            released.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+        event = make_event("http://slow-dns.test/hook")
+        started = time.monotonic()
+        try:
+            assert sender.deliver_due(session_factory, settings=wh_settings, resolve=hanging) == 1
+            elapsed = time.monotonic() - started
+        finally:
+            released.set()
+        timeout = wh_settings.webhook_timeout_seconds
+        assert timeout * 0.9 < elapsed < timeout + 1
+        event = reload(session, event)
+        assert (event.status, event.attempts) == ("pending", 1)  # a failed attempt, retried with backoff
+        [attempt] = webhooks.list_deliveries(session, job_id=event.job_id)[0].deliveries
+        assert attempt.response_status is None
+        assert attempt.error
+        assert attempt.error.startswith("ResolveTimeout")
+
+    def test_the_lookup_counts_against_the_deadline(
+        self,
+        session: Session,
+        session_factory: sessionmaker[Session],
+        wh_settings: Settings,
+        receiver: Receiver,
+        make_event: MakeEvent,
+    ) -> None:
+        # 0.6 s to resolve and 0.6 s to answer: each within the 1 s deadline, together past it.
+        receiver.delays["/think"] = 0.6
+        fast = resolver({"receiver.test": ["127.0.0.1"]})
+
+        def slow(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.6)
+            return fast(host, port, *args, **kwargs)
+
+        event = make_event(receiver.url("/think", host="receiver.test"))
+        assert sender.deliver_due(session_factory, settings=wh_settings, resolve=slow) == 1
+        assert len(receiver.calls_to("/think")) == 1
         [attempt] = webhooks.list_deliveries(session, job_id=event.job_id)[0].deliveries
         assert attempt.response_status is None
         assert attempt.error
@@ -375,30 +352,23 @@ class TestDelivery:
     ) -> None:
         tenant = create_tenant(session)
         events = [make_event(receiver.url("/ok"), tenant) for _ in range(12)]
-        attempts: list[int] = []
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(2)
-
-        def sender() -> None:
-            try:
-                barrier.wait()
-                while made := webhooks.deliver_due(session_factory, settings=wh_settings, limit=2):
-                    attempts.append(made)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=sender) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not errors
-        assert sum(attempts) == 12
+        senders = [
+            WebhookSender(session_factory, settings=wh_settings, concurrency=3, idle_seconds=0.05) for _ in range(2)
+        ]
+        for each in senders:
+            each.start()
+        try:
+            wait_for(lambda: len(receiver.calls_to("/ok")) >= 12 and not any(s.in_flight() for s in senders))
+        finally:
+            for each in senders:
+                each.stop()
         sent = [call.headers["webhook-id"] for call in receiver.calls_to("/ok")]
         assert sorted(sent) == sorted(event.public_id for event in events)
         statuses = session.execute(text("SELECT status, count(*) FROM webhook_events GROUP BY status")).all()
         assert [tuple(row) for row in statuses] == [("delivered", 12)]
         assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 12
+        leases = session.execute(text("SELECT count(*) FROM webhook_events WHERE lease_token IS NOT NULL")).scalar()
+        assert leases == 0  # recording an outcome clears its lease
 
     def test_a_rotated_secret_signs_the_next_attempt(
         self,
@@ -410,12 +380,12 @@ class TestDelivery:
     ) -> None:
         receiver.plan["/flaky"] = [500]
         event = make_event(receiver.url("/flaky"))
-        webhooks.deliver_due(session_factory, settings=wh_settings)
+        sender.deliver_due(session_factory, settings=wh_settings)
         old = tenant_secret(session, event.tenant_id)
         session.execute(update(Tenant).where(Tenant.id == event.tenant_id).values(webhook_secret=new_webhook_secret()))
         session.commit()
         make_due(session)
-        webhooks.deliver_due(session_factory, settings=wh_settings)
+        sender.deliver_due(session_factory, settings=wh_settings)
         first, second = receiver.calls_to("/flaky")
         new = tenant_secret(session, event.tenant_id)
         assert webhooks.verify(old, first.headers, first.body)
@@ -438,9 +408,9 @@ class TestDelivery:
         event = make_event(receiver.url("/late"))
         for _ in range(wh_settings.webhook_max_attempts - 1):
             make_due(session)
-            assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+            assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         make_due(session)
-        send = webhooks._send
+        send = sender.send_attempt
 
         def send_then_settled_elsewhere(claimed: Any, **kwargs: Any) -> Any:
             outcome = send(claimed, **kwargs)
@@ -452,8 +422,8 @@ class TestDelivery:
                 )
             return outcome
 
-        monkeypatch.setattr(webhooks, "_send", send_then_settled_elsewhere)
-        assert webhooks.deliver_due(session_factory, settings=wh_settings) == 1
+        monkeypatch.setattr(sender, "send_attempt", send_then_settled_elsewhere)
+        assert sender.deliver_due(session_factory, settings=wh_settings) == 1
         event = reload(session, event)
         assert event.status == "delivered"
         assert event.attempts == 3

@@ -25,7 +25,7 @@ from billing.sealing import service as sealing
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, unit_of_work
 from facemint.storage import make_storage
-from facemint.webhooks import service as webhooks
+from facemint.webhooks.sender import WebhookSender
 from facemint.worker import sweeper, tasks
 
 logger = logging.getLogger("facemint.worker")
@@ -57,11 +57,13 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     tasks.install(context)
     background = [
         sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
-        sweeper.Periodic("webhooks", 1.0, lambda: _send_webhooks(context)),
         sweeper.Periodic("sealer", settings.seal_interval_seconds, lambda: _seal(context)),
     ]
+    # Concurrent and fair across tenants (see facemint.webhooks.sender); looks for due events every second.
+    webhook_sender = WebhookSender(context.sessions, settings=settings)
     for thread in background:
         thread.start()
+    webhook_sender.start()
     logger.info("worker %s ready on queues %s", context.worker_id, ", ".join(queues))
     try:
         while True:
@@ -75,16 +77,11 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
                 logger.warning("Redis unavailable; reconnecting in 1s")
                 time.sleep(1)
     finally:
+        # Attempts in flight finish and record their outcomes (bounded by one deadline) before the pool goes.
+        webhook_sender.stop()
         for thread in background:
             thread.stop()
         db_engine.dispose()
-
-
-def _send_webhooks(context: tasks.WorkerContext, *, rounds: int = 50) -> None:
-    """Send every due event, batch after batch, then rest until the next tick."""
-    for _ in range(rounds):
-        if webhooks.deliver_due(context.sessions, settings=context.settings) == 0:
-            return
 
 
 def _seal(context: tasks.WorkerContext) -> None:

@@ -5,6 +5,7 @@ leaving the commit to the request or job boundary."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -216,3 +217,136 @@ def test_services_never_commit() -> None:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit":
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+# --- tenancy -----------------------------------------------------------------------------------------------
+
+
+def _is_tenant_word(word: str) -> bool:
+    return "tenant" in word and ("id" in word or "scope" in word)
+
+
+def _mentions_tenant(node: ast.AST) -> bool:
+    """Whether an expression names a tenant id: `tenant_id`, `user.tenant_id`, `principal.tenant_scope`,
+    `row["tenant_id"]`, `tenant.id`."""
+    if isinstance(node, ast.Name):
+        return _is_tenant_word(node.id)
+    if isinstance(node, ast.Attribute):
+        return _is_tenant_word(node.attr) or (
+            node.attr == "id" and isinstance(node.value, ast.Name) and node.value.id == "tenant"
+        )
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        return isinstance(node.slice.value, str) and _is_tenant_word(node.slice.value)
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_mentions_tenant(element) for element in node.elts)
+    return False
+
+
+def _is_orm_column(node: ast.AST) -> bool:
+    """`User.tenant_id`: a SQL expression being built (a query's join or filter), not a decision in Python."""
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id[:1].isupper()
+
+
+def _is_none(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def hand_written_tenant_comparisons(source: str, filename: str) -> list[str]:
+    """Comparisons of a tenant id with anything but None (`is None` checks say whether there is a tenant, not
+    whose): the decisions `facemint.tenancy` makes, written again by hand."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        if not any(_mentions_tenant(operand) for operand in operands) or any(_is_orm_column(o) for o in operands):
+            continue
+        if all(isinstance(op, ast.Is | ast.IsNot) for op in node.ops) and any(_is_none(o) for o in operands):
+            continue
+        found.append(f"{filename}:{node.lineno}")
+    return found
+
+
+def test_tenant_visibility_is_decided_only_in_the_tenancy_module() -> None:
+    offenders = [
+        offence
+        for path in _python_files(FACEMINT)
+        if path.name != "tenancy.py"
+        for offence in hand_written_tenant_comparisons(path.read_text(), str(path.relative_to(ROOT)))
+    ]
+    assert offenders == []
+
+
+def test_the_tenancy_scan_sees_hand_written_comparisons() -> None:
+    source = "\n".join(
+        (
+            "if user.tenant_id != tenant_scope: pass",
+            "if tenant_id not in (None, principal.tenant_id): pass",
+            "ok = row['tenant_id'] == scope",
+            "same = tenant.id == other",
+            "if principal.tenant_id is None: pass",  # whether there is a tenant: fine
+            "if count == 3: pass",
+        )
+    )
+    assert [line.split(":")[1] for line in hand_written_tenant_comparisons(source, "probe.py")] == ["1", "2", "3", "4"]
+
+
+# --- the documentation says what exists --------------------------------------------------------------------
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_PATH = re.compile(r"^(?:\.?/)?(?:[\w.-]+/)+[\w.-]*$|^[\w.-]+\.(?:py|md|toml|ini|yml|yaml|sh|html|cfg)$")
+_MODULE = re.compile(r"^(?:facemint|billing|inference)(?:\.[a-z_][a-z0-9_]*)+$")
+
+
+_NOT_A_PATH = re.compile(r"^(?:/|\.\.\.|\d+/|(?:application|text|multipart|image|video|audio)/)")
+# What the project writes at run time, named by the documents before it exists.
+GENERATED = (".facemint", "bench/out/", "trt-cache/", ".venv")
+
+
+def _named_in_docs() -> Iterator[tuple[str, str]]:
+    """(document, name) for every file path or module a document names in backticks (routes, MIME types and
+    rates look like paths: they are left out)."""
+    for document in DOCUMENTS:
+        for span in _CODE_SPAN.findall(document.read_text()):
+            name = span.strip().rstrip(".,:;")
+            if " " in name or "*" in name or "<" in name or "{" in name or _NOT_A_PATH.match(name):
+                continue
+            if _PATH.match(name) or _MODULE.match(name):
+                yield document.name, name
+
+
+def _project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [*listed, *{str(Path(f).parent) + "/" for f in listed}]
+
+
+def _exists(name: str, files: list[str]) -> bool:
+    if _MODULE.match(name):
+        parts = name.split(".")
+        base = FACEMINT.parent if parts[0] == "facemint" else ROOT
+        for end in range(len(parts), 0, -1):  # a module, or an attribute of one (`facemint.db.unit_of_work`)
+            candidate = base.joinpath(*parts[:end])
+            if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+                return True
+        return False
+    path = name.removeprefix("./")
+    if path.startswith(GENERATED):
+        return True
+    # A path from the repository root, or a path the document gives relative to a package (`finance/logs.py`).
+    candidates = {path, path.rstrip("/") + "/"}  # a file, or a folder (listed with a trailing slash)
+    return any(f in candidates or any(f.endswith("/" + c) for c in candidates) for f in files)
+
+
+def test_every_file_and_module_the_documents_name_exists() -> None:
+    named = list(_named_in_docs())
+    assert len(named) > 50  # the scan sees the documents' names
+    files = _project_files()
+    missing = sorted({f"{document}: {name}" for document, name in named if not _exists(name, files)})
+    assert missing == []

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -25,6 +26,7 @@ from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
 from facemint.jobs.endpoints import router as jobs_router
 from facemint.metrics import install_metrics
 from facemint.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from facemint.openapi import install_openapi
 from facemint.prices.endpoints import router as prices_router
 from facemint.problems import install_error_handlers
 from facemint.ratelimit import RateLimiter, RateLimitHeadersMiddleware
@@ -37,6 +39,7 @@ from facemint.users.endpoints import router as users_router
 from facemint.webhooks.endpoints import admin_router as webhooks_admin_router
 
 ADMIN_UI_DIR = Path(__file__).resolve().parents[2] / "admin_ui"
+ADMIN_UI_PATH = "/admin/ui"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,6 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     install_metrics(app)
+    install_openapi(app)
     if ADMIN_UI_DIR.is_dir():
-        app.mount("/admin", StaticFiles(directory=ADMIN_UI_DIR, html=True), name="admin_ui")
+        # Under /admin/ui, not /admin: a mount at /admin would also claim /admin/v1/..., answering a wrong method on
+        # an API path with the static files' 404 instead of the API's 405.
+        app.mount(ADMIN_UI_PATH, StaticFiles(directory=ADMIN_UI_DIR, html=True), name="admin_ui")
+
+        @app.get("/admin", include_in_schema=False)
+        async def admin_console() -> RedirectResponse:
+            return RedirectResponse(f"{ADMIN_UI_PATH}/")
     return app

@@ -15,7 +15,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses={503: {"description": "Postgres or Redis does not answer"}})
 def readyz(request: Request) -> dict[str, object] | JSONResponse:
     """Ready only when Postgres and Redis both answer."""
     checks: dict[str, str] = {}

@@ -32,6 +32,17 @@ class BodyTooLarge(StarletteHTTPException):
         self.limit = limit
 
 
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some API route takes at `path`, in a stable order."""
+    from fastapi import routing
+
+    methods: set[str] = set()
+    for context in routing.iter_route_contexts(app.routes):
+        if isinstance(context.original_route, routing.APIRoute) and context.path_regex.match(path):
+            methods |= set(context.methods or ())
+    return sorted(methods)
+
+
 def problem_response(
     request: Request | None,
     *,
@@ -100,9 +111,10 @@ def _database_unreachable(exc: Exception) -> bool:
     from psycopg2 import OperationalError as DriverOperationalError
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import OperationalError as SAOperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    if isinstance(exc, SAOperationalError | DriverOperationalError):
-        return True
+    if isinstance(exc, SAOperationalError | DriverOperationalError | PoolTimeout):
+        return True  # a pool timeout: every connection is busy, the database is as good as unreachable
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
@@ -142,6 +154,13 @@ def install_error_handlers(app: FastAPI) -> None:
     def handle_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path (or a mount's own methods): name every
+            # method the path really takes.
+            allowed = allowed_methods(request.app, request.url.path)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem_response(
             request,
@@ -150,7 +169,7 @@ def install_error_handlers(app: FastAPI) -> None:
             title=title,
             detail=detail,
             extra={"max_bytes": exc.limit} if isinstance(exc, BodyTooLarge) else None,
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -43,6 +43,7 @@ class Pool:
     name: str
     limit: int
     what: str  # for the 429's detail: "concurrent exports for this tenant"
+    error: type[RateLimited] = RateLimited  # the 429 to answer with (a subclass names its own `code`)
 
     @property
     def key(self) -> str:
@@ -56,7 +57,7 @@ class Lease:
 
 
 def _refusal(pool: Pool, retry_after: int) -> RateLimited:
-    return RateLimited(
+    return pool.error(
         f"too many {pool.what} (at most {pool.limit}); retry in {retry_after} s",
         headers={"Retry-After": str(retry_after)},
         retry_after=retry_after,

@@ -1,5 +1,6 @@
-"""Where job inputs and results live. `Storage` is the small interface a backend implements (an S3 backend
-needs the same five calls); `LocalStorage` keeps objects as files under one directory.
+"""Where job inputs and results live. `Storage` is the small interface a backend implements; `LocalStorage`
+keeps objects as files under one directory. Deleting something that is already gone succeeds; any other failure
+raises, so the caller (the sweeper) keeps the job marked as still holding files and tries again.
 
 Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text."""
 
@@ -9,6 +10,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,12 +25,19 @@ class ObjectMissing(FileNotFoundError):
     """The object was deleted (or expired) or never written."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    modified_at: float  # seconds since the epoch
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
     def get(self, key: str) -> bytes: ...
     def path(self, key: str) -> Path | None: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
 
 
 class LocalStorage:
@@ -81,9 +91,29 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         target = self._resolve(prefix.rstrip("/"))
         if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, onerror=_ignore_missing)  # onexc is 3.12+
         else:
             target.unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix` (a folder such as "results"), in no particular order; files being written
+        (`.part-*`) are left out."""
+        base = self._resolve(prefix.rstrip("/"))
+        for folder, _, names in os.walk(base):
+            for name in names:
+                if name.startswith(".part-"):
+                    continue
+                path = Path(folder) / name
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                yield StoredObject(key=path.relative_to(self.root).as_posix(), modified_at=modified)
+
+
+def _ignore_missing(function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def input_prefix(public_id: str) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,21 +326,30 @@ def staff_headers(session: Session, job_settings: Settings) -> dict[str, str]:
     return bearer(issue_key(session, job_settings, operator))
 
 
-@pytest.fixture
-def live_server(job_app: FastAPI) -> Iterator[str]:
-    """The app behind a real uvicorn server on loopback (a thread of this process); yields its base URL."""
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` behind a real uvicorn server on loopback (a thread of this process); yields its base URL."""
     import threading
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(job_app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     wait_for(lambda: server.started, timeout=15)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_server(job_app: FastAPI) -> Iterator[str]:
+    """The job app behind a real uvicorn server on loopback; yields its base URL."""
+    with serving(job_app) as url:
+        yield url
 
 
 @dataclass

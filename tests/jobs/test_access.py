@@ -164,3 +164,21 @@ def test_no_credentials_is_401(owner_jobs: tuple[Payer, str, str], job_client: T
         files={"source": ("s.png", b"x", "image/png"), "target": ("t.png", b"x", "image/png")},
     )
     problem(response, 401)
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("created_after=2000-01-01T17:08:56-20:45", 200),  # an offset Postgres refuses, converted to UTC first
+        ("created_after=2000-01-01T17:08:56%2B23:59", 200),
+        ("created_before=0001-01-01T00:00:00%2B05:00", 422),  # before year 1 once in UTC
+        ("created_after=9999-12-31T23:59:59-05:00", 422),  # after year 9999 once in UTC
+        ("created_after=2000-13-01T00:00:00Z", 422),
+    ],
+)
+def test_job_list_times_outside_what_postgres_takes_answer_422_not_500(
+    job_client: TestClient, make_payer: Callable[..., Payer], query: str, status: int
+) -> None:
+    payer = make_payer(1)
+    response = job_client.get(f"/v1/jobs?{query}", headers=payer.headers)
+    assert response.status_code == status, response.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -24,7 +26,7 @@ from facemint.jobs import endpoints as job_endpoints
 from facemint.jobs import queries as job_queries
 from facemint.storage import LocalStorage
 from facemint.webhooks import service as webhook_service
-from tests.jobs.conftest import Payer, balance, hold_row, job_row, submit
+from tests.jobs.conftest import Payer, balance, counts, hold_row, job_row, submit
 
 
 def accepted(client: TestClient, payer: Payer, **kwargs: Any) -> str:
@@ -183,3 +185,29 @@ def test_workers_seal_the_ledger_a_job_writes(job_client: Any, make_payer: Any, 
     with Session(engine) as session:
         report = sealing.verify(session)
     assert report.intact, report
+
+
+def test_a_webhook_host_that_never_resolves_is_refused_in_bounded_time(
+    job_client: TestClient, make_payer: Callable[..., Payer], monkeypatch: pytest.MonkeyPatch, engine: DbEngine
+) -> None:
+    """A name server that never answers costs the submit at most the lookup budget (422), not a thread for as long
+    as getaddrinfo hangs."""
+    from facemint.webhooks.urls import DeadlineResolver
+
+    payer = make_payer(5)
+    release = threading.Event()
+
+    def hanging(*_: Any, **__: Any) -> Any:
+        release.wait(30)
+        raise OSError("gave up")
+
+    monkeypatch.setattr(job_endpoints, "_lookups", DeadlineResolver(hanging, max_pending=4, max_pending_per_key=2))
+    monkeypatch.setattr(job_endpoints, "WEBHOOK_LOOKUP_SECONDS", 0.5)
+    started = time.monotonic()
+    response = submit(job_client, payer, data={"webhook_url": "http://hangs.example.test/hook"})
+    took = time.monotonic() - started
+    release.set()
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_webhook_url"
+    assert took < 5, took
+    assert counts(engine, payer.user_id) == (0, 0)

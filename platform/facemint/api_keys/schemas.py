@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from facemint.auth.scopes import Scope
+from facemint.timestamps import UtcDatetime
 
 
 class ApiKeyCreate(BaseModel):
@@ -13,7 +14,7 @@ class ApiKeyCreate(BaseModel):
     user_id: int
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))]
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class ApiKeyRead(BaseModel):

@@ -30,7 +30,15 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-@router.post("/token", response_model=TokenResponse)
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    responses={
+        401: {"description": "wrong email or password"},
+        403: {"description": "the user is frozen or its tenant suspended"},
+        429: {"description": "too many attempts from this address, or failures for this account"},
+    },
+)
 def create_token(body: TokenRequest, request: Request, session: SessionDep, settings: SettingsDep) -> TokenResponse:
     email = body.email.strip().lower()
     limiter: RateLimiter = request.app.state.limiter

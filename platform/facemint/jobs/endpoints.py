@@ -2,49 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
-import re
-from datetime import UTC, date, datetime, timedelta
+import socket
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import FileResponse, JSONResponse, Response
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from billing.ledger import service as ledger
-from billing.ledger.service import request_hash
+from facemint import slots
 from facemint.auth.principal import Principal
-from facemint.auth.scopes import Scope
+from facemint.auth.scopes import Scope as AuthScope
 from facemint.config import Settings
-from facemint.db import unit_of_work
+from facemint.db import after_commit, unit_of_work
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, require
-from facemint.errors import PayloadTooLarge
+from facemint.jobs import files, forms, queue, submission, waiting
 from facemint.jobs import queries as job_queries
-from facemint.jobs import queue
 from facemint.jobs import service as jobs
-from facemint.jobs.errors import InvalidPreferWait, InvalidSwapRequest, QueueUnavailable, ResultGone
+from facemint.jobs.errors import InvalidSwapRequest, ResultGone
 from facemint.jobs.orm import TERMINAL_STATUSES
 from facemint.jobs.schemas import JobRead, UsageRead, UsageRow
 from facemint.pagination import Page, PageParams, make_page
-from facemint.storage import Storage, input_prefix
+from facemint.storage import Storage
+from facemint.timestamps import IsoDate, UtcDatetime
 from facemint.webhooks import service as webhook_service
+from facemint.webhooks.errors import InvalidWebhookUrl
 from facemint.webhooks.schemas import WebhookEventRead
+from facemint.webhooks.urls import DeadlineResolver, ResolveTimeout
 from inference import media
-from inference.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 from inference.selection import FaceMode, FaceSelection
 
 router = APIRouter(prefix="/v1", tags=["swaps"])
 
-Submitter = Annotated[Principal, Depends(require(Scope.swaps_write))]
-Reader = Annotated[Principal, Depends(require(Scope.jobs_read))]
-Writer = Annotated[Principal, Depends(require(Scope.jobs_write))]
+Submitter = Annotated[Principal, Depends(require(AuthScope.swaps_write))]
+Reader = Annotated[Principal, Depends(require(AuthScope.jobs_read))]
+Writer = Annotated[Principal, Depends(require(AuthScope.jobs_write))]
 
-SWAP_OPERATION = "swap.image"
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
 _MULTIPART_OVERHEAD = 64 * 1024
 SWAPS_PATH = "/v1/swaps"
 
@@ -62,217 +62,166 @@ async def get_storage(request: Request) -> Storage:
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-async def _limit_request_size(request: Request, settings: SettingsDep) -> None:
-    """Refuse an oversized upload from its Content-Length, before the multipart body is read and spooled."""
-    declared = request.headers.get("content-length")
-    ceiling = 3 * settings.max_image_bytes + _MULTIPART_OVERHEAD
-    if declared is not None and declared.isdigit() and int(declared) > ceiling:
-        raise PayloadTooLarge(f"the request is larger than {ceiling} bytes", limit=ceiling)
-
-
-async def _read_image(upload: UploadFile | None, *, field: str, settings: Settings) -> bytes:
-    if upload is None:
-        raise InvalidSwapRequest(f"the `{field}` file is required", field=field)
-    data = await upload.read(settings.max_image_bytes + 1)
-    if len(data) > settings.max_image_bytes:
-        raise ImageTooLarge(f"`{field}` is larger than {settings.max_image_bytes} bytes", field=field)
-    if not data:
-        raise InvalidImage(f"`{field}` is empty", field=field)
-    kind = media.detect_format(data)
-    if kind not in ("jpeg", "png", "webp"):
-        raise UnsupportedImageFormat(
-            f"`{field}` is {'not an image' if kind is None else kind}; send JPEG, PNG or WebP",
-            field=field,
-            detected=kind,
-        )
-    return data
-
-
-def _prefer_wait(request: Request, settings: Settings) -> int | None:
-    header = request.headers.get("prefer")
-    if not header:
-        return None
-    match = _PREFER_WAIT.search(header)
-    if match is None:
-        if "wait" in header.lower():
-            raise InvalidPreferWait("use `Prefer: wait=<seconds>`")
-        return None  # other preferences are ignored, as RFC 7240 allows
-    return min(int(match.group(1)), settings.prefer_wait_max_seconds)
-
-
 @router.post(
     "/swaps",
     response_model=JobRead,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[Depends(_limit_request_size)],
+    openapi_extra={"requestBody": forms.openapi_request_body()},
     responses={
         200: {"description": "a replay of this Idempotency-Key, or finished within `Prefer: wait`"},
         402: {"description": "not enough tokens: nothing was queued"},
+        429: {
+            "description": "rate limited, too many jobs queued or running for the tenant's plan, or too many "
+            "`Prefer: wait` requests waiting"
+        },
         503: {"description": "the queue is unavailable: nothing was recorded or held"},
     },
 )
 async def submit_swap(
     request: Request,
-    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     principal: Submitter,
     idempotency_key: IdempotencyKey,
     storage: StorageDep,
-    source: Annotated[UploadFile | None, File(description="the face to put in")] = None,
-    target: Annotated[UploadFile | None, File(description="the image to change")] = None,
-    reference: Annotated[UploadFile | None, File(description="with faces=reference: whose face to replace")] = None,
-    faces: Annotated[str, Form(max_length=300, description="largest | all | index:i,j | reference")] = "largest",
-    threshold: Annotated[float, Form(ge=0, le=1, description="reference match threshold")] = 0.5,
-    output_format: Annotated[str, Form(max_length=10)] = "png",
-    quality: Annotated[int, Form(ge=1, le=100)] = 90,
-    webhook_url: Annotated[str | None, Form(max_length=2048)] = None,
-) -> Any:
-    if principal.tenant_id is None:
-        raise InvalidSwapRequest("platform staff have no token account to run swaps; use a tenant user")
-    wait = _prefer_wait(request, settings)
-    selection = FaceSelection.parse(faces, threshold=threshold)
-    fmt = media.output_format(output_format, quality)
-    files = {
-        "source": await _read_image(source, field="source", settings=settings),
-        "target": await _read_image(target, field="target", settings=settings),
-    }
-    if selection.mode is FaceMode.reference:
-        files["reference"] = await _read_image(reference, field="reference", settings=settings)
-    elif reference is not None:
-        raise InvalidSwapRequest("a reference image is only used with faces=reference", field="reference")
-    if webhook_url:
-        # Resolving the host is blocking DNS (seconds for a slow name): never on the event loop.
-        webhook_url = await run_in_threadpool(
-            webhook_service.validate_webhook_url, webhook_url, allowed_networks=settings.webhook_allowed_networks
+) -> Response:
+    """Submit a face swap. The form (multipart/form-data) is read only after the caller is authenticated and
+    allowed to submit: `source` and `target` images, `reference` with `faces=reference`, and the options below.
+    Nothing else is accepted."""
+    wait = waiting.requested_wait(request.headers.get("prefer"), settings)
+    lease: slots.Lease | None = None
+    if wait and principal.tenant_id is not None:
+        lease = await waiting.take_wait_slot(
+            request.app.state.async_redis, settings, tenant_id=principal.tenant_id, seconds=wait
         )
-    options = {
-        "faces": faces.strip().lower(),
-        "threshold": threshold,
-        "output_format": fmt,
-        "quality": quality,
-        "has_reference": "reference" in files,
-    }
-    digest = request_hash(
-        {
-            "operation": SWAP_OPERATION,
-            "options": options,
-            "webhook_url": webhook_url,
-            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-        }
-    )
-    # The rest touches Postgres, Redis and the disk: done in a worker thread, off the event loop.
-    return await run_in_threadpool(
-        _submit,
-        request,
-        response,
-        session,
-        settings,
-        principal,
-        idempotency_key,
-        storage,
-        files,
-        options,
-        webhook_url,
-        digest,
-        wait,
-    )
-
-
-def _submit(
-    request: Request,
-    response: Response,
-    session: Session,
-    settings: Settings,
-    principal: Principal,
-    idempotency_key: str,
-    storage: Storage,
-    files: dict[str, bytes],
-    options: dict[str, Any],
-    webhook_url: str | None,
-    digest: bytes,
-    wait: int | None,
-) -> Any:
-    redis: Redis = request.app.state.redis
     try:
-        # Checked before anything is written. If Redis fails between here and the enqueue, the job is recorded
-        # and held, and the dispatcher queues it once Redis answers (or its deadline releases it).
-        redis.ping()
-    except RedisError as exc:
-        raise QueueUnavailable(
-            "the job queue is unavailable; nothing was recorded or held, retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
-
-    public_id = jobs.new_public_id()
-    prefix = input_prefix(public_id)
-    for name, data in files.items():
-        storage.put(f"{prefix}/{name}", data, durable=False)
-    try:
-        outcome = jobs.submit(
+        upload = await forms.read_swap_upload(request, max_file_bytes=settings.max_image_bytes)
+        swap = await _checked_submission(upload, settings, principal.tenant_id)
+        submitted = await run_in_threadpool(
+            submission.submit_swap,
             session,
-            request=jobs.SubmitRequest(
-                public_id=public_id,
-                tenant_id=principal.tenant_id,  # type: ignore[arg-type]  # checked by the caller
-                user_id=principal.user_id,
-                api_key_id=principal.api_key_id,
-                account_id=principal.account_id,
-                operation=SWAP_OPERATION,
-                queue=settings.queue_name,
-                units=1,
-                idempotency_key=idempotency_key,
-                request_hash=digest,
-                options=options,
-                input_location=prefix,
-                webhook_url=webhook_url,
-                max_attempts=settings.job_max_attempts,
-                deadline_seconds=settings.job_deadline_seconds,
-            ),
+            settings=settings,
+            redis=request.app.state.redis,
+            sessions=request.app.state.sessionmaker,
+            storage=storage,
+            principal=principal,
+            idempotency_key=idempotency_key,
+            swap=swap,
         )
-        available = outcome.available
-        if available is None:
-            available = ledger.get_balance(session, account_id=principal.account_id).available
-        session.commit()  # the request boundary: the job and its hold are durable before anything is queued
     except BaseException:
-        session.rollback()
-        storage.delete_prefix(prefix)
+        if lease is not None:
+            await slots.release_async(request.app.state.async_redis, lease)
         raise
-    job = outcome.job
-    if outcome.replayed:
-        storage.delete_prefix(prefix)
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
+    # Answered after the boundary commits (the response runs after the session dependency has closed), so a
+    # waiter never waits for a job that then fails to commit, and no thread is held while it waits.
+    return SwapResponse(request, submitted, wait=wait, lease=lease)
+
+
+# Resolving a webhook host is blocking DNS. It runs off the event loop, and a lookup waits at most this long, on
+# threads capped per tenant: a caller naming a host whose name server never answers ties up its own lookups only.
+WEBHOOK_LOOKUP_SECONDS = 5.0
+_lookups = DeadlineResolver(socket.getaddrinfo, max_pending=32, max_pending_per_key=4)
+
+
+def _checked_webhook_url(url: str, settings: Settings, tenant_id: int | None) -> str:
+    resolve = _lookups.until(time.monotonic() + WEBHOOK_LOOKUP_SECONDS, key=tenant_id)
+    try:
+        return webhook_service.validate_webhook_url(
+            url, allowed_networks=settings.webhook_allowed_networks, resolve=resolve
+        )
+    except ResolveTimeout as exc:
+        raise InvalidWebhookUrl(f"the webhook host could not be resolved in {WEBHOOK_LOOKUP_SECONDS:g} s") from exc
+
+
+async def _checked_submission(
+    upload: forms.SwapUpload, settings: Settings, tenant_id: int | None
+) -> submission.SwapSubmission:
+    options = upload.options
+    selection = FaceSelection.parse(options.faces, threshold=options.threshold)
+    fmt = media.output_format(options.output_format, options.quality)
+    if selection.mode is FaceMode.reference and "reference" not in upload.files:
+        raise InvalidSwapRequest("faces=reference needs a `reference` image", field="reference")
+    if selection.mode is not FaceMode.reference and "reference" in upload.files:
+        raise InvalidSwapRequest("a reference image is only used with faces=reference", field="reference")
+    webhook_url = options.webhook_url
+    if webhook_url:
+        webhook_url = await run_in_threadpool(_checked_webhook_url, webhook_url, settings, tenant_id)
+    return submission.SwapSubmission(
+        files=upload.files,
+        options={
+            "faces": options.faces.strip().lower(),
+            "threshold": options.threshold,
+            "output_format": fmt,
+            "quality": options.quality,
+            "has_reference": "reference" in upload.files,
+        },
+        webhook_url=webhook_url,
+    )
+
+
+class SwapResponse(Response):
+    """The submit's answer, produced once the request has committed: with `Prefer: wait`, it first waits on the
+    event loop (no thread) for the job to finish, or the client to leave, or the wait to run out."""
+
+    def __init__(
+        self, request: Request, submitted: submission.SwapSubmitted, *, wait: int | None, lease: slots.Lease | None
+    ) -> None:
+        super().__init__(status_code=status.HTTP_202_ACCEPTED)
+        self.request = request
+        self.submitted = submitted
+        self.wait = wait
+        self.lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.request.app.state
+        job = self.submitted.job
+        headers: dict[str, str] = {}
         try:
-            queue.enqueue(
-                redis,
-                queue_name=job.queue,
-                public_id=job.public_id,
-                timeout_seconds=settings.job_deadline_seconds,
-            )
-        except RedisError:
-            # Recorded and held, but not queued: the dispatcher queues it as soon as Redis answers again, or the
-            # sweeper fails it and releases its tokens at its deadline. Either way the tokens are accounted for.
-            with unit_of_work(request.app.state.sessionmaker) as new_session:
-                jobs.mark_undispatched(new_session, job_id=job.id)
-    if wait:
+            if self.wait and job.status not in TERMINAL_STATUSES:
+                if await self._wait(receive, job):
+                    job = await run_in_threadpool(_current, self.request, job.id)
+                headers["Preference-Applied"] = f"wait={self.wait}"
+        finally:
+            if self.lease is not None:
+                await slots.release_async(state.async_redis, self.lease)
+        if self.submitted.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        headers["X-Tokens-Held"] = str(job.tokens_held if job.status in ("queued", "running") else 0)
+        headers["X-Balance-Available"] = str(self.submitted.available)
+        headers["Location"] = f"/v1/jobs/{job.public_id}"
+        finished = self.submitted.replayed or job.status in TERMINAL_STATUSES
+        response = JSONResponse(
+            JobRead.from_row(job).model_dump(mode="json"),
+            status_code=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
+            headers=headers,
+        )
+        await response(scope, receive, send)
+
+    async def _wait(self, receive: Receive, job: Any) -> bool:
+        gone = asyncio.Event()
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def is_finished() -> bool:
+            current = await run_in_threadpool(_current, self.request, job.id)
+            return current is not None and current.status in TERMINAL_STATUSES
+
+        listener = asyncio.create_task(listen())
         try:
-            finished = queue.wait_until(
-                redis,
+            return await waiting.wait_until_finished(
+                self.request.app.state.async_redis,
                 public_id=job.public_id,
-                timeout_seconds=wait,
-                is_finished=lambda: _current(request, job.id).status in TERMINAL_STATUSES,
+                seconds=float(self.wait or 0),
+                is_finished=is_finished,
+                client_gone=gone.is_set,
             )
-            response.headers["Preference-Applied"] = f"wait={wait}"
-        except RedisError:
-            # The job is committed (and held): answer it as it is rather than fail a request that succeeded.
-            finished = False
-        if finished:
-            job = _current(request, job.id)
-    response.status_code = status.HTTP_200_OK if outcome.replayed or job.status in TERMINAL_STATUSES else 202
-    response.headers["X-Tokens-Held"] = str(job.tokens_held if job.status in ("queued", "running") else 0)
-    response.headers["X-Balance-Available"] = str(available)
-    response.headers["Location"] = f"/v1/jobs/{job.public_id}"
-    return JobRead.from_row(job)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
 
 
 def _current(request: Request, job_id: int) -> Any:
@@ -294,8 +243,8 @@ def list_jobs(
     page: Annotated[PageParams, Depends(page_params)],
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
     operation: Annotated[str | None, Query(max_length=100)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Annotated[UtcDatetime | None, Query(description="UTC unless an offset is given")] = None,
+    created_before: Annotated[UtcDatetime | None, Query(description="UTC unless an offset is given")] = None,
 ) -> Page[JobRead]:
     rows = job_queries.list_jobs(
         session,
@@ -319,12 +268,16 @@ def get_job(job_id: str, session: SessionDep, principal: Reader) -> JobRead:
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job_id: str, request: Request, session: SessionDep, principal: Writer) -> JobRead:
     job = jobs.cancel(session, job=_own_job(session, principal, job_id))
-    session.commit()
     if job.status == "canceled":
-        # Only wakes `Prefer: wait` callers (who re-check Postgres every second): the cancel is committed already.
-        with contextlib.suppress(RedisError):
-            queue.notify_finished(request.app.state.redis, public_id=job.public_id, status=job.status)
+        redis: Redis = request.app.state.redis
+        # Only wakes `Prefer: wait` callers (who re-check Postgres every second), once the cancel is committed.
+        after_commit(session, lambda: _notify_finished(redis, job.public_id, job.status))
     return JobRead.from_row(job)
+
+
+def _notify_finished(redis: Redis, public_id: str, job_status: str) -> None:
+    with contextlib.suppress(RedisError):
+        queue.notify_finished(redis, public_id=public_id, status=job_status)
 
 
 @router.get(
@@ -355,10 +308,9 @@ def delete_job_files(job_id: str, session: SessionDep, principal: Writer, storag
     job = _own_job(session, principal, job_id)
     jobs.ensure_finished(job)
     job = jobs.mark_files_deleted(session, job_id=job.id)
-    session.commit()
-    storage.delete_prefix(job.input_location)
-    if job.result_location:
-        storage.delete(job.result_location)
+    # Deleted once the mark is committed; a deletion that fails now is retried by the sweeper, which purges
+    # every job marked deleted and not yet purged.
+    after_commit(session, lambda: files.purge_files(storage, job))
     return JobRead.from_row(job)
 
 
@@ -371,9 +323,9 @@ def list_job_webhooks(job_id: str, session: SessionDep, principal: Reader) -> li
 @router.get("/usage", response_model=UsageRead)
 def get_usage(
     session: SessionDep,
-    principal: Annotated[Principal, Depends(require(Scope.usage_read))],
-    start: date | None = None,
-    end: date | None = None,
+    principal: Annotated[Principal, Depends(require(AuthScope.usage_read))],
+    start: IsoDate | None = None,
+    end: IsoDate | None = None,
 ) -> UsageRead:
     """Charges (captured tokens) by UTC day and operation, `start` to `end` inclusive (default: the last 30 days)."""
     end = end or datetime.now(UTC).date()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from facemint.errors import FacemintError
+from facemint.errors import FacemintError, RateLimited
 
 
 class JobNotFound(FacemintError):
@@ -49,3 +49,13 @@ class InvalidPreferWait(FacemintError):
     status_code = 400
     code = "invalid_prefer_header"
     title = "Invalid Prefer header"
+
+
+class TooManyActiveJobs(RateLimited):
+    code = "too_many_active_jobs"
+    title = "Too many jobs queued or running"
+
+
+class TooManyWaits(RateLimited):
+    code = "too_many_waits"
+    title = "Too many requests waiting"

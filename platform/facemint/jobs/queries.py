@@ -41,6 +41,14 @@ def get_by_id(session: Session, *, job_id: int) -> Row[Any] | None:
     return session.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
 
 
+def get_running_under(session: Session, *, public_id: str, worker_id: str) -> Row[Any] | None:
+    """The job if it is running under this worker id (a claim of that worker's that landed)."""
+    return session.execute(
+        text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE public_id = :id AND status = 'running' AND worker_id = :worker"),
+        {"id": public_id, "worker": worker_id},
+    ).one_or_none()
+
+
 def list_jobs(
     session: Session,
     *,

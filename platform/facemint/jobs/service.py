@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from billing.ledger import service as ledger
 from billing.pricing import service as pricing
 from facemint.jobs import queries
-from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished
+from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, TooManyActiveJobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.jobs.queries import JOB_COLUMNS
 from facemint.jobs.schemas import JobRead
@@ -60,6 +60,7 @@ class SubmitRequest:
     webhook_url: str | None
     max_attempts: int
     deadline_seconds: int
+    max_active_jobs: int | None = None  # the tenant's cap on queued plus running jobs (None: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,30 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "deadline_seconds": request.deadline_seconds,
         },
     ).one()
+    if request.max_active_jobs is not None:
+        _ensure_within_active_cap(session, tenant_id=request.tenant_id, cap=request.max_active_jobs)
     return SubmitOutcome(job=job, replayed=False, available=hold.available_after)
+
+
+def _ensure_within_active_cap(session: Session, *, tenant_id: int, cap: int) -> None:
+    """Refuse (429) the job just inserted if it takes the tenant past its cap on queued plus running jobs (the
+    boundary rolls the job and its hold back). The last step of a submit: the tenant's submits are serialised from
+    here to their commit, the shortest window that still keeps two concurrent ones from both taking the last
+    place (each counts every job committed before it got the lock, and its own)."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"), {"lock": f"tenant-active-jobs:{tenant_id}"}
+    )
+    active = session.execute(
+        text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant AND status IN ('queued', 'running')"),
+        {"tenant": tenant_id},
+    ).scalar_one()
+    if active > cap:
+        raise TooManyActiveJobs(
+            f"this tenant already has {active - 1} jobs queued or running, its plan's limit; retry when some finish",
+            headers={"Retry-After": "5"},
+            limit=cap,
+            retry_after=5,
+        )
 
 
 def _json(value: Any) -> str:
@@ -317,10 +341,12 @@ def ensure_finished(job: Row[Any]) -> None:
 
 
 def mark_files_deleted(session: Session, *, job_id: int) -> Row[Any]:
+    """The caller deleted the job's files: its result is gone for the API now. The storage is purged after
+    commit, and by the sweeper until it confirms (`result_purged_at`, `inputs_deleted_at`)."""
     return session.execute(
         text(
-            f"UPDATE jobs SET files_deleted_at = coalesce(files_deleted_at, now()), "
-            f"inputs_deleted_at = coalesce(inputs_deleted_at, now()) WHERE id = :id RETURNING {JOB_COLUMNS}"
+            f"UPDATE jobs SET files_deleted_at = coalesce(files_deleted_at, now()) WHERE id = :id "
+            f"RETURNING {JOB_COLUMNS}"
         ),
         {"id": job_id},
     ).one()

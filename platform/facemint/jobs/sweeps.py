@@ -107,17 +107,16 @@ def mark_dispatched(session: Session, *, job_ids: Sequence[int]) -> None:
     )
 
 
-def files_to_delete(session: Session, *, limit: int = 200) -> list[Row[Any]]:
-    """Finished jobs whose inputs are still stored, and results past their expiry."""
+def finished_with_files(session: Session, *, limit: int = 200) -> list[Row[Any]]:
+    """Finished jobs whose inputs (and any stray attempt's result) are still stored. Locked until the caller
+    commits, so two sweepers never purge the same job at once."""
     return list(
         session.execute(
             text(
                 """
-                SELECT id, public_id, result_location,
-                       (result_expires_at <= now() AND files_deleted_at IS NULL) AS result_expired
+                SELECT id, public_id, status, attempts, options, input_location, result_location
                 FROM jobs
-                WHERE (status IN ('succeeded', 'failed', 'canceled') AND inputs_deleted_at IS NULL)
-                   OR (files_deleted_at IS NULL AND result_location IS NOT NULL AND result_expires_at <= now())
+                WHERE status IN ('succeeded', 'failed', 'canceled') AND inputs_deleted_at IS NULL
                 ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
                 """
             ),
@@ -126,8 +125,53 @@ def files_to_delete(session: Session, *, limit: int = 200) -> list[Row[Any]]:
     )
 
 
-def mark_result_expired(session: Session, *, job_ids: Sequence[int]) -> None:
+def mark_inputs_purged(session: Session, *, job_ids: Sequence[int]) -> None:
+    """Inputs and stray results are gone; a job that never had a result has nothing left at all."""
     session.execute(
-        text("UPDATE jobs SET files_deleted_at = now() WHERE id = ANY(:ids) AND files_deleted_at IS NULL"),
+        text(
+            "UPDATE jobs SET inputs_deleted_at = coalesce(inputs_deleted_at, now()), "
+            "result_purged_at = CASE WHEN status = 'succeeded' THEN result_purged_at "
+            "ELSE coalesce(result_purged_at, now()) END "
+            "WHERE id = ANY(:ids)"
+        ),
         {"ids": list(job_ids)},
     )
+
+
+def results_to_purge(session: Session, *, limit: int = 200) -> list[Row[Any]]:
+    """Succeeded jobs whose result was deleted by the caller or has expired, and is not purged yet."""
+    return list(
+        session.execute(
+            text(
+                """
+                SELECT id, public_id, status, attempts, options, input_location, result_location
+                FROM jobs
+                WHERE result_purged_at IS NULL AND result_location IS NOT NULL
+                  AND (files_deleted_at IS NOT NULL OR result_expires_at <= now())
+                ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"limit": limit},
+        )
+    )
+
+
+def mark_results_purged(session: Session, *, job_ids: Sequence[int]) -> None:
+    session.execute(
+        text(
+            "UPDATE jobs SET files_deleted_at = coalesce(files_deleted_at, now()), result_purged_at = now(), "
+            "inputs_deleted_at = coalesce(inputs_deleted_at, now()) WHERE id = ANY(:ids)"
+        ),
+        {"ids": list(job_ids)},
+    )
+
+
+def jobs_by_public_id(session: Session, *, public_ids: Sequence[str]) -> dict[str, Row[Any]]:
+    rows = session.execute(
+        text(
+            "SELECT public_id, status, attempts, result_location, files_deleted_at, inputs_deleted_at "
+            "FROM jobs WHERE public_id = ANY(:ids)"
+        ),
+        {"ids": list(public_ids)},
+    )
+    return {row.public_id: row for row in rows}

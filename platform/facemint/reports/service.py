@@ -44,6 +44,14 @@ JOB_CHECKS: dict[str, tuple[str, str]] = {
         WHERE h.status = 'captured' AND h.reference LIKE 'job:%' AND (j.id IS NULL OR j.status <> 'succeeded')
         """,
     ),
+    "hold_held_past_its_bound": (
+        "no hold stays held past its own expiry (the job's deadline plus a margin) by more than a minute: every "
+        "worker's sweeper releases a due hold within one sweep, so one held longer means no sweeper is running",
+        """
+        SELECT h.id, h.reference AS detail FROM holds h
+        WHERE h.status = 'held' AND h.expires_at < now() - interval '1 minute'
+        """,
+    ),
     "job_hold_without_job": (
         "every hold made for a job belongs to a recorded job",
         """

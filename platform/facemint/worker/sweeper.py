@@ -5,7 +5,9 @@ locks the rows it takes with SKIP LOCKED and moves them with guarded statements)
 2. take back: running jobs whose worker stopped heartbeating go back to the queue, or fail and release;
 3. deadline: queued or running jobs past their deadline fail and release;
 4. holds: holds past their own expiry are released by the ledger (the backstop);
-5. files: inputs of finished jobs and results past their expiry are deleted.
+5. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
+   purged (marked only once the storage confirmed); every `orphan_sweep_interval_seconds`, files no job accounts
+   for any more are removed (see facemint.jobs.files).
 
 The bound: a hold is released at most `job_deadline_seconds + sweep_interval_seconds` after submit while any
 worker runs (the hold's own expiry, `HOLD_MARGIN_SECONDS` later, is the backstop)."""
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,8 +28,7 @@ from rq.job import JobStatus as RQStatus
 from billing.ledger import service as ledger
 from facemint.approvals import service as approvals
 from facemint.db import unit_of_work
-from facemint.jobs import queue, sweeps
-from facemint.jobs import service as jobs
+from facemint.jobs import files, queue, sweeps
 from facemint.worker.tasks import WorkerContext
 
 logger = logging.getLogger("facemint.sweeper")
@@ -41,6 +43,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     holds_expired: list[int] = field(default_factory=list)
     files_deleted: int = 0
+    orphans_deleted: int = 0
     approvals_expired: int = 0
 
 
@@ -75,6 +78,7 @@ def sweep_once(context: WorkerContext) -> SweepReport:
     _notify(context, report.failed)
     report.dispatched = dispatch(context)
     report.files_deleted = delete_files(context)
+    report.orphans_deleted = delete_orphans_when_due(context)
     return report
 
 
@@ -117,15 +121,84 @@ def _drop_stale_entry(context: WorkerContext, public_id: str) -> None:
 
 
 def delete_files(context: WorkerContext) -> int:
-    with unit_of_work(context.sessions) as session:
-        rows = sweeps.files_to_delete(session)
-        for row in rows:
-            context.storage.delete_prefix(f"inputs/{row.public_id}")
-            if row.result_expired and row.result_location:
-                context.storage.delete(row.result_location)
-        jobs.mark_inputs_deleted(session, job_ids=[r.id for r in rows])
-        sweeps.mark_result_expired(session, job_ids=[r.id for r in rows if r.result_expired])
-    return len(rows)
+    """Purge finished jobs' inputs and stray results, then deleted or expired results; returns how many jobs'
+    files were purged. A job whose storage refuses a delete stays marked as holding files: the next sweep retries
+    it, and the others go ahead."""
+    purged = 0
+    for rows_of, purge, mark in (
+        (
+            sweeps.finished_with_files,
+            lambda row: files.purge_finished(context.storage, row, keep=row.result_location),
+            sweeps.mark_inputs_purged,
+        ),
+        (sweeps.results_to_purge, lambda row: files.purge_files(context.storage, row), sweeps.mark_results_purged),
+    ):
+        with unit_of_work(context.sessions) as session:
+            done = []
+            for row in rows_of(session):
+                try:
+                    purge(row)
+                except OSError:
+                    logger.warning(
+                        "could not delete the files of %s; retrying next sweep", row.public_id, exc_info=True
+                    )
+                    continue
+                done.append(row.id)
+            mark(session, job_ids=done)
+        purged += len(done)
+    return purged
+
+
+_last_orphan_sweep: dict[int, float] = {}
+
+
+def delete_orphans_when_due(context: WorkerContext) -> int:
+    """`delete_orphans` at most every `orphan_sweep_interval_seconds` per worker process."""
+    now = time.monotonic()
+    key = id(context)
+    if now - _last_orphan_sweep.get(key, float("-inf")) < context.settings.orphan_sweep_interval_seconds:
+        return 0
+    _last_orphan_sweep[key] = now
+    return delete_orphans(context)
+
+
+def delete_orphans(context: WorkerContext, *, batch: int = 500) -> int:
+    """Delete stored inputs and results that no job accounts for and that are older than the grace period."""
+    cutoff = time.time() - context.settings.orphan_file_grace_seconds
+    deleted = 0
+    pending: list[files.OrphanCandidate] = []
+
+    def settle(candidates: list[files.OrphanCandidate]) -> int:
+        with unit_of_work(context.sessions) as session:
+            jobs_now = sweeps.jobs_by_public_id(session, public_ids=sorted({c.public_id for c in candidates}))
+        count = 0
+        for candidate in candidates:
+            if files.still_needed(candidate, jobs_now.get(candidate.public_id)):
+                continue
+            try:
+                context.storage.delete(candidate.key)
+            except OSError:
+                logger.warning("could not delete orphan %s", candidate.key, exc_info=True)
+                continue
+            count += 1
+        return count
+
+    for folder in ("inputs", "results"):
+        for stored in context.storage.list(folder):
+            if stored.modified_at > cutoff:
+                continue
+            candidate = files.parse_key(stored.key)
+            if candidate is None:
+                continue
+            pending.append(candidate)
+            if len(pending) >= batch:
+                deleted += settle(pending)
+                pending = []
+    if pending:
+        deleted += settle(pending)
+    if deleted:
+        logger.info("deleted %d stored files no job accounts for", deleted)
+    return deleted
 
 
 def _notify(context: WorkerContext, public_ids: list[str]) -> None:

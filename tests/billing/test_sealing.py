@@ -51,11 +51,11 @@ def _count(session: Session, sql: str) -> int:
     return int(session.execute(text(sql)).scalar_one())
 
 
-def _tamper(session: Session, sql: str, params: dict[str, object] | None = None) -> None:
-    """What a database superuser can do: skip the append-only triggers."""
-    session.execute(text("SET LOCAL session_replication_role = replica"))
-    session.execute(text(sql), params or {})
-    session.commit()
+def _tamper(owner: Engine, sql: str, params: dict[str, object] | None = None) -> None:
+    """What a database superuser can do (the service's role cannot): skip the append-only triggers."""
+    with owner.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text(sql), params or {})
 
 
 @pytest.fixture
@@ -143,11 +143,13 @@ class TestVerify:
         assert report.seals == {"ledger_entries": 0, "audit_events": 0}
 
     @pytest.mark.no_invariants
-    def test_a_row_changed_with_the_triggers_off_is_named(self, session: Session, sealed: list[int]) -> None:
+    def test_a_row_changed_with_the_triggers_off_is_named(
+        self, session: Session, owner_engine: Engine, sealed: list[int]
+    ) -> None:
         entry = _count(session, "SELECT min(id) FROM ledger_entries WHERE account_id = " + str(sealed[1]))
         event = _count(session, "SELECT max(id) FROM audit_events")
-        _tamper(session, "UPDATE ledger_entries SET amount = amount + 1000 WHERE id = :id", {"id": entry})
-        _tamper(session, "UPDATE audit_events SET after = '{\"a\": 1}' WHERE id = :id", {"id": event})
+        _tamper(owner_engine, "UPDATE ledger_entries SET amount = amount + 1000 WHERE id = :id", {"id": entry})
+        _tamper(owner_engine, "UPDATE audit_events SET after = '{\"a\": 1}' WHERE id = :id", {"id": event})
         report = sealing.verify(session)
         assert not report.intact
         assert set(report.changes) == {
@@ -157,59 +159,68 @@ class TestVerify:
         assert report.seal_problems == []  # the seals themselves still hold
 
     @pytest.mark.no_invariants
-    def test_a_changed_timestamp_or_null_is_a_change(self, session: Session, sealed: list[int]) -> None:
+    def test_a_changed_timestamp_or_null_is_a_change(
+        self, session: Session, owner_engine: Engine, sealed: list[int]
+    ) -> None:
         first, second = session.execute(text("SELECT id FROM ledger_entries ORDER BY id LIMIT 2")).scalars()
         _tamper(
-            session,
+            owner_engine,
             "UPDATE ledger_entries SET created_at = created_at + interval '1 microsecond' WHERE id = :i",
             {"i": first},
         )
         assert (
             session.execute(text("SELECT reference FROM ledger_entries WHERE id = :i"), {"i": second}).scalar() is None
         )
-        _tamper(session, "UPDATE ledger_entries SET reference = 'NULL' WHERE id = :i", {"i": second})
+        _tamper(owner_engine, "UPDATE ledger_entries SET reference = 'NULL' WHERE id = :i", {"i": second})
         assert sealing.verify(session).ids("ledger_entries", "modified") == [first, second]
 
     @pytest.mark.no_invariants
-    def test_moving_a_row_out_of_the_sealed_range_is_a_change(self, session: Session, sealed: list[int]) -> None:
+    def test_moving_a_row_out_of_the_sealed_range_is_a_change(
+        self, session: Session, owner_engine: Engine, sealed: list[int]
+    ) -> None:
         entry = _count(session, "SELECT max(id) FROM ledger_entries")
-        _tamper(session, "UPDATE ledger_entries SET xid = pg_current_xact_id() WHERE id = :id", {"id": entry})
+        _tamper(owner_engine, "UPDATE ledger_entries SET xid = pg_current_xact_id() WHERE id = :id", {"id": entry})
         assert sealing.verify(session).ids("ledger_entries", "modified") == [entry]
 
     @pytest.mark.no_invariants
-    def test_a_deleted_row_is_named(self, session: Session, sealed: list[int]) -> None:
+    def test_a_deleted_row_is_named(self, session: Session, owner_engine: Engine, sealed: list[int]) -> None:
         entry = _count(session, "SELECT max(id) FROM ledger_entries")
         event = _count(session, "SELECT min(id) FROM audit_events")
-        _tamper(session, "DELETE FROM ledger_entries WHERE id = :id", {"id": entry})
-        _tamper(session, "DELETE FROM audit_events WHERE id = :id", {"id": event})
+        _tamper(owner_engine, "DELETE FROM ledger_entries WHERE id = :id", {"id": entry})
+        _tamper(owner_engine, "DELETE FROM audit_events WHERE id = :id", {"id": event})
         report = sealing.verify(session)
         assert report.ids("ledger_entries", "deleted") == [entry]
         assert report.ids("audit_events", "deleted") == [event]
         assert report.change_counts == {"ledger_entries": {"deleted": 1}, "audit_events": {"deleted": 1}}
 
     @pytest.mark.no_invariants
-    def test_a_row_inserted_into_the_sealed_range_is_named(self, session: Session, sealed: list[int]) -> None:
-        """A forged row dated into the sealed past: its xid (copied from a sealed row) puts it inside the range."""
+    def test_a_row_inserted_into_the_sealed_range_is_named(
+        self, session: Session, owner_engine: Engine, sealed: list[int]
+    ) -> None:
+        """A forged row dated into the sealed past: its xid (copied from a sealed row) puts it inside the range.
+        Only the owner can write an xid (the service's role may not name the column)."""
         old_xid, txn = session.execute(
             text("SELECT xid::text, transaction_id FROM ledger_entries ORDER BY id LIMIT 1")
         ).one()
         revenue = ledger.system_account_id(session, kind=AccountKind.usage_revenue)
-        forged = session.execute(
-            text(
-                "INSERT INTO ledger_entries (transaction_id, account_id, amount, xid) "
-                "VALUES (:t, :a, 1, CAST(:x AS xid8)), (:t, :a, -1, CAST(:x AS xid8)) RETURNING id"
-            ),
-            {"t": txn, "a": revenue, "x": old_xid},
-        ).scalars()
-        forged_ids = sorted(forged)
-        session.commit()
+        with owner_engine.begin() as owner:
+            forged = owner.execute(
+                text(
+                    "INSERT INTO ledger_entries (transaction_id, account_id, amount, xid) "
+                    "VALUES (:t, :a, 1, CAST(:x AS xid8)), (:t, :a, -1, CAST(:x AS xid8)) RETURNING id"
+                ),
+                {"t": txn, "a": revenue, "x": old_xid},
+            ).scalars()
+            forged_ids = sorted(forged)
         event_xid = session.execute(text("SELECT xid::text FROM audit_events ORDER BY id LIMIT 1")).scalar_one()
-        forged_event = session.execute(
-            text(
-                "INSERT INTO audit_events (action, target_type, xid) VALUES ('x', 'y', CAST(:x AS xid8)) RETURNING id"
-            ),
-            {"x": event_xid},
-        ).scalar_one()
+        with owner_engine.begin() as owner:
+            forged_event = owner.execute(
+                text(
+                    "INSERT INTO audit_events (action, target_type, xid) VALUES ('x', 'y', CAST(:x AS xid8)) "
+                    "RETURNING id"
+                ),
+                {"x": event_xid},
+            ).scalar_one()
         session.commit()
         report = sealing.verify(session)
         assert report.ids("ledger_entries", "inserted") == forged_ids
@@ -219,27 +230,29 @@ class TestVerify:
         assert sealing.verify(session).ids("ledger_entries", "inserted") == forged_ids
 
     @pytest.mark.no_invariants
-    def test_a_tampered_seal_breaks_its_link(self, session: Session) -> None:
+    def test_a_tampered_seal_breaks_its_link(self, session: Session, owner_engine: Engine) -> None:
         _funded_accounts(session, 3)
         _seal(session, max_rows=2)  # seals 1, 2, 3
-        _tamper(session, "UPDATE ledger_seals SET batch_root = sha256('x') WHERE stream = 'ledger_entries' AND seq = 2")
+        _tamper(
+            owner_engine, "UPDATE ledger_seals SET batch_root = sha256('x') WHERE stream = 'ledger_entries' AND seq = 2"
+        )
         problems = {(p.seq, p.problem) for p in sealing.verify(session).seal_problems}
         assert problems == {
             (2, "hash does not match its contents"),
             (2, "batch root does not match its leaves"),
         }
-        _tamper(session, "UPDATE ledger_seals SET hash = sha256('y') WHERE stream = 'ledger_entries' AND seq = 1")
+        _tamper(owner_engine, "UPDATE ledger_seals SET hash = sha256('y') WHERE stream = 'ledger_entries' AND seq = 1")
         problems = {(p.seq, p.problem) for p in sealing.verify(session).seal_problems}
         assert (1, "hash does not match its contents") in problems
         assert (2, "prev_hash does not match the previous seal's hash") in problems
 
     @pytest.mark.no_invariants
-    def test_a_deleted_seal_or_leaf_is_found(self, session: Session) -> None:
+    def test_a_deleted_seal_or_leaf_is_found(self, session: Session, owner_engine: Engine) -> None:
         _funded_accounts(session, 3)
         _seal(session, max_rows=2)
-        _tamper(session, "DELETE FROM ledger_seals WHERE stream = 'ledger_entries' AND seq = 2")
+        _tamper(owner_engine, "DELETE FROM ledger_seals WHERE stream = 'ledger_entries' AND seq = 2")
         _tamper(
-            session,
+            owner_engine,
             "DELETE FROM ledger_seal_leaves WHERE row_id = (SELECT max(row_id) FROM ledger_seal_leaves "
             "WHERE stream = 'ledger_entries' AND seq = 3) AND stream = 'ledger_entries'",
         )
@@ -252,14 +265,16 @@ class TestVerify:
         assert report.change_counts["ledger_entries"] == {"inserted": 1}
 
     @pytest.mark.no_invariants
-    def test_a_rewritten_chain_is_caught_by_the_exported_digest(self, session: Session, sealed: list[int]) -> None:
+    def test_a_rewritten_chain_is_caught_by_the_exported_digest(
+        self, session: Session, owner_engine: Engine, sealed: list[int]
+    ) -> None:
         """Someone who rewrites a row, every leaf and every seal leaves a consistent chain behind; only the digest
         kept outside the database tells."""
         anchors = sealing.anchors_from_digest(sealing.latest_digest(session))
         assert sealing.verify(session, anchors=anchors).intact
-        _tamper(session, "UPDATE ledger_entries SET reference = 'rewritten' WHERE id = 1")
-        _tamper(session, "DELETE FROM ledger_seal_leaves")
-        _tamper(session, "DELETE FROM ledger_seals")
+        _tamper(owner_engine, "UPDATE ledger_entries SET reference = 'rewritten' WHERE id = 1")
+        _tamper(owner_engine, "DELETE FROM ledger_seal_leaves")
+        _tamper(owner_engine, "DELETE FROM ledger_seals")
         _seal(session)
         assert sealing.verify(session).intact
         report = sealing.verify(session, anchors=anchors)

@@ -354,6 +354,7 @@ class TestPostgresOutage:
         make_payer: Callable[..., Payer],
         start_worker: Callable[..., subprocess.Popen[bytes]],
         engine: DbEngine,
+        owner_engine: DbEngine,
     ) -> None:
         payer = make_payer(5)
         worker = start_worker(FACEMINT_DEBUG_JOB_DELAY_SECONDS="2")
@@ -361,7 +362,7 @@ class TestPostgresOutage:
         wait_running(engine, job_id, timeout=60)
         cuts = []
         for _ in range(3):  # the heartbeat and sweeper reconnect between rounds: cut them again
-            with engine.connect() as conn:
+            with owner_engine.connect() as conn:  # as the owner: it may end every session, not only its own role's
                 cuts.append(
                     conn.execute(
                         text(

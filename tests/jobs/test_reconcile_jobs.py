@@ -57,12 +57,12 @@ def test_a_hold_reserved_for_a_job_that_was_never_recorded_is_reported(
 
 @pytest.mark.no_invariants
 def test_a_job_charged_other_than_its_hold_is_reported(
-    job_client: Any, make_payer: Any, engine: DbEngine, drain: Any
+    job_client: Any, make_payer: Any, engine: DbEngine, owner_engine: DbEngine, drain: Any
 ) -> None:
     payer = make_payer(3)
     public_id = submit(job_client, payer).json()["id"]
     drain()
-    with engine.begin() as conn:
+    with owner_engine.begin() as conn:
         # Test-only: replica mode skips the one-way trigger, to plant what the trigger prevents.
         conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(

@@ -3,26 +3,35 @@ recharge` talks to a real API server on loopback."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import os
 import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner, Result
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 from sqlalchemy.orm import Session
 
+from facemint import embedded
 from facemint.app import create_app
 from facemint.auth.passwords import verify_password
 from facemint.cli.main import cli
-from facemint.config import Settings, get_settings
+from facemint.config import DEV_JWT_SECRET, Environment, Settings, get_settings
 from facemint.db import sqlalchemy_url
 from facemint.migrate import alembic_config
 from facemint.users.orm import Role
@@ -33,13 +42,15 @@ ADMIN_PASSWORD = "first-password-123"
 
 
 @pytest.fixture
-def cli_env(settings: Settings) -> Iterator[dict[str, str | None]]:
-    """The environment a CLI run sees: the test servers and the test settings' secrets."""
+def cli_env(settings: Settings, owner_url: str) -> Iterator[dict[str, str | None]]:
+    """The environment a CLI run sees: the test servers (the service's role, and the owner for migrations) and
+    the test settings' secrets."""
     assert settings.jwt_secret is not None
     assert settings.api_key_pepper is not None
     yield {
         "FACEMINT_ENV": "dev",
         "FACEMINT_DATABASE_URL": settings.database_url,
+        "FACEMINT_DATABASE_OWNER_URL": owner_url,
         "FACEMINT_REDIS_URL": settings.redis_url,
         "FACEMINT_JWT_SECRET": settings.jwt_secret.get_secret_value(),
         "FACEMINT_API_KEY_PEPPER": settings.api_key_pepper.get_secret_value(),
@@ -53,6 +64,12 @@ def invoke(env: dict[str, str | None], *args: str) -> Result:
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
+def _on_database(url: str, name: str) -> str:
+    """`url` (either role's) pointed at another database on the same server."""
+    base, _, query = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+
+
 def _alembic_head() -> str:
     from alembic.script import ScriptDirectory
 
@@ -63,17 +80,16 @@ def _alembic_head() -> str:
 
 class TestMigrate:
     def test_migrate_builds_a_fresh_database_and_is_idempotent(
-        self, cli_env: dict[str, str | None], database_url: str
+        self, cli_env: dict[str, str | None], database_url: str, owner_url: str
     ) -> None:
         name = f"facemint_cli_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(sqlalchemy_url(database_url), isolation_level="AUTOCOMMIT")
+        admin = create_engine(sqlalchemy_url(owner_url), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        base, _, query = database_url.partition("?")
-        fresh_url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+        fresh_owner_url, fresh_url = (_on_database(url, name) for url in (owner_url, database_url))
         fresh = create_engine(sqlalchemy_url(fresh_url))
         try:
-            env = {**cli_env, "FACEMINT_DATABASE_URL": fresh_url}
+            env = {**cli_env, "FACEMINT_DATABASE_URL": fresh_url, "FACEMINT_DATABASE_OWNER_URL": fresh_owner_url}
             for _ in range(2):
                 result = invoke(env, "migrate")
                 assert result.exit_code == 0, result.output
@@ -82,20 +98,169 @@ class TestMigrate:
             tables = set(inspect(fresh).get_table_names())
             assert {"users", "tenants", "api_keys", "ledger_accounts", "ledger_entries", "recharge_batches"} <= tables
             with fresh.connect() as conn:
-                assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _alembic_head()
-                # The system accounts are seeded once, not once per run.
+                # The service's role reads what it needs; Alembic's bookkeeping is the owner's.
                 assert conn.execute(text("SELECT count(*) FROM ledger_accounts")).scalar_one() == 3
+                assert not conn.execute(text("SELECT has_table_privilege('alembic_version', 'SELECT')")).scalar_one()
+            owner = create_engine(sqlalchemy_url(fresh_owner_url))
+            with owner.connect() as conn:
+                assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _alembic_head()
+            owner.dispose()
         finally:
             fresh.dispose()
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
 
-    def test_migrate_on_an_up_to_date_database(self, cli_env: dict[str, str | None], engine: Engine) -> None:
+    def test_migrate_on_an_up_to_date_database(self, cli_env: dict[str, str | None], owner_engine: Engine) -> None:
         result = invoke(cli_env, "migrate")
         assert result.exit_code == 0, result.output
-        with engine.connect() as conn:
+        with owner_engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _alembic_head()
+
+
+# --- facemint serve and up: what they listen on, and as whom --------------------------------------------
+
+
+@dataclass
+class Started:
+    """What `serve` or `up` would have run: uvicorn's arguments and the worker's environment."""
+
+    uvicorn: list[tuple[object, dict[str, Any]]] = field(default_factory=list)
+    worker_env: dict[str, str] | None = None
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
+    """uvicorn.run and the worker subprocess replaced by recorders: the commands return instead of serving."""
+    import subprocess
+
+    import facemint.cli.main as cli_main
+
+    record = Started()
+
+    def run(app: object, **kwargs: Any) -> None:
+        record.uvicorn.append((app, kwargs))
+
+    class Worker:
+        pid = 0
+
+        def __init__(self, argv: list[str], *, env: dict[str, str]) -> None:
+            record.worker_env = env
+
+        def terminate(self) -> None: ...
+        def kill(self) -> None: ...
+        def wait(self, timeout: float) -> int:
+            return 0
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(cli_main, "subprocess", SimpleNamespace(Popen=Worker, TimeoutExpired=subprocess.TimeoutExpired))
+    yield record
+    for app, _ in record.uvicorn:
+        if isinstance(app, FastAPI):
+            app.state.engine.dispose()
+
+
+def _without_secrets(env: dict[str, str | None]) -> dict[str, str | None]:
+    return {**env, "FACEMINT_JWT_SECRET": None, "FACEMINT_API_KEY_PEPPER": None}
+
+
+class TestServe:
+    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "192.0.2.10", "api.example.test"])
+    def test_refuses_the_builtin_secrets_beyond_loopback(
+        self, cli_env: dict[str, str | None], started: Started, host: str
+    ) -> None:
+        result = invoke(_without_secrets(cli_env), "serve", "--host", host)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"error: refusing to listen on {host} with the built-in development secrets")
+        assert result.stderr.count("\n") == 1
+        assert started.uvicorn == []
+
+    def test_refuses_the_builtin_secrets_even_when_set_explicitly(
+        self, cli_env: dict[str, str | None], started: Started
+    ) -> None:
+        env = {**cli_env, "FACEMINT_JWT_SECRET": DEV_JWT_SECRET}
+        result = invoke(env, "serve", "--host", "0.0.0.0")
+        assert result.exit_code == 1
+        assert "built-in development secrets" in result.stderr
+        assert started.uvicorn == []
+
+    @pytest.mark.parametrize("host", [None, "127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"])
+    def test_serves_loopback_with_the_builtin_secrets(
+        self, cli_env: dict[str, str | None], started: Started, host: str | None
+    ) -> None:
+        result = invoke(_without_secrets(cli_env), "serve", *(["--host", host] if host is not None else []))
+        assert result.exit_code == 0, result.output
+        [(_, kwargs)] = started.uvicorn
+        assert kwargs["host"] == (host or "127.0.0.1")
+
+    def test_serves_every_interface_in_prod_with_real_secrets(
+        self, cli_env: dict[str, str | None], started: Started
+    ) -> None:
+        result = invoke({**cli_env, "FACEMINT_ENV": None}, "serve", "--host", "0.0.0.0", "--port", "8000")
+        assert result.exit_code == 0, result.output
+        [(app, kwargs)] = started.uvicorn
+        assert (app, kwargs["host"], kwargs["port"]) == ("facemint.app:create_app", "0.0.0.0", 8000)
+
+    def test_access_lines_leave_out_the_query_string(self, cli_env: dict[str, str | None], started: Started) -> None:
+        assert invoke(cli_env, "serve").exit_code == 0
+        [(_, kwargs)] = started.uvicorn
+        config = kwargs["log_config"]
+        [name] = config["loggers"]["uvicorn.access"]["filters"]
+        access_filter = config["filters"][name]["()"]
+        module, _, attribute = access_filter.rpartition(".")
+        record = logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("10.0.0.1:5000", "POST", "/admin/v1/recharges/batch?reason=payroll-secret&mode=atomic", "1.1", 201),
+            None,
+        )
+        assert getattr(importlib.import_module(module), attribute)().filter(record)
+        assert record.getMessage() == '10.0.0.1:5000 - "POST /admin/v1/recharges/batch HTTP/1.1" 201'
+
+
+class TestUp:
+    def test_runs_in_development_mode_as_the_service_role(
+        self, cli_env: dict[str, str | None], started: Started, settings: Settings, tmp_path: Path
+    ) -> None:
+        """With a database configured the settings default to prod; `up` is explicitly dev, worker included."""
+        env = {**cli_env, "FACEMINT_ENV": None, "FACEMINT_DATA_DIR": str(tmp_path)}
+        result = invoke(env, "up", "--no-demo")
+        assert result.exit_code == 0, result.output
+        [(app, kwargs)] = started.uvicorn
+        assert isinstance(app, FastAPI)
+        assert kwargs["log_config"]["loggers"]["uvicorn.access"]["filters"], "access lines without query strings"
+        assert app.state.settings.env is Environment.dev
+        assert app.state.settings.database_url == settings.database_url
+        assert started.worker_env is not None
+        assert started.worker_env["FACEMINT_ENV"] == "dev"
+        assert started.worker_env["FACEMINT_DATABASE_URL"] == settings.database_url
+        assert "FACEMINT_DATABASE_OWNER_URL" not in started.worker_env
+
+    def test_the_embedded_servers_are_migrated_by_the_owner_and_used_as_the_service_role(
+        self, started: Started, tmp_path: Path
+    ) -> None:
+        env = {name: None for name in os.environ if name.startswith("FACEMINT_")}
+        result = invoke({**env, "FACEMINT_DATA_DIR": str(tmp_path)}, "up")
+        assert result.exit_code == 0, result.output
+        assert "Demo Co" in result.output  # the demo was seeded, as the service's role
+        [(app, _)] = started.uvicorn
+        assert isinstance(app, FastAPI)
+        assert started.worker_env is not None
+        assert started.worker_env["FACEMINT_DATABASE_URL"] == app.state.settings.database_url
+        assert make_url(app.state.settings.database_url).username == embedded.APP_LOGIN
+        assert started.worker_env["FACEMINT_ENV"] == "dev"
+
+    def test_refuses_the_builtin_secrets_beyond_loopback(
+        self, cli_env: dict[str, str | None], started: Started
+    ) -> None:
+        result = invoke(_without_secrets(cli_env), "up", "--host", "0.0.0.0")
+        assert result.exit_code == 1
+        assert "built-in development secrets" in result.stderr
+        assert started.uvicorn == []
+        assert started.worker_env is None
 
 
 class TestAdmin:
@@ -186,11 +351,11 @@ class TestReconcile:
 
     @pytest.mark.no_invariants
     def test_a_planted_discrepancy_is_reported(
-        self, cli_env: dict[str, str | None], session: Session, engine: Engine
+        self, cli_env: dict[str, str | None], session: Session, owner_engine: Engine
     ) -> None:
         user = create_user(session, password=None)
         fund(session, account_id=user.account_id, amount=40)
-        with engine.begin() as conn:
+        with owner_engine.begin() as conn:
             conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.execute(
                 text("UPDATE ledger_accounts SET balance = balance + 7 WHERE id = :id"), {"id": user.account_id}
@@ -298,6 +463,30 @@ class TestRechargeCommand:
         assert again.exit_code == 3
         assert "already applied 1 of 2 rows" in again.stdout
         assert balance_of(session, user.account_id) == 10
+
+    def test_a_batch_held_for_approval_exits_4_then_reports_the_applied_batch(
+        self, recharge_env: dict, api_url: str, session: Session, settings: Settings, tmp_path: Path
+    ) -> None:
+        user = create_user(session, password=None)
+        path = _csv(tmp_path, f"{user.email},{settings.approval_threshold_amount + 1},big")
+        args = ("recharge", str(path), "--mode", "atomic", "--reason", "quarterly top-up")
+        held = invoke(recharge_env, *args)
+        assert held.exit_code == 4, held.output
+        match = re.search(r"held for approval (\d+) \(pending\)", held.stderr)
+        assert match, held.stderr
+        assert "nothing is applied until then" in held.stderr
+        assert balance_of(session, user.account_id) == 0
+        assert invoke(recharge_env, *args).exit_code == 4  # still waiting: the same answer, nothing applied
+
+        approver = staff(session, settings, Role.operator)
+        approved = httpx.post(
+            f"{api_url}/admin/v1/recharge-approvals/{match.group(1)}/approve", headers=bearer(approver.key), timeout=30
+        )
+        assert approved.status_code == 200, approved.text
+        after = invoke(recharge_env, *args)
+        assert after.exit_code == 0, after.output
+        assert "already applied 1 of 1 rows" in after.stdout
+        assert balance_of(session, user.account_id) == settings.approval_threshold_amount + 1
 
     def test_needs_an_api_key_and_a_reachable_server(
         self, cli_env: dict[str, str | None], tmp_path: Path, session: Session

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from facemint.cli.main import cli
@@ -68,14 +68,16 @@ def test_verify_passes_on_intact_books(cli_env: dict[str, str | None], session: 
 
 
 @pytest.mark.no_invariants
-def test_verify_lists_changed_rows_and_exits_1(cli_env: dict[str, str | None], session: Session) -> None:
+def test_verify_lists_changed_rows_and_exits_1(
+    cli_env: dict[str, str | None], session: Session, owner_engine: Engine
+) -> None:
     _fund_some(session, 3)
     assert invoke(cli_env, "seal").exit_code == 0
-    session.execute(text("SET LOCAL session_replication_role = replica"))
-    session.execute(text("UPDATE ledger_entries SET amount = 999 WHERE id = 2"))
-    session.execute(text("DELETE FROM ledger_entries WHERE id = 5"))
-    session.execute(text("UPDATE ledger_seals SET prev_hash = sha256('x') WHERE stream = 'audit_events' AND seq = 1"))
-    session.commit()
+    with owner_engine.begin() as owner:
+        owner.execute(text("SET LOCAL session_replication_role = replica"))
+        owner.execute(text("UPDATE ledger_entries SET amount = 999 WHERE id = 2"))
+        owner.execute(text("DELETE FROM ledger_entries WHERE id = 5"))
+        owner.execute(text("UPDATE ledger_seals SET prev_hash = sha256('x') WHERE stream = 'audit_events' AND seq = 1"))
     result = invoke(cli_env, "verify")
     assert result.exit_code == 1, result.output
     assert "MODIFIED ledger_entries: 1 row(s), ids 2" in result.output
@@ -88,7 +90,9 @@ def test_verify_lists_changed_rows_and_exits_1(cli_env: dict[str, str | None], s
 
 
 @pytest.mark.no_invariants
-def test_digest_exports_and_anchors_verify(cli_env: dict[str, str | None], session: Session, tmp_path: Path) -> None:
+def test_digest_exports_and_anchors_verify(
+    cli_env: dict[str, str | None], session: Session, owner_engine: Engine, tmp_path: Path
+) -> None:
     empty = invoke(cli_env, "digest")
     assert empty.exit_code == 0
     assert "nothing sealed yet" in empty.stderr
@@ -104,11 +108,12 @@ def test_digest_exports_and_anchors_verify(cli_env: dict[str, str | None], sessi
     assert printed["streams"] == document["streams"]
     assert invoke(cli_env, "verify", "--anchor", str(target)).exit_code == 0
     # Rewrite a row and reseal everything: the chain is consistent again, but the kept digest disagrees.
-    session.execute(text("SET LOCAL session_replication_role = replica"))
-    session.execute(text("UPDATE ledger_entries SET reference = 'forged' WHERE id = 1"))
-    session.execute(text("DELETE FROM ledger_seal_leaves"))
-    session.execute(text("DELETE FROM ledger_seals"))
     session.commit()
+    with owner_engine.begin() as owner:
+        owner.execute(text("SET LOCAL session_replication_role = replica"))
+        owner.execute(text("UPDATE ledger_entries SET reference = 'forged' WHERE id = 1"))
+        owner.execute(text("DELETE FROM ledger_seal_leaves"))
+        owner.execute(text("DELETE FROM ledger_seals"))
     assert invoke(cli_env, "seal").exit_code == 0
     assert invoke(cli_env, "verify").exit_code == 0
     anchored = invoke(cli_env, "verify", "--anchor", str(target))

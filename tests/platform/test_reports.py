@@ -90,12 +90,12 @@ class TestReconciliationEndpoint:
 
     @pytest.mark.no_invariants
     def test_a_planted_discrepancy_is_reported_with_its_account(
-        self, client: TestClient, session: Session, engine: Engine, make_caller: MakeCaller
+        self, client: TestClient, session: Session, owner_engine: Engine, make_caller: MakeCaller
     ) -> None:
         operator = make_caller(Role.operator)
         user = create_user(session)
         fund(session, account_id=user.account_id, amount=10)
-        with engine.begin() as conn:
+        with owner_engine.begin() as conn:
             # Bypass the application (and its triggers) the way a bad manual fix would.
             conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.execute(text("UPDATE ledger_accounts SET balance = 12 WHERE id = :id"), {"id": user.account_id})

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import ipaddress
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from facemint.cli import engine_commands, finance_commands, ledger_commands
-from facemint.config import Settings, get_settings
+from facemint.config import Environment, Settings, get_settings
 
 
-def _settings() -> Settings:
+def _settings(**overrides: object) -> Settings:
+    """The settings from the environment (and `overrides`), or one clear line and exit 1 when they are invalid."""
     get_settings.cache_clear()
     try:
-        return get_settings()
+        return Settings(**overrides) if overrides else get_settings()  # type: ignore[arg-type]
     except ValidationError as exc:
         # e.g. FACEMINT_ENV=prod with a default secret: one clear line, not a traceback.
         problems = "; ".join(str(e.get("msg", e)) for e in exc.errors())
@@ -34,18 +38,79 @@ def _settings() -> Settings:
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[str]:
-    """The configured database, or the embedded one under the data dir when none is configured."""
+    """The URL the service connects with: the configured database, or the embedded one under the data dir (migrated
+    by its owner first, then used as the service's own role) when none is configured."""
     if settings.database_url:
         yield settings.database_url
         return
     from facemint import embedded, migrate
 
-    url, server = embedded.start_postgres(settings.data_dir)
+    postgres = embedded.start_postgres(settings.data_dir, app_role=settings.database_app_role)
     try:
-        migrate.upgrade(url)  # a fresh data dir gets its schema before anything reads it
-        yield url
+        # A fresh data dir gets its schema before anything reads it.
+        migrate.upgrade(postgres.owner_url, app_role=settings.database_app_role, app_login=embedded.APP_LOGIN)
+        yield postgres.app_url
     finally:
-        server.cleanup()
+        postgres.cleanup()
+
+
+def _migrate(settings: Settings, *, owner_url: str | None = None) -> None:
+    """Migrate as the owner (`owner_url`, else the configured one) and grant the application role what the service
+    needs; when the service logs in as a role of its own, that role must be in the group. One line on failure."""
+    from sqlalchemy import make_url
+
+    from facemint import migrate
+
+    owner_url = owner_url or settings.migration_database_url
+    assert owner_url is not None
+    assert settings.database_url is not None
+    login = make_url(settings.database_url).username
+    if login == make_url(owner_url).username:
+        login = None  # one role for both (no FACEMINT_DATABASE_OWNER_URL): nothing to check
+    try:
+        migrate.upgrade(owner_url, app_role=settings.database_app_role, app_login=login)
+    except migrate.RoleSetupError as exc:
+        _fail(exc)
+
+
+class AccessPathOnly(logging.Filter):
+    """uvicorn's access line without the query string: query parameters are the client's data (a batch's reason,
+    a search by email), not the server's to keep."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn logs '%s - "%s %s HTTP/%s" %d' with (client, method, path with query, version, status).
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], args[3], args[4])
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging set-up, its access lines filtered by `AccessPathOnly`."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["path_only"] = {"()": f"{__name__}.AccessPathOnly"}
+    config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
+    return config
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name (or "" for every interface): it may resolve anywhere
+        return False
+
+
+def _refuse_builtin_secrets_beyond_loopback(settings: Settings, host: str) -> None:
+    """The built-in secrets are published in the source: anyone who can reach the API could mint tokens with them."""
+    if settings.uses_builtin_secrets and not _is_loopback(host):
+        _fail(
+            f"refusing to listen on {host} with the built-in development secrets: set FACEMINT_JWT_SECRET and "
+            "FACEMINT_API_KEY_PEPPER (32+ characters), or listen on 127.0.0.1"
+        )
 
 
 @contextmanager
@@ -74,19 +139,23 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
     """Start everything: embedded Postgres/Redis when no URLs are set, migrations, demo data, the API."""
     import uvicorn
 
-    from facemint import demo, embedded, migrate
+    from facemint import demo, embedded
     from facemint.app import create_app
 
-    settings = _settings()
+    # `up` is the local, explicit development mode: the built-in secrets (unless set), open /docs and /metrics.
+    settings = _settings(env=Environment.dev)
     data_dir = data_dir or settings.data_dir
     host = host or settings.host
     port = port or settings.port
+    _refuse_builtin_secrets_beyond_loopback(settings, host)
     data_dir.mkdir(parents=True, exist_ok=True)
     started: list[str] = []
-    postgres_server = redis_server = None
+    postgres = redis_server = None
     database_url, redis_url = settings.database_url, settings.redis_url
+    owner_url = settings.migration_database_url
     if not database_url:
-        database_url, postgres_server = embedded.start_postgres(data_dir)
+        postgres = embedded.start_postgres(data_dir, app_role=settings.database_app_role)
+        database_url, owner_url = postgres.app_url, postgres.owner_url
         started.append(f"embedded Postgres  {database_url}")
     if not redis_url:
         redis_url, redis_server = embedded.start_redis(data_dir)
@@ -96,8 +165,8 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
         settings = settings.model_copy(
             update={"database_url": database_url, "redis_url": redis_url, "data_dir": data_dir, "api_url": api_url}
         )
-        migrate.upgrade(database_url)
-        click.echo("Facemint is starting.")
+        _migrate(settings, owner_url=owner_url)
+        click.echo("Facemint is starting (development mode).")
         for line in started or ["using the configured Postgres and Redis"]:
             click.echo(f"  {line}")
         click.echo(f"  data dir           {data_dir.resolve()}")
@@ -111,7 +180,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
         click.echo(f"  worker             pid {worker.pid} (engine warm, sweeper, webhooks)")
         click.echo(f"\nAPI on {api_url} (docs at {api_url}/docs). Ctrl-C stops everything started here.")
         try:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=uvicorn_log_config())
         finally:
             worker.terminate()
             try:
@@ -121,15 +190,17 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
     finally:
         if redis_server is not None:
             embedded.stop_redis(redis_server)
-        if postgres_server is not None:
-            postgres_server.cleanup()
+        if postgres is not None:
+            postgres.cleanup()
         if started:
             click.echo("stopped: " + ", ".join(s.split()[1] for s in started))
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    """The worker as the service's role, in `settings.env` (dev under `up`); it never needs the owner's URL."""
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "FACEMINT_DATABASE_OWNER_URL"},
+        "FACEMINT_ENV": settings.env.value,
         "FACEMINT_DATABASE_URL": settings.database_url or "",
         "FACEMINT_REDIS_URL": settings.redis_url or "",
         "FACEMINT_DATA_DIR": str(settings.data_dir),
@@ -161,13 +232,19 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
     settings = _settings()
-    settings.require_urls()
+    try:
+        settings.require_urls()
+    except RuntimeError as exc:
+        _fail(exc)
+    host = host or settings.host
+    _refuse_builtin_secrets_beyond_loopback(settings, host)
     uvicorn.run(
         "facemint.app:create_app",
         factory=True,
-        host=host or settings.host,
+        host=host,
         port=port or settings.port,
         workers=workers,
+        log_config=uvicorn_log_config(),
     )
 
 
@@ -177,8 +254,6 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--burst", is_flag=True, help="exit once the queues are empty (tests, one-off drains)")
 def worker(queues: tuple[str, ...], concurrency: int, burst: bool) -> None:
     """Run swap workers: the engine loaded once per process and kept warm; each also sweeps and sends webhooks."""
-    import logging
-
     from facemint.worker import runner
 
     settings = _settings()
@@ -187,6 +262,8 @@ def worker(queues: tuple[str, ...], concurrency: int, burst: bool) -> None:
     except RuntimeError as exc:
         _fail(exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request's URL at INFO: a webhook URL may carry its receiver's token in its path or query.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if concurrency > 1:
         argv = [arg for q in queues for arg in ("--queues", q)] + (["--burst"] if burst else [])
         runner.supervise(argv, concurrency)
@@ -196,12 +273,14 @@ def worker(queues: tuple[str, ...], concurrency: int, burst: bool) -> None:
 
 @cli.command()
 def migrate() -> None:
-    """Apply the database migrations (alembic upgrade head)."""
-    from facemint import migrate as migrations
-
+    """Apply the database migrations (alembic upgrade head) as the schema's owner (FACEMINT_DATABASE_OWNER_URL,
+    else FACEMINT_DATABASE_URL) and grant the application role (FACEMINT_DATABASE_APP_ROLE) what the service needs."""
     settings = _settings()
-    with _database(settings) as url:
-        migrations.upgrade(url)
+    if settings.database_url:
+        _migrate(settings)
+    else:
+        with _database(settings):  # the embedded database is migrated as it starts
+            pass
     click.echo("migrations applied", err=True)
 
 
@@ -312,8 +391,9 @@ def recharge(
     """Apply a recharge CSV through the API (FACEMINT_API_URL, FACEMINT_API_KEY). Safe to run twice.
 
     Exit codes: 0 every row applied (with --dry-run: every row would apply); 3 some rows failed, the others
-    applied (with --dry-run: would apply); 2 the API refused the request (any 4xx), nothing applied;
-    1 anything else (unreachable API, a 5xx, a missing FACEMINT_API_KEY)."""
+    applied (with --dry-run: would apply); 4 held for four-eyes approval, nothing applied yet (run the same
+    command again once it is approved: it then reports the applied batch); 2 the API refused the request (any
+    4xx), nothing applied; 1 anything else (unreachable API, a 5xx, a missing FACEMINT_API_KEY)."""
     import httpx
 
     api_url = os.environ.get("FACEMINT_API_URL") or _settings().api_url
@@ -369,6 +449,15 @@ def recharge(
         if len(failed) > 50:
             click.echo(f"  ... and {len(failed) - 50} more", err=True)
         sys.exit(2 if response.status_code < 500 else 1)
+    if response.status_code == 202:
+        # Held for approval: the body is the approval, not a batch result.
+        click.echo(
+            f"held for approval {result.get('id')} ({result.get('status')}): {result.get('total_amount')} tokens in "
+            f"{result.get('row_count')} rows wait for a second operator; nothing is applied until then. Run this "
+            f"command again (idempotency key {key}) to see the outcome.",
+            err=True,
+        )
+        sys.exit(RECHARGE_HELD_EXIT)
     replayed = response.headers.get("Idempotent-Replayed") == "true"
     verb = "would apply" if dry_run else ("already applied" if replayed else "applied")
     click.echo(
@@ -378,6 +467,9 @@ def recharge(
     for f in failed[:50]:
         click.echo(f"  row {f['row']}: {f['code']} {f['detail']}")
     sys.exit(3 if failed else 0)
+
+
+RECHARGE_HELD_EXIT = 4
 
 
 def _fail(message: object) -> NoReturn:

@@ -21,6 +21,12 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
     @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
     @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
     @click.option("--tenant-id", type=int, default=None)
+    @click.option(
+        "--max-seconds",
+        type=click.IntRange(min=1),
+        default=None,
+        help="time limit on the export's snapshot (default: the export_max_seconds setting, 900)",
+    )
     @click.option("--quiet", is_flag=True, help="no progress bar")
     def export(
         log: str,
@@ -29,29 +35,39 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
         fmt: str,
         output: Path,
         tenant_id: int | None,
+        max_seconds: int | None,
         quiet: bool,
     ) -> None:
         """Export a finance log (the same stream as GET /admin/v1/finance/LOG/export): one consistent snapshot,
-        ending with a totals trailer. Reads the database directly, across every tenant unless --tenant-id."""
+        ending with a totals trailer. Reads the database directly, across every tenant unless --tenant-id. The
+        file appears only once the export is whole; one cut at the time limit leaves nothing behind."""
         from sqlalchemy.orm import Session
 
         from facemint.cli.main import _database
         from facemint.db import make_engine
         from facemint.finance.errors import InvalidFilter
-        from facemint.finance.exports import ExportStream
+        from facemint.finance.exports import ExportStream, ExportTimedOut
         from facemint.finance.service import resolve_filters
 
-        with _database(settings()) as url:
+        config = settings()
+        limit = max_seconds or config.export_max_seconds
+        with _database(config) as url:
             engine = make_engine(url, pool_size=1)
+            tmp = output.with_name(output.name + ".part")
             try:
                 with engine.connect() as connection, Session(bind=connection) as session:
                     filters = resolve_filters(
                         session, log=LOGS[log], tenant_scope=None, tenant_id=tenant_id, start=start, end=end
                     )
-                stream = ExportStream(engine, log=LOGS[log], filters=filters, fmt="jsonl" if fmt == "jsonl" else "csv")
+                stream = ExportStream(
+                    engine,
+                    log=LOGS[log],
+                    filters=filters,
+                    fmt="jsonl" if fmt == "jsonl" else "csv",
+                    max_seconds=limit,
+                )
                 chunks, totals = stream.start()
                 rows = int(totals["rows"])
-                tmp = output.with_name(output.name + ".part")
                 with (
                     tmp.open("wb") as out,
                     click.progressbar(
@@ -67,7 +83,10 @@ def register(cli: click.Group, settings: Callable[[], Settings]) -> None:
                 tmp.replace(output)
             except InvalidFilter as exc:
                 raise click.UsageError(exc.detail) from exc
+            except ExportTimedOut as exc:
+                raise click.ClickException(f"{exc}; nothing written (raise --max-seconds)") from exc
             finally:
+                tmp.unlink(missing_ok=True)
                 engine.dispose()
         summary = ", ".join(f"{k}={v}" for k, v in totals.items() if k != "snapshot")
         click.echo(f"wrote {output} ({stream.bytes_sent} bytes): {summary}", err=True)

@@ -77,6 +77,9 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_recharge_approvals_kind"), "recharge_approvals", "kind IN ('single', 'batch', 'adjustment', 'reversal')"
     )
+    # What one requester moved without review in the last 24 hours is summed from its audit events (four-eyes):
+    # by requester and time, so the sum reads a day of one user's events, not its whole history.
+    op.create_index("ix_audit_events_actor_user_id_occurred_at", "audit_events", ["actor_user_id", "occurred_at"])
 
     for statement in FOLLOW_JOURNAL:
         op.execute(statement)
@@ -85,6 +88,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS ledger_accounts_follow_journal ON ledger_accounts")
     op.execute("DROP FUNCTION IF EXISTS facemint_balance_follows_journal()")
+    op.drop_index("ix_audit_events_actor_user_id_occurred_at", table_name="audit_events")
     op.drop_constraint(op.f("ck_recharge_approvals_kind"), "recharge_approvals", type_="check")
     op.create_check_constraint(op.f("ck_recharge_approvals_kind"), "recharge_approvals", "kind IN ('single', 'batch')")
     op.drop_index("ix_jobs_tenant_live", table_name="jobs")

@@ -195,7 +195,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 status=503,
                 code="database_unavailable",
                 title="Service unavailable",
-                detail="the database is unavailable; nothing was applied, retry with the same idempotency key",
+                # Not "nothing was applied": a COMMIT whose reply was lost did apply. The key makes the retry safe.
+                detail="the database is unavailable; retry with the same Idempotency-Key: a retry replays whatever "
+                "was applied",
                 headers=headers,
             )
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

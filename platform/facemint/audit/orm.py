@@ -18,6 +18,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
         Index("ix_audit_events_xid_id", "xid", "id"),
+        Index("ix_audit_events_actor_user_id_occurred_at", "actor_user_id", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

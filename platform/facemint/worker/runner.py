@@ -38,6 +38,19 @@ def load_engine(settings: Settings) -> object:
     return Engine.load(engine_config(settings))
 
 
+class WarmWorker(SimpleWorker):
+    """RQ's SimpleWorker (each job in this process: no fork, the engine stays loaded and CUDA intact) whose command
+    listener wakes every second. RQ's waits 60 s, and stopping the worker waits for that listener: a worker asked
+    to stop (SIGTERM, the end of a burst) could take a minute to go."""
+
+    def subscribe(self) -> None:
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ annotates it None
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+
 def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, engine: object | None = None) -> None:
     database_url, redis_url = settings.require_urls()
     db_engine = make_engine(database_url, pool_size=4)
@@ -68,8 +81,7 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     try:
         while True:
             try:
-                # SimpleWorker runs each job in this process (no fork): the engine stays loaded and CUDA intact.
-                worker = SimpleWorker([Queue(name, connection=queue_redis) for name in queues], connection=queue_redis)
+                worker = WarmWorker([Queue(name, connection=queue_redis) for name in queues], connection=queue_redis)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except (RedisConnectionError, RedisTimeoutError):
@@ -81,6 +93,8 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
         webhook_sender.stop()
         for thread in background:
             thread.stop()
+        for thread in background:  # a round in progress finishes before its connections go
+            thread.join(timeout=10)
         db_engine.dispose()
 
 

@@ -9,7 +9,8 @@ The error statuses are derived from what each route is made of, the same way the
   tenant, a role that may not), 404 (another tenant's objects are not found), 429 (rate limits), 503 (Postgres or
   Redis unavailable: nothing applied);
 - an authenticated write: 409 (the object in another state, a name already taken);
-- an Idempotency-Key route: 400 (the header missing or malformed), 409 (the key reused for another request);
+- an Idempotency-Key route (a money-moving write): 400 (the header missing or malformed), 402 (not enough tokens
+  where they come from), 409 (the key reused for another request);
 - a route with a request body: 400 (a body that cannot be parsed) and 415 (a content type it does not take).
 Statuses a route declares itself (402, 409, 410, ...) keep their descriptions and get the problem schema."""
 
@@ -90,7 +91,7 @@ def error_statuses(route: Any) -> set[int]:
         if route.methods & {"POST", "PUT", "PATCH", "DELETE"}:
             statuses.add(409)  # a write can meet its object in another state, or a name or key already taken
     if idempotency_key_header in calls:
-        statuses |= {400, 409}
+        statuses |= {400, 402, 409}  # a money-moving write: the key, and tokens the source may not have
     if body:
         statuses |= {400, 415}
     return statuses

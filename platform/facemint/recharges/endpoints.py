@@ -23,6 +23,36 @@ from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, R
 
 router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
 BATCH_PATH = "/admin/v1/recharges/batch"
+# What the batch parsers take (facemint.recharges.parsing), said in the OpenAPI document: a body of another shape
+# is 400 or 422; a schema-valid one may still meet rows that fail (unknown or frozen users: 422 in atomic mode).
+BATCH_CSV_SCHEMA = {
+    "type": "string",
+    "description": "a header `email,amount[,reference]` or `user_id,amount[,reference]`, then one row per line",
+    "pattern": r"^(email|user_id),amount(,reference)?\r?\n",
+}
+BATCH_JSON_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["items"],
+    "properties": {
+        "reason": {"type": "string", "maxLength": 500},
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["amount"],
+                "properties": {
+                    "email": {"type": "string", "maxLength": 320},
+                    "user_id": {"type": "integer", "minimum": 1},
+                    "amount": {"type": "integer", "minimum": 1},
+                    "reference": {"type": "string", "maxLength": 200},
+                },
+            },
+        },
+    },
+}
 
 Writer = Annotated[Principal, Depends(require(Scope.recharges_write))]
 Reader = Annotated[Principal, Depends(require(Scope.recharges_read))]
@@ -92,8 +122,8 @@ async def limited_body(request: Request) -> bytes:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": BATCH_JSON_SCHEMA},
+                "text/csv": {"schema": BATCH_CSV_SCHEMA},
             },
         }
     },

@@ -73,6 +73,12 @@ def api_routes(app: FastAPI) -> Iterator[Any]:
             yield context
 
 
+def takes_idempotency_key(route: Any) -> bool:
+    from facemint.deps import idempotency_key_header
+
+    return idempotency_key_header in set(_calls(route.dependant))
+
+
 def error_statuses(route: Any) -> set[int]:
     """The error statuses this route can answer, from what it is made of (see the module's docstring)."""
     from fastapi.dependencies.utils import get_flat_params
@@ -122,6 +128,10 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
                     parameter["required"] = True
                     parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}
             responses: dict[str, Any] = operation.setdefault("responses", {})
+            if takes_idempotency_key(route) and "200" not in responses:
+                created = responses.get("201") or responses.get("202") or {}
+                # A replay of the same Idempotency-Key answers the first result again, with 200.
+                responses["200"] = {**created, "description": "a replay of this Idempotency-Key: the first result"}
             for code in statuses:
                 responses.setdefault(str(code), {})
             for key, response in responses.items():

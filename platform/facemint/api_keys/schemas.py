@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from facemint.auth.scopes import Scope
-from facemint.timestamps import UtcDatetime
+from facemint.timestamps import AwareUtcDatetime
 
 
 class ApiKeyCreate(BaseModel):
@@ -14,7 +14,7 @@ class ApiKeyCreate(BaseModel):
     user_id: int
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))]
-    expires_at: UtcDatetime | None = None
+    expires_at: AwareUtcDatetime | None = None
 
 
 class ApiKeyRead(BaseModel):

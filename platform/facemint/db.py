@@ -17,6 +17,7 @@ from billing.db import metadata
 logger = logging.getLogger("facemint.db")
 _AFTER_COMMIT = "facemint.after_commit"
 _AFTER_ROLLBACK = "facemint.after_rollback"
+_BEFORE_COMMIT = "facemint.before_commit"
 
 
 class Base(DeclarativeBase):
@@ -79,6 +80,19 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def before_commit(session: Session, check: Callable[[], object]) -> None:
+    """Run `check` in the transaction right before the boundary commits it, on the same thread as the COMMIT. For a
+    check that must serialise concurrent transactions (a transaction-scoped lock): the lock is then held only for
+    the check and the commit, never across the request's thread hops. A check that raises rolls back."""
+    session.info.setdefault(_BEFORE_COMMIT, []).append(check)
+
+
+def run_before_commit(session: Session) -> None:
+    """The boundary runs these in the transaction, just before its COMMIT and on the same thread."""
+    for check in session.info.pop(_BEFORE_COMMIT, []):
+        check()
+
+
 def after_rollback(session: Session, callback: Callable[[], object]) -> None:
     """Run `callback` if the boundary rolls the transaction back before committing (an error in the request).
     Not run when the COMMIT itself fails: its outcome is unknown, so undoing anything could undo committed work
@@ -93,6 +107,7 @@ def has_hooks(session: Session) -> bool:
 def forget_hooks(session: Session) -> None:
     session.info.pop(_AFTER_COMMIT, None)
     session.info.pop(_AFTER_ROLLBACK, None)
+    session.info.pop(_BEFORE_COMMIT, None)
 
 
 def run_after_commit(session: Session) -> None:
@@ -105,6 +120,7 @@ def run_after_commit(session: Session) -> None:
 
 def run_after_rollback(session: Session) -> None:
     session.info.pop(_AFTER_COMMIT, None)
+    session.info.pop(_BEFORE_COMMIT, None)
     _run(session.info.pop(_AFTER_ROLLBACK, []))
 
 
@@ -118,11 +134,13 @@ def _run(callbacks: list[Callable[[], object]]) -> None:
 
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A job or CLI boundary: commit on success (then run the after-commit steps), roll back on any error."""
+    """A job or CLI boundary: the before-commit checks and the commit on success (then the after-commit steps),
+    a rollback on any error (then the after-rollback steps)."""
     session = factory()
     try:
         try:
             yield session
+            run_before_commit(session)
         except BaseException:
             session.rollback()
             run_after_rollback(session)

@@ -17,7 +17,7 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
 from facemint.context import RequestContext
-from facemint.db import forget_hooks, has_hooks, run_after_commit, run_after_rollback
+from facemint.db import forget_hooks, has_hooks, run_after_commit, run_after_rollback, run_before_commit
 from facemint.errors import FacemintError, IdempotencyKeyRequired, InvalidIdempotencyKey, Unauthorized
 from facemint.pagination import MAX_LIMIT, PageParams, decode_cursor
 from facemint.ratelimit import RateLimiter, address_bucket, client_ip
@@ -62,21 +62,40 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         except BaseException:
-            if session.in_transaction():
-                await _at_boundary(session.rollback)
-            if has_hooks(session):
-                await _at_boundary(run_after_rollback, session)
+            if session.in_transaction() or has_hooks(session):
+                await _at_boundary(_rollback, session)
             raise
-        try:
-            if session.in_transaction():
-                await _at_boundary(session.commit)
-        except BaseException:
-            forget_hooks(session)  # the commit's outcome is unknown: neither hook may run
-            raise
-        if has_hooks(session):
+        if session.in_transaction():
+            try:
+                # One hop for the checks, the COMMIT and what follows it (queueing a job: a few Redis calls).
+                await _at_boundary(_checked_commit, session)
+            except BaseException:
+                forget_hooks(session)  # a refused check ran its rollback steps; a failed COMMIT's outcome is unknown
+                raise
+        elif has_hooks(session):
             await _at_boundary(run_after_commit, session)
     finally:
         session.close()
+
+
+def _rollback(session: Session) -> None:
+    if session.in_transaction():
+        session.rollback()
+    run_after_rollback(session)
+
+
+def _checked_commit(session: Session) -> None:
+    """The before-commit checks, COMMIT and the after-commit steps, on one boundary thread. A check that refuses
+    rolls back and runs the after-rollback steps (its error reaches the client, e.g. 429); only a failed COMMIT
+    leaves the outcome unknown (then neither the after-commit nor the after-rollback steps run)."""
+    try:
+        run_before_commit(session)
+    except BaseException:
+        session.rollback()
+        run_after_rollback(session)
+        raise
+    session.commit()
+    run_after_commit(session)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

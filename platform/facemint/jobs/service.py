@@ -60,7 +60,6 @@ class SubmitRequest:
     webhook_url: str | None
     max_attempts: int
     deadline_seconds: int
-    max_active_jobs: int | None = None  # the tenant's cap on queued plus running jobs (None: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +132,32 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "deadline_seconds": request.deadline_seconds,
         },
     ).one()
-    if request.max_active_jobs is not None:
-        _ensure_within_active_cap(session, tenant_id=request.tenant_id, cap=request.max_active_jobs)
     return SubmitOutcome(job=job, replayed=False, available=hold.available_after)
 
 
-def _ensure_within_active_cap(session: Session, *, tenant_id: int, cap: int) -> None:
-    """Refuse (429) the job just inserted if it takes the tenant past its cap on queued plus running jobs (the
-    boundary rolls the job and its hold back). The last step of a submit: the tenant's submits are serialised from
-    here to their commit, the shortest window that still keeps two concurrent ones from both taking the last
-    place (each counts every job committed before it got the lock, and its own)."""
+# Below `cap - ACTIVE_CAP_MARGIN` active jobs, a submit is admitted on an unlocked count: what it cannot see are the
+# tenant's other submits between their insert and their commit, a few milliseconds each, and the tenant's rate
+# limit (at most 500/s on any plan) keeps far fewer than this many in that window at once.
+ACTIVE_CAP_MARGIN = 32
+_ACTIVE_JOBS = text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant AND status IN ('queued', 'running')")
+
+
+def ensure_within_active_cap(session: Session, *, tenant_id: int, cap: int) -> None:
+    """Refuse (429) a job just inserted if it takes the tenant past its cap on queued plus running jobs (the
+    boundary rolls the job and its hold back). A before-commit check (`facemint.db.before_commit`), so the count
+    includes the job itself and every job committed before it.
+
+    Far below the cap the count alone decides. Near it (within `ACTIVE_CAP_MARGIN`), the tenant's submits are
+    serialised by a transaction lock from here to their COMMIT, on one thread, so two concurrent ones cannot both
+    take the last place: each counts again once it holds the lock. Serialising every submit instead would cap one
+    tenant's submit rate at one COMMIT at a time (measured: a third fewer submits per second)."""
+    active = session.execute(_ACTIVE_JOBS, {"tenant": tenant_id}).scalar_one()
+    if active + ACTIVE_CAP_MARGIN <= cap:
+        return
     session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"), {"lock": f"tenant-active-jobs:{tenant_id}"}
     )
-    active = session.execute(
-        text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant AND status IN ('queued', 'running')"),
-        {"tenant": tenant_id},
-    ).scalar_one()
+    active = session.execute(_ACTIVE_JOBS, {"tenant": tenant_id}).scalar_one()
     if active > cap:
         raise TooManyActiveJobs(
             f"this tenant already has {active - 1} jobs queued or running, its plan's limit; retry when some finish",

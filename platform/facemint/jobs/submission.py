@@ -20,7 +20,7 @@ from billing.ledger import service as ledger
 from billing.ledger.service import request_hash
 from facemint.auth.principal import Principal
 from facemint.config import Settings
-from facemint.db import after_commit, after_rollback, unit_of_work
+from facemint.db import after_commit, after_rollback, before_commit, unit_of_work
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.errors import InvalidSwapRequest, QueueUnavailable
@@ -103,10 +103,12 @@ def submit_swap(
             webhook_url=swap.webhook_url,
             max_attempts=settings.job_max_attempts,
             deadline_seconds=settings.job_deadline_seconds,
-            max_active_jobs=settings.max_active_jobs(principal.plan),
         ),
     )
     job = outcome.job
+    if not outcome.replayed:
+        tenant_id, cap = principal.tenant_id, settings.max_active_jobs(principal.plan)
+        before_commit(session, lambda: jobs.ensure_within_active_cap(session, tenant_id=tenant_id, cap=cap))
     if outcome.replayed:
         storage.delete_prefix(prefix)  # the job this key made has its own inputs
     if job.status == "queued":

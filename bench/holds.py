@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.errors import LedgerContention
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from billing.reports.reconcile import reconcile
 from facemint.db import make_engine, make_sessionmaker
 
@@ -50,11 +50,11 @@ def worker(
             i += 1
             begun = time.perf_counter()
             try:
-                hold = ledger.reserve(
+                hold = ledger_holds.reserve(
                     session, account_id=rng.choice(accounts), amount=1, reference=f"{tag}-{i}", ttl_seconds=600
                 )
                 session.commit()
-                ledger.capture(session, hold_id=hold.hold_id)
+                ledger_holds.capture(session, hold_id=hold.hold_id)
                 session.commit()
             except LedgerContention:
                 session.rollback()

@@ -2,7 +2,10 @@
 guarded balance updates and the entries go together, so nothing is read, decided in Python and written back.
 
 Services never commit: the caller's request or job boundary does. A raised error means the boundary must
-roll back (a statement may already have inserted a header row that only the rollback removes)."""
+roll back (a statement may already have inserted a header row that only the rollback removes).
+
+Accounts, postings and reading the journal are here; holds (reserve, capture, release, expiry) are
+`billing.ledger.holds`."""
 
 from __future__ import annotations
 
@@ -19,8 +22,6 @@ from sqlalchemy.orm import Session
 from billing.errors import (
     AccountNotFound,
     AlreadyReversed,
-    HoldAlreadyResolved,
-    HoldNotFound,
     IdempotencyConflict,
     InsufficientTokens,
     InvalidAmount,
@@ -29,7 +30,7 @@ from billing.errors import (
     TransactionNotFound,
 )
 from billing.ledger.orm import AccountKind, TransactionKind
-from billing.ledger.schemas import Balance, HoldResult, Posting
+from billing.ledger.schemas import Balance, Posting
 
 # Postgres SQLSTATEs that mean "the database refused, nothing was applied".
 _CONTENTION_STATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock not available
@@ -335,252 +336,6 @@ def reverse(
             reason=reason,
             reverses_transaction_id=transaction_id,
         )
-
-
-# --- holds -------------------------------------------------------------------------------------------
-
-_RESERVE_SQL = text(
-    """
-WITH hold AS (
-    INSERT INTO holds (account_id, tenant_id, amount, reference, metadata, expires_at)
-    SELECT id, tenant_id, :amount, :reference, CAST(:metadata AS jsonb),
-           now() + make_interval(secs => :ttl_seconds)
-    FROM ledger_accounts WHERE id = :account_id AND balance_tracked
-    ON CONFLICT (reference) DO NOTHING
-    RETURNING id, account_id, amount
-),
-reserved AS (
-    UPDATE ledger_accounts a SET held = a.held + hold.amount
-    FROM hold
-    WHERE a.id = hold.account_id AND a.balance - a.held >= hold.amount
-    RETURNING a.id, a.balance - a.held AS available
-)
-SELECT hold.id AS hold_id, (SELECT count(*) FROM reserved) AS n_reserved,
-       (SELECT available FROM reserved) AS available
-FROM hold
-"""
-)
-
-
-def reserve(
-    session: Session,
-    *,
-    account_id: int,
-    amount: int,
-    reference: str,
-    ttl_seconds: int,
-    metadata: dict[str, Any] | None = None,
-) -> HoldResult:
-    """Hold `amount` tokens on an account until captured, released or expired. `reference` makes it
-    idempotent: the same reference returns the first hold."""
-    if amount <= 0:
-        raise InvalidAmount("a hold must be a positive integer")
-    with database_refusals():
-        row = session.execute(
-            _RESERVE_SQL,
-            {
-                "account_id": account_id,
-                "amount": amount,
-                "reference": reference,
-                "ttl_seconds": ttl_seconds,
-                "metadata": json.dumps(metadata) if metadata is not None else None,
-            },
-        ).one_or_none()
-    if row is None:
-        existing = _hold_by_reference(session, reference=reference)
-        if existing is None:
-            raise AccountNotFound(f"account {account_id} not found")
-        if existing.account_id != account_id or existing.amount != amount:
-            raise IdempotencyConflict("this hold reference was already used for a different hold")
-        return existing
-    if row.n_reserved != 1:
-        balance = get_balance(session, account_id=account_id)
-        raise InsufficientTokens(
-            f"not enough tokens: {amount} needed, {balance.available} available",
-            needed=amount,
-            available=balance.available,
-        )
-    return HoldResult(
-        hold_id=row.hold_id,
-        account_id=account_id,
-        amount=amount,
-        status="held",
-        captured_amount=None,
-        replayed=False,
-        available_after=row.available,
-    )
-
-
-_CAPTURE_SQL = text(
-    """
-WITH hold AS (
-    UPDATE holds
-    SET status = 'captured', captured_amount = coalesce(CAST(:amount AS bigint), amount), resolved_at = now()
-    WHERE id = :hold_id AND status = 'held' AND amount >= coalesce(CAST(:amount AS bigint), amount)
-    RETURNING id, account_id, tenant_id, amount, captured_amount, reference
-),
-txn AS (
-    INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, amount, tenant_id, hold_id, reference)
-    SELECT 'capture', 'hold-capture:' || hold.id, :hash, hold.captured_amount, hold.tenant_id, hold.id,
-           hold.reference
-    FROM hold
-    RETURNING id
-),
-debited AS (
-    UPDATE ledger_accounts a
-    SET balance = a.balance - hold.captured_amount, held = a.held - hold.amount, version = a.version + 1
-    FROM hold WHERE a.id = hold.account_id
-    RETURNING a.id, a.balance
-),
-entries AS (
-    INSERT INTO ledger_entries (transaction_id, account_id, amount, balance_after)
-    SELECT txn.id, debited.id, -hold.captured_amount, debited.balance FROM txn, debited, hold
-    UNION ALL
-    SELECT txn.id, a.id, hold.captured_amount, NULL FROM txn, hold, ledger_accounts a
-    WHERE a.kind = 'usage_revenue' AND NOT a.balance_tracked
-    RETURNING id
-)
-SELECT txn.id AS transaction_id, hold.account_id, hold.amount, hold.captured_amount,
-       (SELECT count(*) FROM entries) AS n_entries
-FROM txn, hold
-"""
-)
-
-
-def capture(session: Session, *, hold_id: int, amount: int | None = None) -> HoldResult:
-    """Capture a hold once, for at most its amount (the rest is released with it; default: all of it).
-    Capturing again with the same amount replays; a hold already released, expired or captured for another
-    amount is refused, so a capture racing a release resolves exactly one of them."""
-    if amount is not None and amount <= 0:
-        raise InvalidAmount("a capture must be a positive integer")
-    with database_refusals():
-        row = session.execute(
-            _CAPTURE_SQL,
-            {"hold_id": hold_id, "amount": amount, "hash": request_hash({"capture": amount})},
-        ).one_or_none()
-    if row is None:
-        current = _hold_by_id(session, hold_id=hold_id)
-        if current.status == "held":
-            raise InvalidAmount(f"a capture must be between 1 and the held {current.amount} tokens")
-        if current.status == "captured" and amount in (None, current.captured_amount):
-            return HoldResult(**{**_as_dict(current), "replayed": True})
-        raise HoldAlreadyResolved(f"hold {hold_id} is already {current.status}", status=current.status)
-    if row.n_entries != 2:
-        raise AccountNotFound("usage revenue account is missing: run the migrations")
-    return HoldResult(
-        hold_id=hold_id,
-        account_id=row.account_id,
-        amount=row.amount,
-        status="captured",
-        captured_amount=row.captured_amount,
-        replayed=False,
-    )
-
-
-_RELEASE_SQL = text(
-    """
-WITH hold AS (
-    UPDATE holds SET status = :status, resolved_at = now()
-    WHERE id = ANY(CAST(:hold_ids AS bigint[])) AND status = 'held'
-    RETURNING id, account_id, amount, status
-),
-per_account AS (
-    SELECT account_id, sum(amount) AS amount FROM hold GROUP BY account_id
-),
-released AS (
-    UPDATE ledger_accounts a SET held = a.held - per_account.amount
-    FROM per_account WHERE a.id = per_account.account_id
-    RETURNING a.id
-)
-SELECT hold.id, hold.account_id, hold.amount, hold.status, NULL AS captured_amount FROM hold
-"""
-)
-
-
-def release(session: Session, *, hold_id: int) -> HoldResult:
-    """Release a hold once. Releasing an already released hold replays; a captured one is refused."""
-    with database_refusals():
-        row = session.execute(_RELEASE_SQL, {"hold_ids": [hold_id], "status": "released"}).one_or_none()
-    if row is not None:
-        return _hold_row(row)
-    current = _hold_by_id(session, hold_id=hold_id)
-    if current.status == "released":
-        return HoldResult(**{**_as_dict(current), "replayed": True})
-    raise HoldAlreadyResolved(f"hold {hold_id} is already {current.status}", status=current.status)
-
-
-def release_holds(session: Session, *, hold_ids: Sequence[int]) -> list[int]:
-    """Release every hold of `hold_ids` that is still held, in one statement; returns the ones this call
-    released (the others were already resolved by someone else, and stay as they are)."""
-    if not hold_ids:
-        return []
-    with database_refusals():
-        return list(session.execute(_RELEASE_SQL, {"hold_ids": list(hold_ids), "status": "released"}).scalars().all())
-
-
-def expire_due_holds(session: Session, *, limit: int = 500) -> list[int]:
-    """Release holds past their deadline. SKIP LOCKED: a hold being captured right now is not waited on,
-    and several sweepers can run at once; whoever loses the `status = 'held'` guard changes nothing."""
-    due = (
-        session.execute(
-            text(
-                "SELECT id FROM holds WHERE status = 'held' AND expires_at <= now() "
-                "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
-            ),
-            {"limit": limit},
-        )
-        .scalars()
-        .all()
-    )
-    if not due:
-        return []
-    with database_refusals():
-        return list(session.execute(_RELEASE_SQL, {"hold_ids": list(due), "status": "expired"}).scalars().all())
-
-
-def get_hold(session: Session, *, hold_id: int) -> HoldResult:
-    return _hold_by_id(session, hold_id=hold_id)
-
-
-def _hold_by_id(session: Session, *, hold_id: int) -> HoldResult:
-    row = session.execute(
-        text("SELECT id, account_id, amount, status, captured_amount FROM holds WHERE id = :id"),
-        {"id": hold_id},
-    ).one_or_none()
-    if row is None:
-        raise HoldNotFound(f"hold {hold_id} not found")
-    return _hold_row(row)
-
-
-def _hold_by_reference(session: Session, *, reference: str) -> HoldResult | None:
-    row = session.execute(
-        text("SELECT id, account_id, amount, status, captured_amount FROM holds WHERE reference = :ref"),
-        {"ref": reference},
-    ).one_or_none()
-    if row is None:
-        return None
-    return HoldResult(**{**_as_dict(_hold_row(row)), "replayed": True})
-
-
-def _hold_row(row: Any) -> HoldResult:
-    return HoldResult(
-        hold_id=row.id,
-        account_id=row.account_id,
-        amount=row.amount,
-        status=row.status,
-        captured_amount=row.captured_amount,
-        replayed=False,
-    )
-
-
-def _as_dict(hold: HoldResult) -> dict[str, Any]:
-    return {
-        "hold_id": hold.hold_id,
-        "account_id": hold.account_id,
-        "amount": hold.amount,
-        "status": hold.status,
-        "captured_amount": hold.captured_amount,
-    }
 
 
 # --- reading the journal ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import ColumnElement, Select
 
 from facemint.errors import FacemintError, NotFound
 
@@ -54,10 +54,15 @@ def within_tenant(
 ) -> SelectT:
     """Scope a list to the caller's tenant (`tenant_scope`, None for staff), plus an optional `tenant_id` filter
     (an endpoint has already refused another tenant's id with 404, see `ensure_tenant_visible`)."""
-    for value in (tenant_scope, tenant_id):
-        if value is not None:
-            query = query.where(tenant_column == value)
-    return query
+    return query.where(*tenant_conditions(tenant_column, tenant_scope=tenant_scope, tenant_id=tenant_id))
+
+
+def tenant_conditions(
+    tenant_column: Any, *, tenant_scope: int | None, tenant_id: int | None = None
+) -> list[ColumnElement[bool]]:
+    """The SQL conditions `within_tenant` adds, for a statement that is not a select (an update of a tenant's
+    rows)."""
+    return [tenant_column == value for value in (tenant_scope, tenant_id) if value is not None]
 
 
 def tenant_filter_sql(column: str, *, tenant_scope: int | None, param: str = "tenant_scope") -> str:

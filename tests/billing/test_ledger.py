@@ -19,6 +19,7 @@ from billing.errors import (
     InsufficientTokens,
     InvalidAmount,
 )
+from billing.ledger import holds as ledger_holds
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind, TransactionKind
 from tests.factories import create_user, fund
@@ -32,7 +33,9 @@ def _account(session: Session, amount: int = 0) -> int:
 
 
 def _reserve(session: Session, account_id: int, amount: int, ttl: int = 600) -> int:
-    hold = ledger.reserve(session, account_id=account_id, amount=amount, reference=uuid.uuid4().hex, ttl_seconds=ttl)
+    hold = ledger_holds.reserve(
+        session, account_id=account_id, amount=amount, reference=uuid.uuid4().hex, ttl_seconds=ttl
+    )
     session.commit()
     return hold.hold_id
 
@@ -47,7 +50,7 @@ class TestHolds:
     def test_reserve_beyond_available_is_refused_and_leaves_nothing(self, session: Session) -> None:
         account = _account(session, 10)
         with pytest.raises(InsufficientTokens) as info:
-            ledger.reserve(session, account_id=account, amount=11, reference="too-much", ttl_seconds=60)
+            ledger_holds.reserve(session, account_id=account, amount=11, reference="too-much", ttl_seconds=60)
         session.rollback()
         assert info.value.extra == {"needed": 11, "available": 10}
         assert session.execute(text("SELECT count(*) FROM holds")).scalar_one() == 0
@@ -55,65 +58,65 @@ class TestHolds:
 
     def test_same_reference_replays_the_first_hold(self, session: Session) -> None:
         account = _account(session, 100)
-        first = ledger.reserve(session, account_id=account, amount=5, reference="job-1", ttl_seconds=60)
+        first = ledger_holds.reserve(session, account_id=account, amount=5, reference="job-1", ttl_seconds=60)
         session.commit()
-        again = ledger.reserve(session, account_id=account, amount=5, reference="job-1", ttl_seconds=60)
+        again = ledger_holds.reserve(session, account_id=account, amount=5, reference="job-1", ttl_seconds=60)
         session.commit()
         assert again.hold_id == first.hold_id
         assert again.replayed
         assert ledger.get_balance(session, account_id=account).held == 5
         with pytest.raises(IdempotencyConflict):
-            ledger.reserve(session, account_id=account, amount=6, reference="job-1", ttl_seconds=60)
+            ledger_holds.reserve(session, account_id=account, amount=6, reference="job-1", ttl_seconds=60)
 
     def test_capture_debits_once_and_releases_the_rest(self, session: Session) -> None:
         account = _account(session, 100)
         hold = _reserve(session, account, 30)
-        result = ledger.capture(session, hold_id=hold, amount=20)
+        result = ledger_holds.capture(session, hold_id=hold, amount=20)
         session.commit()
         assert result.captured_amount == 20
         assert not result.replayed
         balance = ledger.get_balance(session, account_id=account)
         assert (balance.balance, balance.held) == (80, 0)
-        replay = ledger.capture(session, hold_id=hold, amount=20)
+        replay = ledger_holds.capture(session, hold_id=hold, amount=20)
         session.commit()
         assert replay.replayed
         assert ledger.get_balance(session, account_id=account).balance == 80
         with pytest.raises(HoldAlreadyResolved):
-            ledger.capture(session, hold_id=hold, amount=10)
+            ledger_holds.capture(session, hold_id=hold, amount=10)
         session.rollback()
         with pytest.raises(HoldAlreadyResolved):
-            ledger.release(session, hold_id=hold)
+            ledger_holds.release(session, hold_id=hold)
 
     def test_capture_above_the_hold_is_refused(self, session: Session) -> None:
         account = _account(session, 100)
         hold = _reserve(session, account, 30)
         with pytest.raises(InvalidAmount):
-            ledger.capture(session, hold_id=hold, amount=31)
+            ledger_holds.capture(session, hold_id=hold, amount=31)
         session.rollback()
-        assert ledger.get_hold(session, hold_id=hold).status == "held"
+        assert ledger_holds.get_hold(session, hold_id=hold).status == "held"
 
     def test_release_returns_tokens_and_replays(self, session: Session) -> None:
         account = _account(session, 100)
         hold = _reserve(session, account, 40)
-        assert not ledger.release(session, hold_id=hold).replayed
+        assert not ledger_holds.release(session, hold_id=hold).replayed
         session.commit()
-        assert ledger.release(session, hold_id=hold).replayed
+        assert ledger_holds.release(session, hold_id=hold).replayed
         session.commit()
         balance = ledger.get_balance(session, account_id=account)
         assert (balance.balance, balance.held) == (100, 0)
         with pytest.raises(HoldAlreadyResolved):
-            ledger.capture(session, hold_id=hold)
+            ledger_holds.capture(session, hold_id=hold)
 
     def test_expired_holds_are_released_by_the_sweeper(self, session: Session) -> None:
         account = _account(session, 100)
         due = _reserve(session, account, 10, ttl=0)
         kept = _reserve(session, account, 20, ttl=600)
-        assert ledger.expire_due_holds(session) == [due]
+        assert ledger_holds.expire_due_holds(session) == [due]
         session.commit()
-        assert ledger.get_hold(session, hold_id=due).status == "expired"
-        assert ledger.get_hold(session, hold_id=kept).status == "held"
+        assert ledger_holds.get_hold(session, hold_id=due).status == "expired"
+        assert ledger_holds.get_hold(session, hold_id=kept).status == "held"
         assert ledger.get_balance(session, account_id=account).held == 20
-        assert ledger.expire_due_holds(session) == []
+        assert ledger_holds.expire_due_holds(session) == []
 
 
 class TestConcurrency:
@@ -127,7 +130,7 @@ class TestConcurrency:
             with session_factory() as s:
                 barrier.wait()
                 try:
-                    ledger.reserve(s, account_id=account, amount=1, reference=f"race-{i}", ttl_seconds=60)
+                    ledger_holds.reserve(s, account_id=account, amount=1, reference=f"race-{i}", ttl_seconds=60)
                     s.commit()
                     return "ok"
                 except InsufficientTokens:
@@ -153,9 +156,9 @@ class TestConcurrency:
                     barrier.wait()
                     try:
                         if action == "capture":
-                            ledger.capture(s, hold_id=hold_id)
+                            ledger_holds.capture(s, hold_id=hold_id)
                         else:
-                            ledger.release(s, hold_id=hold_id)
+                            ledger_holds.release(s, hold_id=hold_id)
                         s.commit()
                         return action
                     except HoldAlreadyResolved:
@@ -165,7 +168,7 @@ class TestConcurrency:
             with ThreadPoolExecutor(max_workers=2) as pool:
                 results = sorted(pool.map(run, ["capture", "release"]))
             assert results.count("lost") == 1, results
-            status = ledger.get_hold(session, hold_id=hold).status
+            status = ledger_holds.get_hold(session, hold_id=hold).status
             assert status == ("captured" if "capture" in results else "released")
         captured = session.execute(text("SELECT count(*) FROM holds WHERE status = 'captured'")).scalar_one()
         assert ledger.get_balance(session, account_id=account).balance == 1000 - 10 * captured
@@ -180,7 +183,7 @@ class TestConcurrency:
         def sweep(_: int) -> list[int]:
             with session_factory() as s:
                 barrier.wait()
-                done = ledger.expire_due_holds(s, limit=10)
+                done = ledger_holds.expire_due_holds(s, limit=10)
                 s.commit()
                 return done
 
@@ -190,7 +193,7 @@ class TestConcurrency:
                 barrier.wait()
                 for hold in holds:
                     try:
-                        ledger.capture(s, hold_id=hold)
+                        ledger_holds.capture(s, hold_id=hold)
                         s.commit()
                         won.append(hold)
                     except HoldAlreadyResolved:
@@ -299,7 +302,7 @@ class TestPostings:
         account = _account(session)
         txn = fund(session, account_id=account, amount=30)
         hold = _reserve(session, account, 20)
-        ledger.capture(session, hold_id=hold)
+        ledger_holds.capture(session, hold_id=hold)
         session.commit()
         with pytest.raises(InsufficientTokens):
             ledger.reverse(
@@ -361,7 +364,7 @@ class TestDatabaseRules:
     def test_a_resolved_hold_cannot_be_resolved_again(self, session: Session, owner_engine: Engine) -> None:
         account = _account(session, 10)
         hold = _reserve(session, account, 5)
-        ledger.release(session, hold_id=hold)
+        ledger_holds.release(session, hold_id=hold)
         session.commit()
         message = self._refused(
             session,

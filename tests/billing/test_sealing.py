@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.ledger import holds as ledger_holds
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind, TransactionKind
 from billing.sealing import service as sealing
@@ -348,9 +349,9 @@ class TestConcurrency:
                 writer.commit()
                 try:
                     fund(writer, account_id=sealed[1], amount=4)
-                    hold = ledger.reserve(writer, account_id=sealed[2], amount=1, reference="r", ttl_seconds=60)
+                    hold = ledger_holds.reserve(writer, account_id=sealed[2], amount=1, reference="r", ttl_seconds=60)
                     writer.commit()
-                    ledger.capture(writer, hold_id=hold.hold_id)
+                    ledger_holds.capture(writer, hold_id=hold.hold_id)
                     writer.commit()
                     _audit(writer, "test.during")
                 finally:

@@ -30,6 +30,7 @@ from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.ledger import holds as ledger_holds
 from billing.ledger import service as ledger
 from facemint.config import Settings
 from facemint.jobs import queries, sweeps
@@ -343,7 +344,7 @@ class BooksMachine(MoneyRules):
         """A hold straight on the ledger; `due`: its expiry is already here (the expiry sweep's work)."""
         account = self._account(payer)
         hold, error = self._run(
-            lambda s: ledger.reserve(
+            lambda s: ledger_holds.reserve(
                 s, account_id=account, amount=amount, reference=self._key("hold"), ttl_seconds=0 if due else 3600
             )
         )
@@ -362,7 +363,7 @@ class BooksMachine(MoneyRules):
         hold = books.holds[data.draw(st.sampled_from(sorted(books.holds)))]
 
         def call(s: Session) -> Any:
-            result = ledger.capture(s, hold_id=hold.id, amount=amount)
+            result = ledger_holds.capture(s, hold_id=hold.id, amount=amount)
             txn = s.execute(
                 text("SELECT id FROM ledger_transactions WHERE hold_id = :id"), {"id": hold.id}
             ).scalar_one_or_none()
@@ -391,7 +392,7 @@ class BooksMachine(MoneyRules):
     def release(self, data: st.DataObject) -> None:
         books = self.books
         hold = books.holds[data.draw(st.sampled_from(sorted(books.holds)))]
-        result, error = self._run(lambda s: ledger.release(s, hold_id=hold.id))
+        result, error = self._run(lambda s: ledger_holds.release(s, hold_id=hold.id))
         if hold.status == "held":
             self._expect(error, None)
             assert (result.status, result.replayed) == ("released", False)
@@ -404,7 +405,7 @@ class BooksMachine(MoneyRules):
             self._expect(error, "HoldAlreadyResolved")
 
     def _expire_holds(self) -> None:
-        expired, error = self._run(lambda s: ledger.expire_due_holds(s))
+        expired, error = self._run(lambda s: ledger_holds.expire_due_holds(s))
         self._expect(error, None)
         due = [h for h in self.books.holds.values() if h.status == "held" and h.due]
         assert sorted(expired) == sorted(h.id for h in due)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm import Session
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.reports.service import reconcile_all
 from tests.jobs.conftest import job_row, submit
 
@@ -40,7 +40,7 @@ def test_a_queued_job_whose_hold_was_released_is_reported(
 ) -> None:
     payer = make_payer(3)
     job = job_row(engine, submit(job_client, payer).json()["id"])
-    ledger.release(session, hold_id=job.hold_id)  # behind the job's back
+    ledger_holds.release(session, hold_id=job.hold_id)  # behind the job's back
     session.commit()
     assert "job_hold_state" in _failing_checks(engine)
 
@@ -50,7 +50,7 @@ def test_a_hold_reserved_for_a_job_that_was_never_recorded_is_reported(
     make_payer: Any, engine: DbEngine, session: Session
 ) -> None:
     payer = make_payer(3)
-    ledger.reserve(session, account_id=payer.account_id, amount=1, reference="job:job_ghost", ttl_seconds=60)
+    ledger_holds.reserve(session, account_id=payer.account_id, amount=1, reference="job:job_ghost", ttl_seconds=60)
     session.commit()
     assert _failing_checks(engine) == {"job_hold_without_job"}
 

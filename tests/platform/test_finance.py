@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.audit import service as audit_service
 from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
@@ -409,10 +409,12 @@ class TestReports:
     def test_liability_at_an_instant_counts_holds_open_then(
         self, client: TestClient, session: Session, book: Book
     ) -> None:
-        hold = ledger.reserve(session, account_id=book.alice.account_id, amount=5, reference="fin-hold", ttl_seconds=60)
+        hold = ledger_holds.reserve(
+            session, account_id=book.alice.account_id, amount=5, reference="fin-hold", ttl_seconds=60
+        )
         session.commit()
         made = session.execute(text("SELECT created_at FROM holds WHERE id = :id"), {"id": hold.hold_id}).scalar_one()
-        ledger.release(session, hold_id=hold.hold_id)
+        ledger_holds.release(session, hold_id=hold.hold_id)
         session.commit()
         tenant = {"tenant_id": book.tenant_a.id}
         # Open at the instant it was made (with the queued job's hold); released since.

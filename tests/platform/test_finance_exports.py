@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.audit import service as audit_service
 from facemint.cli.main import cli
 from facemint.config import Settings, get_settings
@@ -183,7 +183,7 @@ def _settle(factory: sessionmaker[Session], accounts: list[int], stop: threading
         i = 0
         while not stop.is_set():
             i += 1
-            hold = ledger.reserve(
+            hold = ledger_holds.reserve(
                 session,
                 account_id=accounts[i % len(accounts)],
                 amount=1,
@@ -191,7 +191,7 @@ def _settle(factory: sessionmaker[Session], accounts: list[int], stop: threading
                 ttl_seconds=60,
             )
             session.commit()
-            ledger.capture(session, hold_id=hold.hold_id)
+            ledger_holds.capture(session, hold_id=hold.hold_id)
             session.commit()
             done.append(i)
 

@@ -16,7 +16,7 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.app import create_app
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker
@@ -297,7 +297,9 @@ class TestEngineTimings:
 
 
 def _hold(session: Session, account_id: int, amount: int) -> int:
-    hold = ledger.reserve(session, account_id=account_id, amount=amount, reference=uuid.uuid4().hex, ttl_seconds=600)
+    hold = ledger_holds.reserve(
+        session, account_id=account_id, amount=amount, reference=uuid.uuid4().hex, ttl_seconds=600
+    )
     session.commit()
     return hold.hold_id
 
@@ -345,12 +347,12 @@ class TestDatabaseSeries:
         user = create_user(session)
         fund(session, account_id=user.account_id, amount=100)
         _hold(session, user.account_id, 10)  # stays held
-        ledger.capture(session, hold_id=_hold(session, user.account_id, 20), amount=15)  # 5 come back
-        ledger.release(session, hold_id=_hold(session, user.account_id, 30))
+        ledger_holds.capture(session, hold_id=_hold(session, user.account_id, 20), amount=15)  # 5 come back
+        ledger_holds.release(session, hold_id=_hold(session, user.account_id, 30))
         session.commit()
-        ledger.reserve(session, account_id=user.account_id, amount=7, reference="expired", ttl_seconds=0)
+        ledger_holds.reserve(session, account_id=user.account_id, amount=7, reference="expired", ttl_seconds=0)
         session.commit()
-        assert len(ledger.expire_due_holds(session)) == 1
+        assert len(ledger_holds.expire_due_holds(session)) == 1
         session.commit()
 
         result = scrape(client)
@@ -365,7 +367,7 @@ class TestDatabaseSeries:
         for status in ("queued", "queued", "running", "failed"):
             hold_id = _hold(session, user.account_id, 1)
             if status == "failed":  # a failed job's hold is released (reconciliation checks it after the test)
-                ledger.release(session, hold_id=hold_id)
+                ledger_holds.release(session, hold_id=hold_id)
             job_id = _insert_job(
                 session,
                 user_id=user.id,

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.jobs.orm import Job
 from facemint.tenants.orm import Tenant
 from facemint.webhooks import service as webhooks
@@ -178,8 +178,8 @@ def make_failed_job(session: Session, *, tenant: Tenant | None = None, webhook_u
     user = create_user(session, tenant=tenant)
     fund(session, account_id=user.account_id, amount=10)
     public_id = f"job_{uuid.uuid4().hex[:24]}"
-    hold = ledger.reserve(session, account_id=user.account_id, amount=1, reference=public_id, ttl_seconds=600)
-    ledger.release(session, hold_id=hold.hold_id)
+    hold = ledger_holds.reserve(session, account_id=user.account_id, amount=1, reference=public_id, ttl_seconds=600)
+    ledger_holds.release(session, hold_id=hold.hold_id)
     assert user.tenant_id is not None
     job = Job(
         public_id=public_id,

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from billing.pricing import service as pricing
 from facemint.jobs import queries
 from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, TooManyActiveJobs
@@ -89,7 +89,7 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
     price = pricing.current_price(session, operation=request.operation)
     tokens = price.tokens_per_unit * request.units
     # InsufficientTokens propagates: the boundary rolls back, and nothing was recorded.
-    hold = ledger.reserve(
+    hold = ledger_holds.reserve(
         session,
         account_id=request.account_id,
         amount=tokens,
@@ -255,7 +255,7 @@ def complete(
     ).one_or_none()
     if row is None:
         return None
-    ledger.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
+    ledger_holds.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
     _record_webhook(session, row)
     return row
 
@@ -400,7 +400,7 @@ def finish_uncharged(
         )
     )
     # A hold the ledger already expired (its job was stuck past the margin) stays expired: nothing to release.
-    ledger.release_holds(session, hold_ids=[r.hold_id for r in rows])
+    ledger_holds.release_holds(session, hold_ids=[r.hold_id for r in rows])
     for row in rows:
         _record_webhook(session, row)
     return rows

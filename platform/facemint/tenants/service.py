@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,7 +14,7 @@ from facemint.tenancy import within_tenant
 from facemint.tenants.errors import TenantExists, TenantNotFound
 from facemint.tenants.orm import Tenant, TenantStatus
 from facemint.tenants.schemas import TenantCreate, TenantUpdate
-from facemint.users.orm import User
+from facemint.users import service as user_service
 
 
 def snapshot(tenant: Tenant) -> dict[str, object]:
@@ -98,13 +97,8 @@ def update(session: Session, *, context: RequestContext, tenant: Tenant, data: T
         if before["status"] != after["status"]:
             action = "tenant.suspend" if after["status"] == TenantStatus.suspended else "tenant.activate"
             # Every access token of the tenant's users dies with the suspension (and the reactivation: nothing
-            # issued before either outlives it); one statement for however many users.
-            session.execute(
-                sa.update(User)
-                .where(User.tenant_id == tenant.id)
-                .values(credentials_version=User.credentials_version + 1)
-                .execution_options(synchronize_session=False)
-            )
+            # issued before either outlives it).
+            user_service.end_tenant_sessions(session, tenant_id=tenant.id)
         audit.record(
             session,
             context=context,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -86,6 +87,16 @@ def _end_sessions(user: User) -> None:
     """Access tokens carry the credentials version they were issued under; moving it on (in SQL, so concurrent
     changes never land on the same version) makes every earlier token fail on its next request."""
     user.credentials_version = User.credentials_version + 1
+
+
+def end_tenant_sessions(session: Session, *, tenant_id: int) -> None:
+    """`_end_sessions` for every user of a tenant (its suspension or reactivation), in one statement."""
+    session.execute(
+        sa.update(User)
+        .where(*tenancy.tenant_conditions(User.tenant_id, tenant_scope=None, tenant_id=tenant_id))
+        .values(credentials_version=User.credentials_version + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def create(

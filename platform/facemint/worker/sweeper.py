@@ -25,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
-from billing.ledger import service as ledger
+from billing.ledger import holds as ledger_holds
 from facemint.approvals import service as approvals
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, sweeps
@@ -69,7 +69,7 @@ def sweep_once(context: WorkerContext) -> SweepReport:
             break
     for _ in range(MAX_BATCHES):
         with unit_of_work(context.sessions) as session:
-            expired = ledger.expire_due_holds(session, limit=BATCH)
+            expired = ledger_holds.expire_due_holds(session, limit=BATCH)
         report.holds_expired += expired
         if len(expired) < BATCH:
             break

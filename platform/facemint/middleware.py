@@ -3,7 +3,10 @@ from __future__ import annotations
 import re
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facemint.problems import BodyTooLarge, problem_response
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -46,10 +49,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.requests import Request
-
-        from facemint.problems import BodyTooLarge, problem_response
-
         limit = self.path_limits.get(scope["path"], self.default_limit)
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -71,25 +72,32 @@ def _unavailable(exc: BaseException) -> ServiceUnavailable:
     return error
 
 
+def _acquire_args(pools: list[Pool], holder: str, lifetime_seconds: float) -> list[Any]:
+    """The script's arguments: the number of keys, the keys, then the holder, the lifetime and the limits."""
+    return [
+        _ACQUIRE,
+        len(pools),
+        *[p.key for p in pools],
+        holder,
+        int(lifetime_seconds * 1000),
+        *[p.limit for p in pools],
+    ]
+
+
+def _lease_or_refusal(full: int, pools: list[Pool], holder: str, retry_after: int) -> Lease:
+    if full:
+        raise _refusal(pools[full - 1], retry_after)
+    return Lease(pools=tuple(pools), holder=holder)
+
+
 def acquire(redis: Redis, pools: list[Pool], *, lifetime_seconds: float, retry_after: int = 5) -> Lease:
     """A slot in every pool, or RateLimited (429) naming the first full one. Release it with `release`."""
     holder = uuid.uuid4().hex
     try:
-        full = int(
-            redis.eval(
-                _ACQUIRE,
-                len(pools),
-                *[p.key for p in pools],
-                holder,
-                int(lifetime_seconds * 1000),
-                *[p.limit for p in pools],
-            )
-        )
+        full = int(redis.eval(*_acquire_args(pools, holder, lifetime_seconds)))
     except RedisError as exc:
         raise _unavailable(exc) from exc
-    if full:
-        raise _refusal(pools[full - 1], retry_after)
-    return Lease(pools=tuple(pools), holder=holder)
+    return _lease_or_refusal(full, pools, holder, retry_after)
 
 
 def release(redis: Redis, lease: Lease) -> None:
@@ -105,23 +113,13 @@ def release(redis: Redis, lease: Lease) -> None:
 async def acquire_async(
     redis: AsyncRedis, pools: list[Pool], *, lifetime_seconds: float, retry_after: int = 5
 ) -> Lease:
+    """`acquire` on the event loop."""
     holder = uuid.uuid4().hex
     try:
-        full = int(
-            await redis.eval(
-                _ACQUIRE,
-                len(pools),
-                *[p.key for p in pools],
-                holder,
-                int(lifetime_seconds * 1000),
-                *[p.limit for p in pools],
-            )
-        )
+        full = int(await redis.eval(*_acquire_args(pools, holder, lifetime_seconds)))
     except RedisError as exc:
         raise _unavailable(exc) from exc
-    if full:
-        raise _refusal(pools[full - 1], retry_after)
-    return Lease(pools=tuple(pools), holder=holder)
+    return _lease_or_refusal(full, pools, holder, retry_after)
 
 
 async def release_async(redis: AsyncRedis, lease: Lease) -> None:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select
 
-from facemint.errors import FacemintError, NotFound
+from facemint.errors import FacemintError
 
 SelectT = TypeVar("SelectT", bound=Select)  # any select; the row type is kept
 
@@ -28,12 +28,6 @@ def ensure_visible(tenant_scope: int | None, tenant_id: int | None, *, not_found
         raise not_found
 
 
-def ensure_tenant_visible(tenant_scope: int | None, tenant_id: int | None, *, what: str = "tenant") -> None:
-    """For a `tenant_id` a caller names (a filter, a batch's target): another tenant's id answers 404."""
-    if tenant_id is not None:
-        ensure_visible(tenant_scope, tenant_id, not_found=NotFound(f"{what} not found"))
-
-
 def acting_tenant(tenant_scope: int | None, requested: int | None, *, not_found: FacemintError) -> int | None:
     """The tenant a request acts within: a tenant-scoped caller's own (naming another is 404), or for staff the
     one it names (None when it names none)."""
@@ -44,16 +38,11 @@ def acting_tenant(tenant_scope: int | None, requested: int | None, *, not_found:
     return tenant_scope
 
 
-def same_tenant(first: int | None, second: int | None) -> bool:
-    """Two objects of one tenant (two platform objects count as the same: neither belongs to a tenant)."""
-    return first == second
-
-
 def within_tenant(
     query: SelectT, tenant_column: Any, *, tenant_scope: int | None, tenant_id: int | None = None
 ) -> SelectT:
     """Scope a list to the caller's tenant (`tenant_scope`, None for staff), plus an optional `tenant_id` filter
-    (an endpoint has already refused another tenant's id with 404, see `ensure_tenant_visible`)."""
+    (an endpoint has already refused another tenant's id with 404: `Principal.ensure_tenant_visible`)."""
     return query.where(*tenant_conditions(tenant_column, tenant_scope=tenant_scope, tenant_id=tenant_id))
 
 
@@ -63,12 +52,6 @@ def tenant_conditions(
     """The SQL conditions `within_tenant` adds, for a statement that is not a select (an update of a tenant's
     rows)."""
     return [tenant_column == value for value in (tenant_scope, tenant_id) if value is not None]
-
-
-def tenant_filter_sql(column: str, *, tenant_scope: int | None, param: str = "tenant_scope") -> str:
-    """The same rule for hand-written SQL: a condition on `column` bound to `:<param>` (always true for staff).
-    The caller binds `param` to `tenant_scope`."""
-    return f"(CAST(:{param} AS bigint) IS NULL OR {column} = :{param})"
 
 
 # --- what a tenant-scoped reader sees of a batch's rows ----------------------------------------------------------

@@ -80,6 +80,33 @@ class TestActiveJobsCap:
         assert statuses == {202: 3, 429: 9}
         assert counts(engine, payer.user_id) == (3, 3)
 
+    def test_near_a_large_cap_the_count_takes_the_lock_and_stops_at_the_cap(
+        self, job_settings: Settings, make_payer: object, engine: DbEngine
+    ) -> None:
+        """Far below the cap the count decides alone; within ACTIVE_CAP_MARGIN of it, submits serialise."""
+        from facemint.jobs.service import ACTIVE_CAP_MARGIN
+
+        cap = ACTIVE_CAP_MARGIN + 8
+        payer: Payer = make_payer(tokens=100)  # type: ignore[operator]
+        app = create_app(_settings(job_settings, plan_max_active_jobs={"free": cap}))
+        with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+            def one(_: int) -> int:
+                headers = {**payer.headers, "Idempotency-Key": os.urandom(8).hex()}
+                return client.post("/v1/swaps", headers=headers, files=FILES).status_code
+
+            assert [one(i) for i in range(cap - 5)] == [202] * (cap - 5)
+            barrier = threading.Barrier(12)
+
+            def racing(i: int) -> int:
+                barrier.wait(timeout=30)
+                return one(i)
+
+            with ThreadPoolExecutor(12) as pool:
+                statuses = Counter(pool.map(racing, range(12)))
+        assert statuses == {202: 5, 429: 7}
+        assert counts(engine, payer.user_id) == (cap, cap)
+
 
 def _tenant(engine: DbEngine, tenant_id: int) -> object:
     from sqlalchemy.orm import Session

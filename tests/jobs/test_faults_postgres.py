@@ -42,6 +42,16 @@ def queued_ids(redis: Redis, settings: Settings) -> list[str]:
     return list(Queue(settings.queue_name, connection=redis).get_job_ids())
 
 
+def drain_losing_a_commit_reply(drain: Callable[..., None], settings: Settings, statement: str) -> None:
+    """Drain the queue with every worker connection going through the fault proxy, armed to lose the reply to the
+    COMMIT of the transaction that runs `statement`."""
+    assert settings.database_url is not None
+    with postgres_fault_proxy(settings.database_url) as proxy:
+        proxy.arm(statement)
+        drain(settings.model_copy(update={"database_url": proxy.url}))
+        assert proxy.fired.is_set(), "the commit went through the proxy"
+
+
 class TestLostCommitReply:
     def test_a_settlement_whose_commit_reply_was_lost_is_found_settled(
         self,
@@ -53,13 +63,8 @@ class TestLostCommitReply:
     ) -> None:
         payer = make_payer(5)
         job_id = accepted(job_client, payer)
-        assert job_settings.database_url is not None
-        with postgres_fault_proxy(job_settings.database_url) as proxy:
-            proxy.arm(SETTLEMENT)
-            # The worker's every connection goes through the proxy; the capture's COMMIT lands, its reply is lost,
-            # and the worker retries the settlement on a new connection.
-            drain(job_settings.model_copy(update={"database_url": proxy.url}))
-            assert proxy.fired.is_set(), "the settlement's commit went through the proxy"
+        # The capture's COMMIT lands, its reply is lost, and the worker retries the settlement on a new connection.
+        drain_losing_a_commit_reply(drain, job_settings, SETTLEMENT)
         done = job_row(engine, job_id)
         assert_captured_once(engine, done)
         assert done.attempts == 1
@@ -79,11 +84,7 @@ class TestLostCommitReply:
     ) -> None:
         payer = make_payer(5)
         job_id = accepted(job_client, payer)
-        assert job_settings.database_url is not None
-        with postgres_fault_proxy(job_settings.database_url) as proxy:
-            proxy.arm(CLAIM)
-            drain(job_settings.model_copy(update={"database_url": proxy.url}))
-            assert proxy.fired.is_set(), "the claim's commit went through the proxy"
+        drain_losing_a_commit_reply(drain, job_settings, CLAIM)
         # The retried claim found the job running under this worker: its own claim, which had landed. It ran the
         # job then, rather than leave it to the sweeper's stale check (an attempt lost, 30 s by default).
         done = job_row(engine, job_id)

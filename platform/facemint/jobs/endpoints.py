@@ -178,8 +178,7 @@ class SwapResponse(Response):
         headers: dict[str, str] = {}
         try:
             if self.wait and job.status not in TERMINAL_STATUSES:
-                if await self._wait(receive, job):
-                    job = await run_in_threadpool(_current, self.request, job.id)
+                job = await self._wait(receive, job) or job
                 headers["Preference-Applied"] = f"wait={self.wait}"
         finally:
             if self.lease is not None:
@@ -197,8 +196,10 @@ class SwapResponse(Response):
         )
         await response(scope, receive, send)
 
-    async def _wait(self, receive: Receive, job: Any) -> bool:
+    async def _wait(self, receive: Receive, job: Any) -> Any:
+        """The job as it finished, read once Postgres says so; None when the wait ran out or the client left."""
         gone = asyncio.Event()
+        seen: Any = None
 
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -206,18 +207,20 @@ class SwapResponse(Response):
             gone.set()
 
         async def is_finished() -> bool:
-            current = await run_in_threadpool(_current, self.request, job.id)
-            return current is not None and current.status in TERMINAL_STATUSES
+            nonlocal seen
+            seen = await run_in_threadpool(_current, self.request, job.id)
+            return seen is not None and seen.status in TERMINAL_STATUSES
 
         listener = asyncio.create_task(listen())
         try:
-            return await waiting.wait_until_finished(
+            finished = await waiting.wait_until_finished(
                 self.request.app.state.async_redis,
                 public_id=job.public_id,
                 seconds=float(self.wait or 0),
                 is_finished=is_finished,
                 client_gone=gone.is_set,
             )
+            return seen if finished else None
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -149,16 +149,13 @@ def delete_files(context: WorkerContext) -> int:
     return purged
 
 
-_last_orphan_sweep: dict[int, float] = {}
-
-
 def delete_orphans_when_due(context: WorkerContext) -> int:
-    """`delete_orphans` at most every `orphan_sweep_interval_seconds` per worker process."""
+    """`delete_orphans` at most every `orphan_sweep_interval_seconds` per worker (a listing of the storage is
+    worth an interval of its own, longer than the sweep's)."""
     now = time.monotonic()
-    key = id(context)
-    if now - _last_orphan_sweep.get(key, float("-inf")) < context.settings.orphan_sweep_interval_seconds:
+    if now - context.orphans_swept_at < context.settings.orphan_sweep_interval_seconds:
         return 0
-    _last_orphan_sweep[key] = now
+    context.orphans_swept_at = now
     return delete_orphans(context)
 
 

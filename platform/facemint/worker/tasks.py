@@ -42,6 +42,7 @@ class WorkerContext:
     storage: Storage
     engine: Any  # inference.engine.Engine, or anything with the same `swap`
     worker_id: str
+    orphans_swept_at: float = float("-inf")  # time.monotonic() of the last orphan sweep (see worker.sweeper)
 
 
 _context: WorkerContext | None = None

@@ -286,7 +286,11 @@ class ExportStream:
                 return self._stopped()
         cause = getattr(exc, "orig", None) or exc
         if self._deadline is not None and getattr(cause, "pgcode", None) in _SERVER_TIMEOUTS:
-            return ExportTimedOut(f"the export of {self.log.name} ran past its time limit (ended by the server)")
+            # The same limit as the watchdog's, whichever of the two fired first.
+            return ExportTimedOut(
+                f"the export of {self.log.name} ran past its time limit ({self.max_seconds:g} s) and was ended by the "
+                "server"
+            )
         return None
 
     def _cancel_locked(self) -> None:

@@ -266,7 +266,8 @@ def test_no_secret_reaches_a_log_line(
         result = client.get(job["result_url"], headers=member)
         assert result.status_code == 200
         secrets.add_bytes("result image", result.content)
-        assert sender.deliver_due(session_factory, settings=settings) >= 1
+        # The worker's own sender may have delivered it already; if not, this round does. Either way it arrives.
+        sender.deliver_due(session_factory, settings=settings)
         wait_for(lambda: receiver.calls_to("/hook"), timeout=10)
 
         # Unexpected database errors on requests: answered 500, their tracebacks logged.

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
-from fastapi.staticfiles import StaticFiles
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -20,6 +17,8 @@ from facemint.auth.endpoints import router as auth_router
 from facemint.balances.endpoints import admin_router as balances_admin_router
 from facemint.balances.endpoints import v1_router as balances_v1_router
 from facemint.config import Environment, Settings, get_settings
+from facemint.console.endpoints import install_console
+from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
@@ -37,9 +36,6 @@ from facemint.storage import make_storage
 from facemint.tenants.endpoints import router as tenants_router
 from facemint.users.endpoints import router as users_router
 from facemint.webhooks.endpoints import admin_router as webhooks_admin_router
-
-ADMIN_UI_DIR = Path(__file__).resolve().parents[2] / "admin_ui"
-ADMIN_UI_PATH = "/admin/ui"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,7 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_body_bytes,
-        path_limits={SWAPS_PATH: swap_body_limit(settings), BATCH_PATH: settings.batch_max_bytes},
+        path_limits={
+            SWAPS_PATH: swap_body_limit(settings),
+            BATCH_PATH: settings.batch_max_bytes,
+            # The console's CSV upload: the batch limit, plus the multipart form's own few hundred bytes.
+            BULK_UPLOAD_PATH: settings.batch_max_bytes + 64 * 1024,
+        },
     )
     app.add_middleware(RequestIdMiddleware)
 
@@ -104,13 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_metrics(app)
     install_openapi(app)
-    if ADMIN_UI_DIR.is_dir():
-        # Under /admin/ui, not /admin: a mount at /admin would also claim /admin/v1/..., answering a wrong method on
-        # an API path with the static files' 404 instead of the API's 405.
-        app.mount(ADMIN_UI_PATH, StaticFiles(directory=ADMIN_UI_DIR, html=True), name="admin_ui")
-
-        @app.get("/admin", include_in_schema=False)
-        async def admin_console() -> RedirectResponse:
-            return RedirectResponse(f"{ADMIN_UI_PATH}/")
-
+    install_console(app)
     return app

@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     # /metrics: open in dev when no token is set; in prod it needs `Authorization: Bearer <metrics_token>`.
     metrics_token: SecretStr | None = None
 
+    # The admin console (/admin): a server-side session in Redis behind an HttpOnly, SameSite=Strict cookie (Secure
+    # in prod). It ends after `console_idle_seconds` without a request, and `console_absolute_seconds` after
+    # sign-in whatever happens. Times are shown in the zone the viewer picks; this one until they pick.
+    console_idle_seconds: int = Field(default=1800, ge=60, le=86400)
+    console_absolute_seconds: int = Field(default=12 * 3600, ge=300, le=7 * 86400)
+    console_default_timezone: str = "UTC"
+    # A bulk-recharge preview (the uploaded file and the idempotency key fixed for it) lives this long.
+    console_preview_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+
     api_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sqlalchemy import text
 
 from facemint.problems import problem_response
@@ -16,7 +16,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None, responses={503: {"description": "Postgres or Redis does not answer"}})
-def readyz(request: Request) -> dict[str, object] | JSONResponse:
+def readyz(request: Request) -> dict[str, object] | Response:
     """Ready only when Postgres and Redis both answer."""
     checks: dict[str, str] = {}
     try:

@@ -40,6 +40,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "ledger_seal_leaves": APPEND_ONLY,
     "prices": APPEND_ONLY,  # a new price is a new version
     "webhook_deliveries": APPEND_ONLY,  # one row per attempt
+    "reconciliation_runs": APPEND_ONLY,  # one row per run: the dashboard's "last reconciliation"
     "ledger_accounts": READ_WRITE,
     "holds": READ_WRITE,
     "jobs": READ_WRITE,

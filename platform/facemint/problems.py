@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import BillingError
@@ -52,7 +52,7 @@ def problem_response(
     detail: str,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
@@ -67,6 +67,12 @@ def problem_response(
             body["request_id"] = request_id
     if extra:
         body.update({k: v for k, v in extra.items() if k not in body})
+    # The admin console renders the same problem as a page (or an htmx fragment), with the same status and code.
+    page = getattr(request.app.state, "problem_page", None) if request is not None else None
+    if page is not None and request is not None:
+        rendered = page(request, status=status, body=body, headers=headers)
+        if rendered is not None:
+            return rendered
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
@@ -119,7 +125,7 @@ def _database_unreachable(exc: Exception) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    def handle_app_error(request: Request, exc: Exception) -> JSONResponse:
+    def handle_app_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FacemintError | BillingError | EngineError)
         headers = getattr(exc, "headers", None)
         return problem_response(
@@ -132,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
-    def handle_validation(request: Request, exc: Exception) -> JSONResponse:
+    def handle_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = [
             {
@@ -151,7 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
             extra={"errors": errors},
         )
 
-    def handle_http(request: Request, exc: Exception) -> JSONResponse:
+    def handle_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
         headers = dict(exc.headers or {})
@@ -172,7 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
-    def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    def handle_unexpected(request: Request, exc: Exception) -> Response:
         # This handler answers from outside every middleware, so it echoes the request id itself.
         request_id = getattr(request.state, "request_id", None)
         refused = _refused_input(exc)

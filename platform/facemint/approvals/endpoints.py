@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from facemint.approvals import approving
 from facemint.approvals import service as approvals
@@ -91,7 +91,7 @@ def approve(
     settings: SettingsDep,
     principal: Approver,
     body: ApprovalDecision | None = None,
-) -> ApprovalRead | JSONResponse:
+) -> ApprovalRead | Response:
     try:
         approval = approving.approve(
             session,
@@ -116,7 +116,7 @@ def reject(
     settings: SettingsDep,
     principal: Approver,
     body: ApprovalDecision | None = None,
-) -> ApprovalRead | JSONResponse:
+) -> ApprovalRead | Response:
     try:
         approval = approvals.reject(
             session,
@@ -129,7 +129,7 @@ def reject(
     return ApprovalRead.for_reader(approval, tenant_scope=principal.tenant_scope)
 
 
-def _refused_but_recorded(request: Request, exc: ApprovalExpired) -> JSONResponse:
+def _refused_but_recorded(request: Request, exc: ApprovalExpired) -> Response:
     # Answered, not raised: a raised error rolls the request back, and the approval was just marked expired
     # (with its audit event) in this transaction. Nothing else was written before the expiry was found.
     return problem_response(

@@ -39,14 +39,24 @@ def principal_from_jwt(session: Session, settings: Settings, token: str) -> Prin
         subject = decode_access_token(settings, token)
     except jwt.PyJWTError as exc:
         raise Unauthorized("invalid or expired access token") from exc
+    return principal_for_user(
+        session, user_id=subject.user_id, credentials_version=subject.credentials_version, invalid="access token"
+    )
+
+
+def principal_for_user(
+    session: Session, *, user_id: int, credentials_version: int, invalid: str = "session"
+) -> Principal:
+    """A signed-in user (an access token's subject, a console session's user) as a Principal with its role's
+    scopes, if the credentials it signed in with are still current."""
     row = session.execute(
         text(f"SELECT {_PRINCIPAL_COLUMNS} FROM users u LEFT JOIN tenants t ON t.id = u.tenant_id WHERE u.id = :id"),
-        {"id": subject.user_id},
+        {"id": user_id},
     ).one_or_none()
     # A token dies with the credentials it was issued under: a password, role or status change, a tenant
     # suspension or signing out everywhere moves the user's version on.
-    if row is None or row.credentials_version != subject.credentials_version:
-        raise Unauthorized("invalid or expired access token")
+    if row is None or row.credentials_version != credentials_version:
+        raise Unauthorized(f"invalid or expired {invalid}")
     _ensure_active(row)
     return Principal(
         user_id=row.user_id,

@@ -49,6 +49,9 @@ class User(Base):
     # tokens carry the version they were issued under and die when it moves on.
     credentials_version: Mapped[int] = mapped_column(Integer, server_default="1")
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
+    # The console's second factor (RFC 6238, base32), once enrolled: signing in and approving need a current code.
+    totp_secret: Mapped[str | None] = mapped_column(Text)
+    totp_enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -300,3 +300,22 @@ def revoke_sessions(session: Session, *, context: RequestContext, user: User) ->
         tenant_id=user.tenant_id,
     )
     return user
+
+
+def set_totp(session: Session, *, context: RequestContext, user: User, secret: str | None) -> User:
+    """Enrol (a base32 secret the user has just proven with a code) or remove the user's console second factor.
+    Only the user itself does either (through the console, which checks a current code first)."""
+    if context.principal.user_id != user.id:
+        raise Forbidden("a second factor is enrolled or removed by its own user")
+    user.totp_secret = secret
+    user.totp_enrolled_at = sa.func.now() if secret else None
+    session.flush()
+    audit.record(
+        session,
+        context=context,
+        action="user.totp_enrol" if secret else "user.totp_remove",
+        target_type="user",
+        target_id=user.id,
+        tenant_id=user.tenant_id,
+    )
+    return user

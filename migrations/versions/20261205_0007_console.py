@@ -1,0 +1,44 @@
+"""console: TOTP second factors for users, and the record of each reconciliation run
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-05 07:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # A user's TOTP secret (RFC 6238, base32) once enrolled; signing in to the console and approving then need a
+    # current code.
+    op.add_column("users", sa.Column("totp_secret", sa.Text(), nullable=True))
+    op.add_column("users", sa.Column("totp_enrolled_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_check_constraint(
+        "ck_users_totp_enrolled", "users", "(totp_secret IS NULL) = (totp_enrolled_at IS NULL)"
+    )
+    # Each reconciliation that ran (the CLI, the console's button, the sweeper): the dashboard shows the last one.
+    op.create_table(
+        "reconciliation_runs",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=True), primary_key=True),
+        sa.Column("ran_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("balanced", sa.Boolean(), nullable=False),
+        sa.Column("discrepancies", sa.Integer(), nullable=False),
+        sa.Column("summary", sa.dialects.postgresql.JSONB(), nullable=False),
+        sa.Column("requested_by", sa.Text(), nullable=True),
+    )
+    # The service's privileges on it are facemint.migrate.TABLE_PRIVILEGES' (append-only), granted after upgrade.
+
+
+def downgrade() -> None:
+    op.drop_table("reconciliation_runs")
+    op.drop_constraint("ck_users_totp_enrolled", "users")
+    op.drop_column("users", "totp_enrolled_at")
+    op.drop_column("users", "totp_secret")

@@ -1,0 +1,1 @@
+"""One module per console screen, each with its own `router`."""

@@ -1,0 +1,7 @@
+"""The api_keys screen (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -7,7 +7,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ORT)-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: up test install lint typecheck
+# The console's browser tests drive Debian's chromium through Playwright (Playwright's own browser download is never
+# used). `make test` installs it when it is missing; `make up` does not need it.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: up test install lint typecheck browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +36,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
+
+test: lint typecheck $(CHROMIUM)
 	$(BIN)/pytest -n 2 --dist loadfile

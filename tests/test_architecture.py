@@ -22,7 +22,7 @@ TOP_LEVEL_PACKAGES = {"facemint", "billing", "inference"}
 FORBIDDEN = {"billing": {"facemint", "inference"}, "inference": {"facemint", "billing"}}
 # Repository folders that hold Python: the three packages (facemint under platform/), the migrations, the
 # tests and the benchmarks.
-PYTHON_FOLDERS = {"billing", "inference", "platform", "migrations", "tests", "bench"}
+PYTHON_FOLDERS = {"billing", "inference", "platform", "migrations", "tests", "bench", "scripts"}
 NON_DISTRIBUTED_PACKAGES = {"tests", "bench"}
 
 

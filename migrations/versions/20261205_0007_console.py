@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.add_column("users", sa.Column("totp_secret", sa.Text(), nullable=True))
     op.add_column("users", sa.Column("totp_enrolled_at", sa.DateTime(timezone=True), nullable=True))
     op.create_check_constraint(
-        "ck_users_totp_enrolled", "users", "(totp_secret IS NULL) = (totp_enrolled_at IS NULL)"
+        op.f("ck_users_totp_enrolled"), "users", "(totp_secret IS NULL) = (totp_enrolled_at IS NULL)"
     )
     # Each reconciliation that ran (the CLI, the console's button, the sweeper): the dashboard shows the last one.
     op.create_table(
@@ -39,6 +39,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("reconciliation_runs")
-    op.drop_constraint("ck_users_totp_enrolled", "users")
+    op.drop_constraint(op.f("ck_users_totp_enrolled"), "users")
     op.drop_column("users", "totp_enrolled_at")
     op.drop_column("users", "totp_secret")

@@ -9,6 +9,7 @@ from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers th
 from facemint.audit.orm import AuditEvent
 from facemint.db import Base
 from facemint.jobs.orm import Job
+from facemint.reports.orm import ReconciliationRun
 from facemint.tenants.orm import Tenant
 from facemint.users.orm import User
 from facemint.webhooks.orm import WebhookDelivery, WebhookEvent
@@ -24,6 +25,7 @@ __all__ = [
     "LedgerTransaction",
     "Price",
     "RechargeBatch",
+    "ReconciliationRun",
     "Tenant",
     "User",
     "WebhookDelivery",

@@ -36,6 +36,7 @@ class User(Base):
         CheckConstraint(
             "(role IN ('platform_admin', 'operator', 'finance')) = (tenant_id IS NULL)", name="tenant_by_role"
         ),
+        CheckConstraint("(totp_secret IS NULL) = (totp_enrolled_at IS NULL)", name="totp_enrolled"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

@@ -26,13 +26,22 @@ from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan, Tenant
 from facemint.tenants.schemas import TenantCreate
 from facemint.users import service as user_service
-from facemint.users.orm import Role, User
+from facemint.users.orm import STAFF_ROLES, Role, User
 from facemint.users.schemas import UserCreate
 
 DEMO_TENANT = "Demo Co"
 ADMIN_EMAIL = "admin@facemint.local"
 DEMO_FILE = "demo.json"
 SAMPLE_CSV = "sample-recharge.csv"
+# Two operators (four eyes: one requests, the other approves), finance (reads), the tenant's admin and two members.
+DEMO_PEOPLE = (
+    ("ops", Role.operator),
+    ("ops2", Role.operator),
+    ("finance", Role.finance),
+    ("owner", Role.tenant_admin),
+    ("alice", Role.member),
+    ("bob", Role.member),
+)
 
 
 @dataclass
@@ -90,22 +99,26 @@ def seed(session: Session, *, settings: Settings, data_dir: Path) -> Demo:
         tenant = tenant_service.create(session, context=admin_ctx, data=TenantCreate(name=DEMO_TENANT, plan=Plan.pro))
 
     people: dict[str, dict[str, Any]] = {}
-    for handle, role in (("owner", Role.tenant_admin), ("alice", Role.member), ("bob", Role.member)):
-        email = f"{handle}@demo.facemint.local"
+    for handle, role in DEMO_PEOPLE:
+        email = f"{handle}@facemint.local" if role in STAFF_ROLES else f"{handle}@demo.facemint.local"
         password = secrets.token_urlsafe(12)
         user = user_service.get_by_email(session, email=email)
         if user is None:
             user = user_service.create(
                 session,
                 context=admin_ctx,
-                data=UserCreate(email=email, role=role, tenant_id=tenant.id, password=password),
+                data=UserCreate(
+                    email=email, role=role, tenant_id=None if role in STAFF_ROLES else tenant.id, password=password
+                ),
             )
         else:
             user_service.bootstrap_password(session, user=user, password=password)
         people[handle] = {"email": email, "password": password, "user_id": user.id, "role": role.value}
 
     keys: dict[str, str] = {}
-    holders = [("admin", admin)] + [(h, session.get(User, p["user_id"])) for h, p in people.items()]
+    holders = [("admin", admin)] + [
+        (h, session.get(User, p["user_id"])) for h, p in people.items() if p["role"] not in STAFF_ROLES
+    ]
     for handle, holder in holders:
         assert holder is not None
         _, plaintext = key_service.create(
@@ -141,7 +154,7 @@ def seed(session: Session, *, settings: Settings, data_dir: Path) -> Demo:
     credentials = {
         "admin": {"email": ADMIN_EMAIL, "password": admin_password, "api_key": keys["admin"]},
         "tenant": {"id": tenant.id, "name": tenant.name},
-        **{h: {**p, "api_key": keys[h]} for h, p in people.items()},
+        **{h: {**p, "api_key": keys.get(h)} for h, p in people.items()},
     }
     # Demo secrets for a local sandbox only; the file is readable by its owner alone.
     demo_path.write_text(json.dumps(credentials, indent=2))
@@ -157,12 +170,17 @@ def describe(demo: Demo, *, api_url: str) -> str:
         f"                   API key {c['admin']['api_key']}",
         f"  tenant           {c['tenant']['name']} (id {c['tenant']['id']})",
     ]
-    for handle in ("owner", "alice", "bob"):
+    for handle, _ in DEMO_PEOPLE:
+        if handle not in c:  # a demo seeded before this person was added
+            continue
         p = c[handle]
         lines.append(f"  {p['role']:<16} {p['email']}  password {p['password']}")
-        lines.append(f"                   API key {p['api_key']}")
+        if p.get("api_key"):
+            lines.append(f"                   API key {p['api_key']}")
     lines += [
         f"  sample CSV       {demo.sample_csv}",
+        "",
+        f"Admin console: {api_url}/admin/ (sign in with any staff or tenant-admin email and password above)",
         "",
         "Try it:",
         "  # Alice's balance",

@@ -246,6 +246,8 @@ class TestUp:
         result = invoke({**env, "FACEMINT_DATA_DIR": str(tmp_path)}, "up")
         assert result.exit_code == 0, result.output
         assert "Demo Co" in result.output  # the demo was seeded, as the service's role
+        assert "Admin console: http://" in result.output
+        assert "ops2@facemint.local" in result.output  # a second operator, to approve what the first requests
         [(app, _)] = started.uvicorn
         assert isinstance(app, FastAPI)
         assert started.worker_env is not None

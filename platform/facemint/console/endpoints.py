@@ -108,13 +108,15 @@ async def _sign_in_form(request: Request) -> dict[str, str]:
 SignInForm = Annotated[dict[str, str], Depends(_sign_in_form)]
 
 
-def _start_session(request: Request, settings: SettingsDep, *, user_id: int, credentials_version: int) -> Response:
+def _start_session(
+    request: Request, settings: SettingsDep, *, user_id: int, credentials_version: int, next_path: str | None
+) -> Response:
     store = session_store(request)
     store.destroy(request.cookies.get(COOKIE_NAME))  # a new id at every sign-in: no session fixation
     session_id, _ = store.create(
         user_id=user_id, credentials_version=credentials_version, timezone=settings.console_default_timezone
     )
-    response = RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)
+    response = RedirectResponse(safe_next(next_path), status_code=303)
     _set_session_cookie(
         response, session_id, secure=secure_cookies(settings), max_age=settings.console_absolute_seconds
     )
@@ -136,9 +138,12 @@ def sign_in(request: Request, session: SessionDep, settings: SettingsDep, form: 
             request, None, "second_factor.html", pending=token, next=safe_next(form.get("next")), error=None
         )
         return response
-    request.scope["query_string"] = f"next={form.get('next', '')}".encode()
     return _start_session(
-        request, settings, user_id=signed_in.user_id, credentials_version=signed_in.credentials_version
+        request,
+        settings,
+        user_id=signed_in.user_id,
+        credentials_version=signed_in.credentials_version,
+        next_path=form.get("next"),
     )
 
 
@@ -164,8 +169,7 @@ def second_factor(request: Request, session: SessionDep, settings: SettingsDep, 
         )
     store.finish_pending(str(form.get("pending")))
     auth_service.principal_for_user(session, user_id=user_id, credentials_version=version)  # still current?
-    request.scope["query_string"] = f"next={form.get('next', '')}".encode()
-    return _start_session(request, settings, user_id=user_id, credentials_version=version)
+    return _start_session(request, settings, user_id=user_id, credentials_version=version, next_path=form.get("next"))
 
 
 @router.post("/sign-out")

@@ -34,10 +34,16 @@ def upgrade() -> None:
         sa.Column("summary", sa.dialects.postgresql.JSONB(), nullable=False),
         sa.Column("requested_by", sa.Text(), nullable=True),
     )
+    # The console's job filters, each index-backed newest first (status alone, within a tenant, within a user).
+    op.create_index("ix_jobs_status_id", "jobs", ["status", "id"])
+    op.create_index("ix_jobs_tenant_id_status_id", "jobs", ["tenant_id", "status", "id"])
+    op.create_index("ix_jobs_user_id_status_id", "jobs", ["user_id", "status", "id"])
     # The service's privileges on it are facemint.migrate.TABLE_PRIVILEGES' (append-only), granted after upgrade.
 
 
 def downgrade() -> None:
+    for name in ("ix_jobs_status_id", "ix_jobs_tenant_id_status_id", "ix_jobs_user_id_status_id"):
+        op.drop_index(name, "jobs")
     op.drop_table("reconciliation_runs")
     op.drop_constraint(op.f("ck_users_totp_enrolled"), "users")
     op.drop_column("users", "totp_enrolled_at")

@@ -21,6 +21,7 @@ from facemint.console.endpoints import install_console
 from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
+from facemint.jobs.admin_endpoints import router as jobs_admin_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
 from facemint.jobs.endpoints import router as jobs_router
 from facemint.metrics import install_metrics
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks_admin_router,
         finance_router,
         approvals_router,
+        jobs_admin_router,
     ):
         app.include_router(router)
     install_metrics(app)

@@ -435,6 +435,16 @@ def job_path(suffix: str = "", *, finished: bool = False) -> Builder:
     return build_call
 
 
+def admin_job_path(suffix: str = "") -> Builder:
+    """/admin/v1/jobs/{id}: a queued job of the side's member (a tenant admin reads its whole tenant's jobs)."""
+
+    def build_call(world: World, variant: str, role: Role) -> Call:
+        side = world.side(variant)
+        return Call(f"/admin/v1/jobs/{side.job_of(side.member)}{suffix}")
+
+    return build_call
+
+
 def body_for(path: str, make_body: Callable[[Side], Any], **kwargs: Any) -> Builder:
     return lambda world, variant, role: Call(path, json=make_body(world.side(variant)), **kwargs)
 

@@ -48,6 +48,7 @@ from tests.platform.access_world import (
     Call,
     Side,
     World,
+    admin_job_path,
     batch,
     body_for,
     build,
@@ -256,6 +257,15 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ),
     ("GET", "/admin/v1/prices"): rule(S.prices_read, N.nothing, fixed("/admin/v1/prices")),
     ("POST", "/admin/v1/prices"): rule(S.prices_write, N.nothing, same_price, ok=201),
+    # Jobs of the whole tenant (staff: every tenant). Finance reads them but neither cancels nor sees results.
+    ("GET", "/admin/v1/jobs"): rule(S.jobs_admin_read, N.tenant_object, tenant_filter("/admin/v1/jobs")),
+    ("GET", "/admin/v1/jobs/{job_id}"): rule(S.jobs_admin_read, N.tenant_object, admin_job_path()),
+    ("GET", "/admin/v1/jobs/{job_id}/webhooks"): rule(S.jobs_admin_read, N.tenant_object, admin_job_path("/webhooks")),
+    ("POST", "/admin/v1/jobs/{job_id}/cancel"): rule(S.jobs_admin_write, N.tenant_object, admin_job_path("/cancel")),
+    # Queued, so no result yet: 410 to whoever may see results.
+    ("GET", "/admin/v1/jobs/{job_id}/thumbnail"): rule(
+        S.jobs_admin_results, N.tenant_object, admin_job_path("/thumbnail"), ok=410
+    ),
     # Finance views: every tenant for staff, its own for a tenant admin.
     **{
         ("GET", f"/admin/v1/finance/{view}"): rule(

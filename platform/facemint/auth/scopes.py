@@ -25,6 +25,12 @@ class Scope(StrEnum):
     prices_read = "prices:read"
     prices_write = "prices:write"
     webhooks_write = "webhooks:write"  # rotate the tenant's webhook signing secret
+    # /admin/v1/jobs: every job within the caller's tenant scope (not only its own, as /v1's jobs:read).
+    jobs_admin_read = "jobs:admin-read"
+    jobs_admin_write = "jobs:admin-write"  # cancel another user's job
+    # A job's result image is the customer's content: seen by those who run the service and the tenant's own
+    # admin, not by finance's read-everything role.
+    jobs_admin_results = "jobs:admin-results"
     # /v1: the caller's own account.
     balance_read = "balance:read"
     ledger_read = "ledger:read"
@@ -51,6 +57,7 @@ _READ_ALL = {
     Scope.audit_read,
     Scope.reports_read,
     Scope.prices_read,
+    Scope.jobs_admin_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -72,6 +79,9 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.prices_read,
             Scope.reports_read,  # the finance views, limited to its own tenant
             Scope.webhooks_write,
+            Scope.jobs_admin_read,
+            Scope.jobs_admin_write,
+            Scope.jobs_admin_results,
         }
         | _V1
     ),

@@ -59,6 +59,10 @@ class Job(Base):
         Index("ix_jobs_tenant_live", "tenant_id", postgresql_where=text("status IN ('queued', 'running')")),
         Index("ix_jobs_user_id_id", "user_id", "id"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # The console's filters (migration 0007): by status, newest first; within a tenant or a user.
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
+        Index("ix_jobs_user_id_status_id", "user_id", "status", "id"),
         Index(
             "ix_jobs_result_expires_at",
             "result_expires_at",

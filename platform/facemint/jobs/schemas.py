@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from facemint.webhooks.schemas import WebhookEventRead
+
 
 class JobError(BaseModel):
     code: str
@@ -96,3 +98,97 @@ class PriceCreate(BaseModel):
     operation: str = Field(min_length=3, max_length=100)
     tokens_per_unit: int = Field(ge=1, le=1_000_000)
     note: str | None = Field(default=None, max_length=500)
+
+
+# --- /admin/v1/jobs ----------------------------------------------------------------------------------------------
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds() * 1000, 1) if start is not None and end is not None else None
+
+
+class JobDurations(BaseModel):
+    """Milliseconds between the job's timestamps (None until both are known). `queued`: created to the last
+    attempt's start; `running`: that start to the end; `total`: created to the end."""
+
+    queued: float | None
+    running: float | None
+    total: float | None
+
+
+class AdminJobRead(JobRead):
+    """A job as staff and tenant admins see it: whose it is, where it runs, and the admin thumbnail rather than
+    the owner's download."""
+
+    tenant_id: int
+    user_id: int
+    user_email: str
+    api_key_id: int | None
+    queue: str
+    worker_id: str | None
+    max_attempts: int
+    dispatched_at: datetime | None
+    heartbeat_at: datetime | None
+    deadline_at: datetime
+    inputs_deleted_at: datetime | None
+    durations_ms: JobDurations
+    thumbnail_url: str | None = Field(description="a small preview of the result (needs jobs:admin-results)")
+
+    @classmethod
+    def from_row(cls, row: Any) -> AdminJobRead:
+        base = JobRead.from_row(row).model_dump()
+        has_result = base["result_url"] is not None
+        base["result_url"] = None  # the owner's download: /admin/v1 offers the thumbnail instead
+        return cls(
+            **base,
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            user_email=row.user_email,
+            api_key_id=row.api_key_id,
+            queue=row.queue,
+            worker_id=row.worker_id,
+            max_attempts=row.max_attempts,
+            dispatched_at=row.dispatched_at,
+            heartbeat_at=row.heartbeat_at,
+            deadline_at=row.deadline_at,
+            inputs_deleted_at=row.inputs_deleted_at,
+            durations_ms=JobDurations(
+                queued=_ms(row.created_at, row.started_at),
+                running=_ms(row.started_at, row.finished_at),
+                total=_ms(row.created_at, row.finished_at),
+            ),
+            thumbnail_url=f"/admin/v1/jobs/{row.public_id}/thumbnail" if has_result else None,
+        )
+
+
+class JobHoldRead(BaseModel):
+    """The ledger hold behind the job: `amount` reserved at submit, then captured (`captured_amount` charged)
+    or released (nothing charged) or, as a backstop, expired."""
+
+    status: Literal["held", "captured", "released", "expired"]
+    amount: int
+    captured_amount: int | None
+    released_amount: int = Field(description="what went back to the account: the amount, unless captured")
+    created_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None
+
+
+class AdminJobDetail(AdminJobRead):
+    hold: JobHoldRead
+    webhooks: list[WebhookEventRead]
+
+    @classmethod
+    def from_detail(cls, row: Any, webhooks: list[WebhookEventRead]) -> AdminJobDetail:
+        resolved = row.hold_status != "held"
+        released = row.hold_amount - (row.hold_captured_amount or 0) if resolved else 0
+        hold = JobHoldRead(
+            status=row.hold_status,
+            amount=row.hold_amount,
+            captured_amount=row.hold_captured_amount,
+            released_amount=released,
+            created_at=row.hold_created_at,
+            expires_at=row.hold_expires_at,
+            resolved_at=row.hold_resolved_at,
+        )
+        return cls(**AdminJobRead.from_row(row).model_dump(), hold=hold, webhooks=webhooks)

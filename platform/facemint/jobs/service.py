@@ -5,7 +5,8 @@ claim    (worker)   queued -> running, attempt + 1; losing the race means someon
 complete (worker)   running (this attempt) -> succeeded, and capture the hold
 fail     (worker)   running (this attempt) -> failed, and release the hold
 retry    (worker)   running (this attempt) -> queued, within the attempt budget
-cancel   (request)  queued -> canceled + release; running -> cancel requested (the worker stops at the next stage)
+cancel   (request)  queued -> canceled + release; running -> cancel requested (the worker stops at the next stage);
+                    an admin's cancel is the same, audited
 sweep    (any)      stale running jobs back to queued or failed; past-deadline jobs failed (jobs/sweeps.py)
 
 Reads are in jobs/queries.py.
@@ -15,19 +16,25 @@ hold moves in the same transaction, so capture and release each happen at most o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from billing.ledger import holds as ledger_holds
 from billing.pricing import service as pricing
-from facemint.jobs import queries
+from facemint.audit import service as audit
+from facemint.context import RequestContext
+from facemint.db import after_commit
+from facemint.jobs import queries, queue
 from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, TooManyActiveJobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.jobs.queries import JOB_COLUMNS
@@ -341,6 +348,30 @@ def cancel(session: Session, *, job: Row[Any]) -> Row[Any]:
     if current.status == "queued":  # it moved running -> queued between the two statements: try once more
         return cancel(session, job=current)
     raise JobAlreadyFinished(f"the job already {current.status}", status=current.status)
+
+
+def cancel_for_admin(session: Session, *, context: RequestContext, redis: Redis, job: Row[Any]) -> Row[Any]:
+    """Staff or the tenant's admin cancel someone's job: exactly the owner's cancel (the same release), audited
+    because it acts on another user's job. A job canceled now wakes its `Prefer: wait` callers once committed."""
+    canceled = cancel(session, job=job)
+    audit.record(
+        session,
+        context=context,
+        action="job.cancel",
+        target_type="job",
+        target_id=job.public_id,
+        tenant_id=job.tenant_id,
+        before={"status": job.status},
+        after={"status": canceled.status, "cancel_requested": canceled.cancel_requested_at is not None},
+    )
+    if canceled.status == JobStatus.canceled:
+        after_commit(session, lambda: _notify_finished(redis, canceled.public_id, canceled.status))
+    return canceled
+
+
+def _notify_finished(redis: Redis, public_id: str, status: str) -> None:
+    with contextlib.suppress(RedisError):
+        queue.notify_finished(redis, public_id=public_id, status=status)
 
 
 def ensure_finished(job: Row[Any]) -> None:

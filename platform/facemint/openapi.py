@@ -67,9 +67,21 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
 
 
 def api_routes(app: FastAPI) -> Iterator[Any]:
-    """Every API route of the app as mounted (prefixes applied): `path_format`, `methods`, `dependant`, ..."""
+    """Every API route of the app as mounted (prefixes applied): `path_format`, `methods`, `dependant`, ...
+    The admin console's pages are not API routes (`facemint.console`; its own matrix covers them)."""
+    from facemint.console.web import is_console_path
+
     for context in routing.iter_route_contexts(app.routes):
-        if isinstance(context.original_route, APIRoute):
+        if isinstance(context.original_route, APIRoute) and not is_console_path(context.path_format):
+            yield context
+
+
+def console_routes(app: FastAPI) -> Iterator[Any]:
+    """Every route of the admin console (pages, fragments and form posts under /admin, not /admin/v1)."""
+    from facemint.console.web import is_console_path
+
+    for context in routing.iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute) and is_console_path(context.path_format):
             yield context
 
 

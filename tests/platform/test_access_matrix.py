@@ -116,7 +116,6 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ("GET", "/healthz"): rule(None, N.nothing, fixed("/healthz"), access=Access.public),
     ("GET", "/readyz"): rule(None, N.nothing, fixed("/readyz"), access=Access.public),
     ("POST", "/auth/token"): rule(None, N.nothing, sign_in, access=Access.public, mutates=False),
-    # The console's redirect (not in the schema); the console itself is static and calls the API with a token.
     # Not in the schema: Prometheus' own bearer token; no user credential opens it.
     ("GET", "/metrics"): rule(None, N.nothing, fixed("/metrics"), access=Access.metrics_token),
     # Any authenticated user, for itself.

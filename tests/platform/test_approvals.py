@@ -484,3 +484,23 @@ class TestTheDatabaseKeepsTheRules:
         with pytest.raises(DBAPIError):
             session.execute(text("UPDATE recharge_approvals SET decision_note = 'x' WHERE id = :id"), approval)
         session.rollback()
+
+
+def test_the_list_filters_by_kind(client: TestClient, world: World) -> None:
+    single = _held(_recharge(client, world.requester, world.users[0], THRESHOLD + 1, key="kind-single"))
+    batch = _held(
+        post_batch(client, world.requester, csv_body("user_id,amount", f"{world.users[1].id},{THRESHOLD + 1}"), key="k")
+    )
+
+    def listed(**params: str) -> list[int]:
+        response = client.get(APPROVALS, params=params, headers=world.approver.headers())
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert listed() == [batch["id"], single["id"]]
+    assert listed(kind="batch") == [batch["id"]]
+    assert listed(kind="single", status="pending") == [single["id"]]
+    assert listed(kind="reversal") == []
+    assert_problem(
+        client.get(APPROVALS, params={"kind": "bonus"}, headers=world.approver.headers()), 422, "validation_error"
+    )

@@ -492,3 +492,34 @@ def test_the_batch_is_audited_with_its_totals(client: TestClient, session: Sessi
     )
     assert (after["total_amount"], after["transaction_id"]) == (25, result["transaction_id"])
     assert after["source_account_id"] == ledger.system_account_id(session, kind=AccountKind.issuance)
+
+
+def test_a_batchs_rows_in_file_order_a_page_at_a_time(
+    client: TestClient, session: Session, settings: Settings, world: World
+) -> None:
+    csv = csv_body(
+        "email,amount,reference", f"{world.a2.email},30,r1", "ghost@a.example.test,5,", f"{world.a1.email},7,r3"
+    )
+    created = post_batch(client, world.operator, csv, key="rows-api", mode="partial", tenant_id=world.tenant.id)
+    assert created.status_code == 201, created.text
+    batch_id = created.json()["batch_id"]
+    path = f"/admin/v1/recharges/batches/{batch_id}/rows"
+    first = client.get(path, params={"limit": 1}, headers=world.operator.headers())
+    assert first.status_code == 200, first.text
+    assert first.json()["items"] == [
+        {
+            "row": 1,
+            "user_id": world.a2.id,
+            "email": world.a2.email,
+            "amount": 30,
+            "balance_after": 30,
+            "reference": "r1",
+        }
+    ]
+    rest = client.get(path, params={"cursor": first.json()["next_cursor"]}, headers=world.operator.headers()).json()
+    assert [(r["row"], r["user_id"], r["amount"]) for r in rest["items"]] == [(3, world.a1.id, 7)]
+    assert rest["next_cursor"] is None
+    # The batch's tenant admin reads them; another tenant's admin is told it does not exist.
+    assert client.get(path, headers=world.admin.headers()).status_code == 200
+    stranger = tenant_admin(session, settings, world.other_tenant)
+    assert_problem(client.get(path, headers=stranger.headers()), 404, "batch_not_found")

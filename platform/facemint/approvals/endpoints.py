@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from facemint.approvals import approving
 from facemint.approvals import service as approvals
 from facemint.approvals.errors import ApprovalExpired
-from facemint.approvals.schemas import ApprovalDecision, ApprovalDetail, ApprovalRead, Status
+from facemint.approvals.schemas import ApprovalDecision, ApprovalDetail, ApprovalRead, Kind, Status
 from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
@@ -51,6 +51,7 @@ def list_approvals(
     principal: Reader,
     page: Annotated[PageParams, Depends(page_params)],
     status: Status | None = None,
+    kind: Kind | None = None,
     tenant_id: Annotated[int | None, Query(gt=0, lt=2**63)] = None,
 ) -> Page[ApprovalRead]:
     if tenant_id is not None:
@@ -60,6 +61,7 @@ def list_approvals(
         tenant_scope=principal.tenant_scope,
         tenant_id=tenant_id,
         status=status,
+        kind=kind,
         before_id=page.before_id,
         limit=page.limit,
     )

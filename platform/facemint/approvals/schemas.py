@@ -9,6 +9,7 @@ from facemint import tenancy
 from facemint.approvals.orm import RechargeApproval
 
 Status = Literal["pending", "approved", "rejected", "expired"]
+Kind = Literal["single", "batch", "adjustment", "reversal"]
 
 
 class ApprovalRead(BaseModel):
@@ -18,7 +19,7 @@ class ApprovalRead(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
     id: int
-    kind: Literal["single", "batch", "adjustment", "reversal"]
+    kind: Kind
     status: Status
     tenant_id: int | None
     requested_by_user_id: int

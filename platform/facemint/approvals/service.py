@@ -250,6 +250,7 @@ def list_approvals(
     status: str | None,
     before_id: int | None,
     limit: int,
+    kind: str | None = None,
 ) -> list[RechargeApproval]:
     """Newest first. Expires what is due first, so a list never shows a pending approval nobody can approve.
     Without `payload`: a list never shows it, and a batch's holds every row."""
@@ -262,6 +263,8 @@ def list_approvals(
     )
     if status is not None:
         query = query.where(RechargeApproval.status == status)
+    if kind is not None:
+        query = query.where(RechargeApproval.kind == kind)
     query = newest_first(query, RechargeApproval.id, before_id=before_id, limit=limit)
     return list(session.scalars(query.execution_options(populate_existing=True)))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,12 @@ def submit_batch(
     request: BatchRequest,
     parsed: ParsedBatch,
     policy: approvals.Policy | None,
+    progress: Callable[[str], object] | None = None,
 ) -> BatchOutcome:
     """Validate, price and (unless dry run) apply a batch, or hold it for approval when `policy` says a row, the
-    total or the requester's 24-hour total needs a second operator."""
+    total or the requester's 24-hour total needs a second operator. `progress` is told each phase as it starts
+    (`validating`: resolving the rows; `writing`: the ledger entries), for a caller that shows a long run."""
+    report = progress or (lambda phase: None)
     principal = context.principal
     origin = Origin.of(principal)
     request_hash = batch_request_hash(request)
@@ -106,6 +110,7 @@ def submit_batch(
         request.tenant_id if request.tenant_id is not None else principal.tenant_scope,
         not_found=TenantNotFound(f"tenant {request.tenant_id} not found"),
     )
+    report("validating")
     staged = stage(
         session, origin=origin, tenant_id=request.tenant_id, mode=request.mode, dry_run=request.dry_run, parsed=parsed
     )
@@ -161,6 +166,7 @@ def submit_batch(
             held_because=held_because,
         )
         return BatchOutcome({}, created=created, held=Held(approval=approval, replayed=not created))
+    report("writing")
     return apply_batch(
         session,
         context=context,
@@ -386,3 +392,29 @@ def _resolve_rows(
         RowFailure(r.row_no, r.failure, _FAILURE_DETAILS[r.failure], email=r.email, user_id=r.given_user_id)
         for r in rows
     ]
+
+
+def batch_rows(session: Session, *, batch_id: int, after_row: int | None, limit: int) -> list[dict[str, Any]]:
+    """The rows a batch credited, in row order after `after_row`: each one's user, amount, the balance it left and
+    its reference. (Rows that failed are in the batch's stored result.) A batch credits only users within its
+    tenant (`stage`), so a reader who may see the batch may see every row."""
+    # The page is cut before the users are joined: joined first, all of a 100,000-row batch's users are looked up.
+    rows = session.execute(
+        text(
+            """
+            WITH page AS (
+                SELECT e.row_no, e.account_id, e.amount, e.balance_after, e.reference
+                FROM ledger_entries e
+                WHERE e.transaction_id = (SELECT id FROM ledger_transactions WHERE batch_id = :batch_id)
+                  AND e.row_no > coalesce(CAST(:after_row AS integer), 0)
+                ORDER BY e.row_no
+                LIMIT :limit
+            )
+            SELECT p.row_no, u.id AS user_id, u.email, p.amount, p.balance_after, p.reference
+            FROM page p LEFT JOIN users u ON u.account_id = p.account_id
+            ORDER BY p.row_no
+            """
+        ),
+        {"batch_id": batch_id, "after_row": after_row, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]

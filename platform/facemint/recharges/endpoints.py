@@ -17,9 +17,16 @@ from facemint.errors import PayloadTooLarge, UnsupportedMediaType
 from facemint.pagination import Page, PageParams, make_page
 from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
-from facemint.recharges.errors import AmountAboveCeiling, BatchNotFound, ReasonRequired
+from facemint.recharges.errors import BatchNotFound, ReasonRequired
 from facemint.recharges.parsing import parse_csv, parse_json
-from facemint.recharges.schemas import BatchDetail, BatchResult, BatchSummary, RechargeCreate, RechargeRead
+from facemint.recharges.schemas import (
+    BatchDetail,
+    BatchResult,
+    BatchRow,
+    BatchSummary,
+    RechargeCreate,
+    RechargeRead,
+)
 
 router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
 BATCH_PATH = "/admin/v1/recharges/batch"
@@ -68,16 +75,13 @@ def create_recharge(
     principal: Writer,
     idempotency_key: IdempotencyKey,
 ) -> RechargeRead | JSONResponse:
-    if body.amount > settings.recharge_max_amount:
-        raise AmountAboveCeiling(
-            f"amount is above the ceiling of {settings.recharge_max_amount} tokens",
-        )
     outcome = recharge_service.submit_recharge(
         session,
         context=request_context(request, principal, settings),
         data=body,
         idempotency_key=idempotency_key,
         policy=approvals.Policy.from_settings(settings),
+        ceiling=settings.recharge_max_amount,
     )
     if isinstance(outcome, Held):
         return held_response(outcome)
@@ -199,3 +203,20 @@ def get_batch(batch_id: int, session: SessionDep, principal: Reader) -> BatchDet
         raise BatchNotFound(f"recharge batch {batch_id} not found")
     # A staff batch scoped to this tenant may list rows naming another tenant's users: not for tenant eyes.
     return BatchDetail(**{**row, "result": tenancy.redact_batch_result(row["result"], principal.tenant_scope)})
+
+
+@router.get("/batches/{batch_id}/rows", response_model=Page[BatchRow])
+def list_batch_rows(
+    batch_id: int,
+    session: SessionDep,
+    principal: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+) -> Page[BatchRow]:
+    """The rows a batch credited, in file order (the failed ones are in the batch's `result`)."""
+    row = batches.get_batch(session, batch_id=batch_id)
+    if row is None or not tenancy.is_visible(principal.tenant_scope, row["tenant_id"]):
+        raise BatchNotFound(f"recharge batch {batch_id} not found")
+    # The cursor names the last row of the page; the next page starts after it (rows go in file order).
+    rows = batch_service.batch_rows(session, batch_id=batch_id, after_row=page.before_id, limit=page.limit + 1)
+    items = [BatchRow(row=r["row_no"], **{k: v for k, v in r.items() if k != "row_no"}) for r in rows]
+    return make_page(items, limit=page.limit, id_of=lambda item: item.row)

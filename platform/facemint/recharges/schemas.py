@@ -75,3 +75,14 @@ class BatchSummary(BaseModel):
 
 class BatchDetail(BatchSummary):
     result: BatchResult
+
+
+class BatchRow(BaseModel):
+    """A row a batch credited: `row` is its number in the file (the header aside, blank lines skipped)."""
+
+    row: int
+    user_id: int | None
+    email: str | None
+    amount: int
+    balance_after: int
+    reference: str | None

@@ -21,7 +21,7 @@ from facemint.audit import service as audit
 from facemint.auth.principal import Principal
 from facemint.context import RequestContext
 from facemint.errors import Forbidden
-from facemint.recharges.errors import RecipientFrozen, RecipientTenantSuspended
+from facemint.recharges.errors import AmountAboveCeiling, RecipientFrozen, RecipientTenantSuspended
 from facemint.recharges.origin import Origin, ensure_pool_covers, key_scope, source_for
 from facemint.recharges.schemas import RechargeCreate
 from facemint.tenants.errors import TenantNotFound
@@ -64,9 +64,12 @@ def submit_recharge(
     data: RechargeCreate,
     idempotency_key: str,
     policy: approvals.Policy | None,
+    ceiling: int | None = None,
 ) -> RechargeOutcome | Held:
     """Apply one recharge, or hold it for approval when `policy` says it needs a second operator (its amount, or
-    the requester's 24-hour total)."""
+    the requester's 24-hour total). An amount above `ceiling` (FACEMINT_RECHARGE_MAX_AMOUNT) is refused first."""
+    if ceiling is not None and data.amount > ceiling:
+        raise AmountAboveCeiling(f"amount is above the ceiling of {ceiling} tokens")
     principal = context.principal
     origin = Origin.of(principal)
     target = _resolve_target(session, principal=principal, data=data)

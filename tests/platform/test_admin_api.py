@@ -143,6 +143,12 @@ class TestUsers:
         assert ids(email="MEMBER@") == [c.id, b.id]
         assert ids(email="@one", role="tenant_admin") == [a.id]
         assert ids(email="_") == []  # LIKE wildcards are matched literally
+        # The index-backed search: emails that start with the prefix (case-folded), or exactly one id.
+        assert ids(email_prefix="B.MEMBER") == [b.id]
+        assert ids(email_prefix="member") == []
+        assert ids(email_prefix="%") == []
+        assert ids(user_id=a.id) == [a.id]
+        assert ids(user_id=a.id, tenant_id=t2.id) == []
 
     def test_refusals(self, client: TestClient, session: Session, staff: Caller) -> None:
         h, tenant = staff.headers, create_tenant(session)

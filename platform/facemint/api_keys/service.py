@@ -14,7 +14,8 @@ from facemint.api_keys.errors import ApiKeyNotFound, InvalidExpiry, ScopeNotAllo
 from facemint.api_keys.orm import ApiKey
 from facemint.api_keys.schemas import ApiKeyCreate, ApiKeyRead
 from facemint.audit import service as audit
-from facemint.auth.scopes import scopes_for_role
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.auth.service import LAST_USED_KEY
 from facemint.config import Settings
 from facemint.context import RequestContext
@@ -35,6 +36,13 @@ def _snapshot(api_key: ApiKey) -> dict[str, object]:
     }
 
 
+def issuable_scopes(issuer: Principal | None, user: User) -> frozenset[Scope]:
+    """The scopes a key for `user` may carry when `issuer` issues it: its user's role's, and (nobody hands out
+    more than they hold) only those the issuer holds itself. None: the command line."""
+    allowed = scopes_for_role(user.role)
+    return allowed if issuer is None else allowed & issuer.scopes
+
+
 def create(
     session: Session, *, context: RequestContext | None, settings: Settings, data: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
@@ -42,10 +50,7 @@ def create(
     tenant_scope = context.principal.tenant_scope if context else None
     user = user_service.get(session, user_id=data.user_id, tenant_scope=tenant_scope)
     user_service.ensure_can_manage(context.principal if context else None, user)
-    allowed = scopes_for_role(user.role)
-    if context is not None:
-        # Nobody hands out more than they hold themselves.
-        allowed = allowed & context.principal.scopes
+    allowed = issuable_scopes(context.principal if context else None, user)
     refused = sorted({s.value for s in data.scopes} - {s.value for s in allowed})
     if refused:
         raise ScopeNotAllowed(

@@ -34,7 +34,13 @@ def list_users(
     tenant_id: int | None = None,
     role: Role | None = None,
     status: UserStatus | None = None,
-    email: Annotated[str | None, Query(max_length=320, description="substring match")] = None,
+    email: Annotated[
+        str | None, Query(max_length=320, description="substring match (a scan: prefer email_prefix)")
+    ] = None,
+    email_prefix: Annotated[
+        str | None, Query(max_length=320, description="emails starting with this (index-backed search)")
+    ] = None,
+    user_id: Annotated[int | None, Query(gt=0, lt=2**63, description="exactly this user")] = None,
 ) -> Page[UserRead]:
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
@@ -45,6 +51,8 @@ def list_users(
         role=role,
         status=status,
         email_contains=email,
+        email_prefix=email_prefix,
+        user_id=user_id,
         before_id=page.before_id,
         limit=page.limit,
     )

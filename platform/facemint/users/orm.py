@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Integer, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Index, Integer, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from facemint.db import Base
@@ -37,6 +37,8 @@ class User(Base):
             "(role IN ('platform_admin', 'operator', 'finance')) = (tenant_id IS NULL)", name="tenant_by_role"
         ),
         CheckConstraint("(totp_secret IS NULL) = (totp_enrolled_at IS NULL)", name="totp_enrolled"),
+        # The console's search by the start of an email (LIKE 'prefix%'; migration 0007).
+        Index("ix_users_email_pattern", "email", postgresql_ops={"email": "text_pattern_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

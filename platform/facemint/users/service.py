@@ -83,6 +83,20 @@ def ensure_can_grant(principal: Principal | None, *, target: User | None, role: 
         raise PrivilegeNotHeld(f"this would grant scopes you do not hold: {', '.join(missing)}", missing=missing)
 
 
+def assignable_roles(principal: Principal) -> list[Role]:
+    """The roles `principal` may give a new user (creating it) or an existing one: what `create` and `update`
+    would let through, for forms that offer only those."""
+    allowed = []
+    for role in Role:
+        try:
+            _check_role_assignment(principal, role)
+            ensure_can_grant(principal, target=None, role=role, scopes=scopes_for_role(role))
+        except Forbidden:
+            continue
+        allowed.append(role)
+    return allowed
+
+
 def _end_sessions(user: User) -> None:
     """Access tokens carry the credentials version they were issued under; moving it on (in SQL, so concurrent
     changes never land on the same version) makes every earlier token fail on its next request."""
@@ -170,8 +184,16 @@ def list_users(
     email_contains: str | None,
     before_id: int | None,
     limit: int,
+    email_prefix: str | None = None,
+    user_id: int | None = None,
 ) -> list[User]:
+    """Newest first. `email_prefix` is the search that stays fast over many users (a `LIKE 'prefix%'` the
+    `text_pattern_ops` index on email serves); `email_contains` scans."""
     query = within_tenant(select(User), User.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
+    if user_id is not None:
+        query = query.where(User.id == user_id)
+    if email_prefix:
+        query = query.where(User.email.startswith(email_prefix.strip().lower(), autoescape=True))
     if role:
         query = query.where(User.role == role)
     if status:

@@ -10,6 +10,7 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, page_params, require
 from facemint.pagination import Page, PageParams, make_page
+from facemint.timestamps import UtcDatetime
 
 router = APIRouter(prefix="/admin/v1/audit-events", tags=["audit"])
 
@@ -24,6 +25,8 @@ def list_audit_events(
     actor_user_id: int | None = None,
     target_type: Annotated[str | None, Query(max_length=100)] = None,
     target_id: Annotated[str | None, Query(max_length=100)] = None,
+    from_: Annotated[UtcDatetime | None, Query(alias="from", description="inclusive; UTC unless an offset")] = None,
+    to: Annotated[UtcDatetime | None, Query(description="exclusive; UTC unless an offset")] = None,
 ) -> Page[AuditEventRead]:
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
@@ -37,6 +40,8 @@ def list_audit_events(
         target_id=target_id,
         before_id=page.before_id,
         limit=page.limit,
+        start=from_,
+        end=to,
     )
     items = [audit_service.read(e, tenant_scope=principal.tenant_scope) for e in events]
     return make_page(items, limit=page.limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -64,7 +65,10 @@ def list_events(
     target_id: str | None,
     before_id: int | None,
     limit: int,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> list[AuditEvent]:
+    """Newest first; `start` inclusive and `end` exclusive bound `occurred_at`."""
     query = within_tenant(select(AuditEvent), AuditEvent.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
     if action:
         query = query.where(AuditEvent.action == action)
@@ -74,6 +78,10 @@ def list_events(
         query = query.where(AuditEvent.target_type == target_type)
     if target_id:
         query = query.where(AuditEvent.target_id == target_id)
+    if start is not None:
+        query = query.where(AuditEvent.occurred_at >= start)
+    if end is not None:
+        query = query.where(AuditEvent.occurred_at < end)
     query = newest_first(query, AuditEvent.id, before_id=before_id, limit=limit)
     return list(session.scalars(query))
 

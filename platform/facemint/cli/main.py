@@ -343,16 +343,19 @@ def admin_create_key(email: str, scopes: tuple[str, ...], name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def reconcile(as_json: bool) -> None:
     """Prove the books balance; exit code 0 only when they do."""
-    from facemint.reports.service import reconcile_all as run_reconcile
+    from facemint.reports import service as reports
 
     settings = _settings()
-    from facemint.db import make_engine, snapshot_session
+    from facemint.db import make_engine, make_sessionmaker, snapshot_session, unit_of_work
 
     with _database(settings) as url:
         engine = make_engine(url, pool_size=1)
         try:
             with snapshot_session(engine) as session:
-                report = run_reconcile(session)
+                report = reports.reconcile_all(session)
+            # Recorded like the console's and the API's runs: the dashboard shows the last one.
+            with unit_of_work(make_sessionmaker(engine)) as session:
+                reports.record_run(session, report=report, requested_by="cli")
         finally:
             engine.dispose()
     if as_json:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections import defaultdict
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,10 +36,8 @@ from facemint.finance.schemas import (
     DailyReport,
     DailyReportRow,
     LedgerRow,
-    Liability,
     LiabilityReport,
     RechargeRow,
-    TenantLiability,
     UsageRow,
 )
 from facemint.pagination import Page, PageParams, make_page
@@ -92,7 +89,7 @@ Pagination = Annotated[PageParams, Depends(page_params)]
 Format = Annotated[ExportFormat, Query(alias="format")]
 
 
-def _filters(session: SessionDep, principal: Principal, log: logs.LogSpec, query: LogQuery) -> service.Filters:
+def log_filters(session: SessionDep, principal: Principal, log: logs.LogSpec, query: LogQuery) -> service.Filters:
     if query.tenant_id is not None:
         principal.ensure_tenant_visible(query.tenant_id, what="tenant")
     return service.resolve_filters(
@@ -119,13 +116,13 @@ def _page(
     model: type[RowT],
     id_name: str,
 ) -> Page[RowT]:
-    filters = _filters(session, principal, log, query)
+    filters = log_filters(session, principal, log, query)
     rows = service.list_rows(session, log=log, filters=filters, before_id=page.before_id, limit=page.limit + 1)
     items = [model.model_validate(row) for row in rows]
     return make_page(items, limit=page.limit, id_of=lambda item: getattr(item, id_name))
 
 
-def _export(
+def export_response(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -137,7 +134,7 @@ def _export(
     # The slot first: a refused export (429) costs no database work.
     lease = export_limits.take_export_slot(request.app.state.redis, settings, tenant_scope=principal.tenant_scope)
     try:
-        filters = _filters(session, principal, log, query)
+        filters = log_filters(session, principal, log, query)
     except BaseException:
         slots.release(request.app.state.redis, lease)
         raise
@@ -276,28 +273,28 @@ def _export_route(path: str) -> Any:
 def export_recharges(
     request: Request, session: SessionDep, settings: SettingsDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> Response:
-    return _export(request, session, settings, principal, logs.RECHARGES, query, fmt)
+    return export_response(request, session, settings, principal, logs.RECHARGES, query, fmt)
 
 
 @_export_route("/usage/export")
 def export_usage(
     request: Request, session: SessionDep, settings: SettingsDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> Response:
-    return _export(request, session, settings, principal, logs.USAGE, query, fmt)
+    return export_response(request, session, settings, principal, logs.USAGE, query, fmt)
 
 
 @_export_route("/ledger/export")
 def export_ledger(
     request: Request, session: SessionDep, settings: SettingsDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> Response:
-    return _export(request, session, settings, principal, logs.LEDGER, query, fmt)
+    return export_response(request, session, settings, principal, logs.LEDGER, query, fmt)
 
 
 @_export_route("/audit/export")
 def export_audit(
     request: Request, session: SessionDep, settings: SettingsDep, principal: Reader, query: Filters, fmt: Format = "csv"
 ) -> Response:
-    return _export(request, session, settings, principal, logs.AUDIT, query, fmt)
+    return export_response(request, session, settings, principal, logs.AUDIT, query, fmt)
 
 
 # --- reports -----------------------------------------------------------------------------------------------
@@ -328,10 +325,6 @@ def daily_report(
     )
 
 
-def _line(balance: int, held: int) -> Liability:
-    return Liability(balance=balance, held=held, available=balance - held)
-
-
 @router.get("/reports/liability", response_model=LiabilityReport)
 def liability_report(
     session: SessionDep,
@@ -343,25 +336,4 @@ def liability_report(
     Now: the accounts' balance and held. A past instant: entries up to it, and the holds open at it."""
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
-    lines = reports.liability(session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id)
-    per_tenant: dict[int | None, dict[str, list[int]]] = defaultdict(lambda: {"user": [0, 0], "pool": [0, 0]})
-    kinds: dict[str, list[int]] = {"user": [0, 0], "pool": [0, 0]}
-    for line in lines:
-        for bucket in (per_tenant[line.tenant_id][line.kind], kinds[line.kind]):
-            bucket[0] += line.balance
-            bucket[1] += line.held
-    tenants: list[TenantLiability] = []
-    for tenant, parts in sorted(per_tenant.items(), key=lambda item: item[0] or 0):
-        users, pool = parts["user"], parts["pool"]
-        tenants.append(
-            TenantLiability(
-                tenant_id=tenant,
-                users=_line(*users),
-                pool=_line(*pool),
-                total=_line(users[0] + pool[0], users[1] + pool[1]),
-            )
-        )
-    total: Any = (kinds["user"][0] + kinds["pool"][0], kinds["user"][1] + kinds["pool"][1])
-    return LiabilityReport(
-        at=at, users=_line(*kinds["user"]), pool=_line(*kinds["pool"]), total=_line(*total), tenants=tenants
-    )
+    return reports.liability_report(session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id)

@@ -3,6 +3,7 @@ Each is one set-based statement over the ledger (one snapshot); the values are b
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from facemint.finance.errors import InvalidFilter
+from facemint.finance.schemas import Liability, LiabilityReport, TenantLiability
 from facemint.finance.service import as_utc, tenant_conditions
 
 MAX_REPORT_DAYS = 366
@@ -175,3 +177,40 @@ def liability(
         )
         for row in session.connection().exec_driver_sql(sql, params).mappings()
     ]
+
+
+def _line(balance: int, held: int) -> Liability:
+    return Liability(balance=balance, held=held, available=balance - held)
+
+
+def liability_report(
+    session: Session, *, at: datetime | None, tenant_scope: int | None, tenant_id: int | None
+) -> LiabilityReport:
+    """`liability`'s lines summed: in total, per account kind, and per tenant (the API's and the console's
+    report)."""
+    lines = liability(session, at=at, tenant_scope=tenant_scope, tenant_id=tenant_id)
+    per_tenant: dict[int | None, dict[str, list[int]]] = defaultdict(lambda: {"user": [0, 0], "pool": [0, 0]})
+    kinds: dict[str, list[int]] = {"user": [0, 0], "pool": [0, 0]}
+    for line in lines:
+        for bucket in (per_tenant[line.tenant_id][line.kind], kinds[line.kind]):
+            bucket[0] += line.balance
+            bucket[1] += line.held
+    tenants: list[TenantLiability] = []
+    for tenant, parts in sorted(per_tenant.items(), key=lambda item: item[0] or 0):
+        users, pool = parts["user"], parts["pool"]
+        tenants.append(
+            TenantLiability(
+                tenant_id=tenant,
+                users=_line(*users),
+                pool=_line(*pool),
+                total=_line(users[0] + pool[0], users[1] + pool[1]),
+            )
+        )
+    user_total, pool_total = kinds["user"], kinds["pool"]
+    return LiabilityReport(
+        at=at,
+        users=_line(*user_total),
+        pool=_line(*pool_total),
+        total=_line(user_total[0] + pool_total[0], user_total[1] + pool_total[1]),
+        tenants=tenants,
+    )

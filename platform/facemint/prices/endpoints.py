@@ -7,13 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from billing.pricing import service as pricing
 from billing.pricing.schemas import PriceVersion
-from facemint.audit import service as audit
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, SettingsDep, request_context, require
 from facemint.jobs.schemas import PriceCreate, PriceRead
+from facemint.prices import service as prices
 
 router = APIRouter(prefix="/admin/v1/prices", tags=["prices"])
 
@@ -37,10 +36,10 @@ def list_prices(
     current: bool = False,
 ) -> list[PriceRead]:
     """Every version, newest first per operation; `current=true` for the price in force only."""
-    prices = pricing.list_prices(session, operation=operation)
+    versions = prices.list_prices(session, operation=operation)
     if current:
-        prices = [p for i, p in enumerate(prices) if i == 0 or prices[i - 1].operation != p.operation]
-    return [_read(p) for p in prices]
+        versions = [p for i, p in enumerate(versions) if i == 0 or versions[i - 1].operation != p.operation]
+    return [_read(p) for p in versions]
 
 
 @router.post("", response_model=PriceRead, status_code=status.HTTP_201_CREATED)
@@ -51,16 +50,11 @@ def set_price(
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Scope.prices_write))],
 ) -> PriceRead:
-    price = pricing.set_price(
-        session, operation=body.operation, tokens_per_unit=body.tokens_per_unit, actor=principal.label, note=body.note
-    )
-    audit.record(
+    price = prices.set_price(
         session,
         context=request_context(request, principal, settings),
-        action="price.set",
-        target_type="price",
-        target_id=f"{price.operation}@{price.version}",
-        tenant_id=None,
-        after={"operation": price.operation, "version": price.version, "tokens_per_unit": price.tokens_per_unit},
+        operation=body.operation,
+        tokens_per_unit=body.tokens_per_unit,
+        note=body.note,
     )
     return _read(price)

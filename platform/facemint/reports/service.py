@@ -1,11 +1,32 @@
-"""The reconciliation the product runs (`facemint reconcile`, GET /admin/v1/reconciliation, and the tests after
-every test): billing's checks over the ledger, plus the service's checks that jobs and their holds agree."""
+"""The reconciliation the product runs (`facemint reconcile`, the /admin/v1/reconciliation routes, the console's
+button, and the tests after every test): billing's checks over the ledger, plus the service's checks that jobs and
+their holds agree. Each run that is asked for (not the tests') is recorded in `reconciliation_runs`.
+
+Also the sealed books' status and a seal on request (`billing.sealing`), for the dashboard and its API."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from billing.reports.reconcile import ReconciliationReport, reconcile
+from billing.sealing import service as sealing
+from billing.sealing.orm import STREAMS
+from billing.sealing.schemas import SealResult, StreamDigest
+from facemint.db import snapshot_session
+from facemint.pagination import newest_first
+from facemint.reports.errors import SealerBusy
+from facemint.reports.orm import ReconciliationRun
+
+# A recorded run keeps each failed check's first ids, not the whole list (a broken ledger can name thousands).
+SUMMARY_IDS = 20
+# A seal asked for from a request seals at most this many batches per stream (`seal_batch_max_rows` rows each);
+# a larger backlog is the workers' periodic sealer's, or `facemint ledger seal`'s.
+REQUEST_SEAL_MAX_BATCHES = 4
+_TRY_SEALER_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 JOB_CHECKS: dict[str, tuple[str, str]] = {
     "job_hold_state": (
@@ -64,3 +85,76 @@ JOB_CHECKS: dict[str, tuple[str, str]] = {
 
 def reconcile_all(session: Session) -> ReconciliationReport:
     return reconcile(session, extra_checks=JOB_CHECKS)
+
+
+# --- recorded runs -----------------------------------------------------------------------------------------
+
+
+def summary_of(report: ReconciliationReport) -> dict[str, Any]:
+    """What a recorded run keeps: the checks, the totals, and each discrepancy with its first ids."""
+    return {
+        "checks": list(report.checks_run),
+        "totals": dict(report.totals),
+        "discrepancies": [
+            {**asdict(d), "ids": d.ids[:SUMMARY_IDS], "details": d.details[:SUMMARY_IDS]} for d in report.discrepancies
+        ],
+    }
+
+
+def record_run(session: Session, *, report: ReconciliationReport, requested_by: str | None) -> ReconciliationRun:
+    """Append a run's outcome (committed with the caller's transaction)."""
+    run = ReconciliationRun(
+        balanced=report.balanced,
+        discrepancies=len(report.discrepancies),
+        summary=summary_of(report),
+        requested_by=requested_by,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def run_and_record(session: Session, *, engine: Engine, requested_by: str | None) -> ReconciliationRun:
+    """Reconcile on a read-only snapshot of its own (every check sees the same instant), then record the run in
+    `session`."""
+    with snapshot_session(engine) as snapshot:
+        report = reconcile_all(snapshot)
+    return record_run(session, report=report, requested_by=requested_by)
+
+
+def latest_run(session: Session) -> ReconciliationRun | None:
+    return session.scalars(select(ReconciliationRun).order_by(ReconciliationRun.id.desc()).limit(1)).first()
+
+
+def list_runs(session: Session, *, before_id: int | None, limit: int) -> list[ReconciliationRun]:
+    query = newest_first(select(ReconciliationRun), ReconciliationRun.id, before_id=before_id, limit=limit)
+    return list(session.scalars(query))
+
+
+# --- sealed books ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SealOutcome:
+    results: list[SealResult]
+    caught_up: bool  # False: a stream had more than this request may seal; the periodic sealer does the rest
+
+    def rows(self, stream: str) -> int:
+        return sum(r.n_rows for r in self.results if r.stream == stream)
+
+
+def books_status(session: Session) -> list[StreamDigest]:
+    """The newest seal of each stream (sealed_at, seq, last id, rows sealed in all)."""
+    return sealing.latest_digests(session)
+
+
+def seal_now(session: Session, *, max_rows: int, max_batches: int = REQUEST_SEAL_MAX_BATCHES) -> SealOutcome:
+    """Seal what is finished and not sealed yet, at most `max_batches` batches per stream. A request never queues
+    behind another sealer: when one holds the lock, 409 `sealer_busy`."""
+    # The sealers' transaction lock, tried first (seal_all would wait for it); seal_all then takes it again,
+    # which a transaction that holds it gets at once.
+    if not session.execute(_TRY_SEALER_LOCK, {"key": sealing.SEALER_LOCK}).scalar_one():
+        raise SealerBusy("another sealer is at work (a worker's periodic seal); try again in a moment")
+    results = sealing.seal_all(session, max_rows=max_rows, max_batches=max_batches)
+    full = {stream: sum(1 for r in results if r.stream == stream and r.n_rows == max_rows) for stream in STREAMS}
+    return SealOutcome(results=results, caught_up=all(n < max_batches for n in full.values()))

@@ -38,12 +38,18 @@ def upgrade() -> None:
     op.create_index("ix_jobs_status_id", "jobs", ["status", "id"])
     op.create_index("ix_jobs_tenant_id_status_id", "jobs", ["tenant_id", "status", "id"])
     op.create_index("ix_jobs_user_id_status_id", "jobs", ["user_id", "status", "id"])
+    # The dashboard's jobs per hour over the last 48 hours.
+    op.create_index("ix_jobs_created_at", "jobs", ["created_at"])
+    # The console's user search by the start of an email: LIKE 'prefix%' needs the pattern operator class (the
+    # unique index on email follows the database's collation, which LIKE cannot use unless it is C).
+    op.create_index("ix_users_email_pattern", "users", ["email"], postgresql_ops={"email": "text_pattern_ops"})
     # The service's privileges on it are facemint.migrate.TABLE_PRIVILEGES' (append-only), granted after upgrade.
 
 
 def downgrade() -> None:
-    for name in ("ix_jobs_status_id", "ix_jobs_tenant_id_status_id", "ix_jobs_user_id_status_id"):
+    for name in ("ix_jobs_status_id", "ix_jobs_tenant_id_status_id", "ix_jobs_user_id_status_id", "ix_jobs_created_at"):
         op.drop_index(name, "jobs")
+    op.drop_index("ix_users_email_pattern", "users")
     op.drop_table("reconciliation_runs")
     op.drop_constraint(op.f("ck_users_totp_enrolled"), "users")
     op.drop_column("users", "totp_enrolled_at")

@@ -72,7 +72,7 @@ def api_routes(app: FastAPI) -> Iterator[Any]:
     from facemint.console.web import is_console_path
 
     for context in routing.iter_route_contexts(app.routes):
-        if isinstance(context.original_route, APIRoute) and not is_console_path(context.path_format):
+        if isinstance(context.original_route, APIRoute) and not is_console_path(context.path_format or ""):
             yield context
 
 
@@ -81,7 +81,7 @@ def console_routes(app: FastAPI) -> Iterator[Any]:
     from facemint.console.web import is_console_path
 
     for context in routing.iter_route_contexts(app.routes):
-        if isinstance(context.original_route, APIRoute) and is_console_path(context.path_format):
+        if isinstance(context.original_route, APIRoute) and is_console_path(context.path_format or ""):
             yield context
 
 

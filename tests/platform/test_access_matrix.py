@@ -117,6 +117,20 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ("GET", "/readyz"): rule(None, N.nothing, fixed("/readyz"), access=Access.public),
     ("POST", "/auth/token"): rule(None, N.nothing, sign_in, access=Access.public, mutates=False),
     # Not in the schema: Prometheus' own bearer token; no user credential opens it.
+    ("POST", "/admin/v1/reconciliation/runs"): rule(
+        S.reports_read, N.nothing, fixed("/admin/v1/reconciliation/runs"), ok=201, staff_only="forbidden"
+    ),
+    ("GET", "/admin/v1/reconciliation/runs"): rule(
+        S.reports_read, N.nothing, fixed("/admin/v1/reconciliation/runs"), staff_only="forbidden"
+    ),
+    ("GET", "/admin/v1/ledger/seals"): rule(
+        S.reports_read, N.nothing, fixed("/admin/v1/ledger/seals"), staff_only="forbidden"
+    ),
+    ("POST", "/admin/v1/ledger/seals"): rule(S.ledger_adjust, N.nothing, fixed("/admin/v1/ledger/seals")),
+    ("GET", "/admin/v1/reports/dashboard"): rule(S.reports_read, N.nothing, fixed("/admin/v1/reports/dashboard")),
+    ("GET", "/admin/v1/recharges/batches/{batch_id}/rows"): rule(
+        S.recharges_read, N.tenant_object, object_path("/admin/v1/recharges/batches/{}/rows", "batch_id")
+    ),
     ("GET", "/metrics"): rule(None, N.nothing, fixed("/metrics"), access=Access.metrics_token),
     # Any authenticated user, for itself.
     ("POST", "/auth/revoke"): rule(None, N.nothing, fixed("/auth/revoke"), ok=204),

@@ -63,6 +63,7 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
         Index("ix_jobs_user_id_status_id", "user_id", "status", "id"),
+        Index("ix_jobs_created_at", "created_at"),  # the dashboard's jobs per hour
         Index(
             "ix_jobs_result_expires_at",
             "result_expires_at",

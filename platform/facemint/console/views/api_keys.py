@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
 from facemint.auth.scopes import Scope
-from facemint.console.views.users import id_filter, optional_id, validated
+from facemint.console.forms import id_filter, typed_int, validated
 from facemint.console.web import CheckedForm, ViewerDep, form_text, is_htmx, parse_local, redirect, render, url_for_page
 from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params
 from facemint.pagination import PageParams, make_page
@@ -61,7 +61,7 @@ def api_keys_page(
 def new_key_page(request: Request, session: SessionDep, viewer: ViewerDep, user_id: str = "") -> Response:
     """First the user the key is for, then the picker: that user's role's scopes the viewer holds itself."""
     viewer.require(Scope.api_keys_write)
-    chosen = optional_id(user_id)
+    chosen = typed_int(user_id)
     user = None
     offered: list[Scope] = []
     if isinstance(chosen, int):
@@ -79,7 +79,7 @@ def issue_key(
     data = validated(
         ApiKeyCreate,
         {
-            "user_id": optional_id(form_text(form, "user_id")),
+            "user_id": typed_int(form_text(form, "user_id")),
             "name": form_text(form, "name"),
             "scopes": [value for value in form.getlist("scopes") if isinstance(value, str)],
             "expires_at": parse_local(form_text(form, "expires_at"), viewer.tz),

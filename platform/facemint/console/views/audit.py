@@ -14,9 +14,9 @@ from fastapi.responses import Response
 
 from facemint.audit import service as audit_service
 from facemint.auth.scopes import Scope
+from facemint.console.forms import positive_id
 from facemint.console.web import CONSOLE_PATH, ViewerDep, parse_local, render, url_for_page
 from facemint.deps import SessionDep, page_params
-from facemint.errors import Unprocessable
 from facemint.pagination import PageParams, make_page
 
 router = APIRouter()
@@ -56,14 +56,6 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[Di
     ]
 
 
-def _id(value: str, name: str) -> int | None:
-    if not value:
-        return None
-    if not value.isdigit() or not 0 < int(value) < 2**63:
-        raise Unprocessable(f"`{name}` must be a positive whole number")
-    return int(value)
-
-
 @router.get("/audit")
 def audit_page(
     request: Request,
@@ -73,7 +65,7 @@ def audit_page(
 ) -> Response:
     viewer.require(Scope.audit_read)
     params = {name: request.query_params.get(name, "").strip()[:100] for name in FILTER_NAMES}
-    tenant_id = _id(params["tenant_id"], "tenant_id")
+    tenant_id = positive_id(params["tenant_id"], "tenant_id")
     if tenant_id is not None:
         viewer.principal.ensure_tenant_visible(tenant_id, what="tenant")
     scope = viewer.principal.tenant_scope
@@ -82,7 +74,7 @@ def audit_page(
         tenant_scope=scope,
         tenant_id=tenant_id,
         action=params["action"] or None,
-        actor_user_id=_id(params["actor_user_id"], "actor_user_id"),
+        actor_user_id=positive_id(params["actor_user_id"], "actor_user_id"),
         target_type=params["target_type"] or None,
         target_id=params["target_id"] or None,
         before_id=page.before_id,

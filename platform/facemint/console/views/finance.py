@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from facemint.auth.scopes import Scope
+from facemint.console.forms import positive_id
 from facemint.console.views.dashboard import chart_data
 from facemint.console.web import CONSOLE_PATH, Viewer, ViewerDep, parse_local, render, url_for_page
 from facemint.deps import SessionDep, SettingsDep, page_params
@@ -46,15 +47,6 @@ def _log(name: str) -> logs.LogSpec:
     return spec
 
 
-def _id(params: dict[str, str], name: str) -> int | None:
-    value = params.get(name, "")
-    if not value:
-        return None
-    if not value.isdigit() or not 0 < int(value) < 2**63:
-        raise InvalidFilter(f"`{name}` must be a positive whole number", filter=name)
-    return int(value)
-
-
 def filter_values(request: Request) -> dict[str, str]:
     """The filter fields as typed (for the form and the links), trimmed and bounded."""
     return {name: request.query_params.get(name, "").strip()[:100] for name in FILTER_NAMES}
@@ -63,12 +55,12 @@ def filter_values(request: Request) -> dict[str, str]:
 def log_query(params: dict[str, str], viewer: Viewer) -> LogQuery:
     """The form's fields as the API's LogQuery; `from` and `to` are typed in the viewer's zone."""
     return LogQuery(
-        tenant_id=_id(params, "tenant_id"),
-        user_id=_id(params, "user_id"),
+        tenant_id=positive_id(params.get("tenant_id", ""), "tenant_id", error=InvalidFilter),
+        user_id=positive_id(params.get("user_id", ""), "user_id", error=InvalidFilter),
         start=parse_local(params["from"], viewer.tz),
         end=parse_local(params["to"], viewer.tz),
         kind=params["kind"] or None,
-        batch_id=_id(params, "batch_id"),
+        batch_id=positive_id(params.get("batch_id", ""), "batch_id", error=InvalidFilter),
         operator=params["operator"] or None,
         job_id=params["job_id"] or None,
     )
@@ -87,7 +79,7 @@ def daily_report_page(
     """GET /admin/v1/finance/reports/daily as a table (totals per day, and per tenant when one is chosen or the
     viewer is a tenant admin) and a chart."""
     viewer.require(Scope.reports_read)
-    chosen = _id({"tenant_id": tenant_id.strip()}, "tenant_id")
+    chosen = positive_id(tenant_id, "tenant_id", error=InvalidFilter)
     if chosen is not None:
         viewer.principal.ensure_tenant_visible(chosen, what="tenant")
     first_day, last_day = reports.default_days(_day(first, "first"), _day(last, "last"))
@@ -141,7 +133,7 @@ def liability_page(
 ) -> Response:
     """GET /admin/v1/finance/reports/liability: now, or at an instant typed in the viewer's zone."""
     viewer.require(Scope.reports_read)
-    chosen = _id({"tenant_id": tenant_id.strip()}, "tenant_id")
+    chosen = positive_id(tenant_id, "tenant_id", error=InvalidFilter)
     if chosen is not None:
         viewer.principal.ensure_tenant_visible(chosen, what="tenant")
     instant = parse_local(at.strip()[:40], viewer.tz)

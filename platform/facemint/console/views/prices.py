@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from billing.pricing import service as pricing
 from facemint.auth.scopes import Scope
-from facemint.console.views.users import validated
+from facemint.console.forms import validated
 from facemint.console.web import CheckedForm, ViewerDep, form_text, redirect, render
 from facemint.deps import SessionDep
 from facemint.errors import Unprocessable

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from billing.recharge import service as batches
@@ -21,6 +20,7 @@ from facemint.approvals import service as approvals
 from facemint.approvals.service import Held
 from facemint.auth.scopes import Scope
 from facemint.console import bulk
+from facemint.console.forms import typed_int, validated
 from facemint.console.web import CheckedForm, ViewerDep, form_text, is_htmx, redirect, render, url_for_page
 from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params
 from facemint.errors import PayloadTooLarge, Unprocessable
@@ -78,18 +78,13 @@ def recharge_one(
         raise Unprocessable("the form has no idempotency key; reload the page")
     fields: dict[str, Any] = {
         kind: form_text(form, "target"),
-        "amount": _integer(form_text(form, "amount")),
+        "amount": typed_int(form_text(form, "amount")),
         "reason": form_text(form, "reason"),
         "reference": form_text(form, "reference") or None,
     }
     if kind != "email":
-        fields[kind] = _integer(fields[kind])
-    try:
-        data = RechargeCreate.model_validate(fields)
-    except ValidationError as exc:
-        raise Unprocessable(
-            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()[:5])
-        ) from None
+        fields[kind] = typed_int(fields[kind])
+    data = validated(RechargeCreate, fields)
     outcome = recharge_service.submit_recharge(
         session,
         context=viewer.context,
@@ -101,11 +96,6 @@ def recharge_one(
     if isinstance(outcome, Held):
         return _index(request, session, viewer, status=202, outcome=None, held=outcome)
     return _index(request, session, viewer, status=200 if outcome.replayed else 201, outcome=outcome, held=None)
-
-
-def _integer(value: str) -> int | str:
-    """A number typed into a form as an int (the schema, strict, refuses anything else)."""
-    return int(value) if value.isdigit() and len(value) < 19 else value
 
 
 # --- bulk: upload -> preview -> confirm -> result -----------------------------------------------------------
@@ -138,7 +128,7 @@ def bulk_preview(
     if not reason:
         raise ReasonRequired("a reason is required")
     tenant_text = form_text(form, "tenant_id")
-    tenant_id = _integer(tenant_text) if tenant_text else None
+    tenant_id = typed_int(tenant_text) if tenant_text else None
     if isinstance(tenant_id, str):
         raise Unprocessable("tenant must be a tenant id")
     preview = bulk.make_preview(
@@ -231,7 +221,7 @@ def batches_page(
 ) -> Response:
     """As GET /admin/v1/recharges/batches: newest first; a tenant admin sees only its tenant's."""
     viewer.require(Scope.recharges_read)
-    tenant = _integer(tenant_id.strip()) if tenant_id.strip() else None
+    tenant = typed_int(tenant_id.strip()) if tenant_id.strip() else None
     tenant_filter = tenant if isinstance(tenant, int) else None
     if tenant_filter is not None:
         viewer.principal.ensure_tenant_visible(tenant_filter, what="tenant")

@@ -14,7 +14,7 @@ from billing.ledger import service as ledger
 from facemint.approvals import service as approvals
 from facemint.approvals.service import Held
 from facemint.auth.scopes import Scope
-from facemint.console.views.users import validated
+from facemint.console.forms import validated
 from facemint.console.web import CheckedForm, ViewerDep, form_text, redirect, render, url_for_page
 from facemint.deps import SessionDep, SettingsDep, page_params
 from facemint.errors import InvalidIdempotencyKey

@@ -5,15 +5,15 @@ service would let the viewer give."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
 
 from billing.ledger import service as ledger
 from facemint.api_keys import service as key_service
 from facemint.auth.scopes import Scope
+from facemint.console.forms import id_filter, typed_int, validated
 from facemint.console.web import CheckedForm, ViewerDep, form_text, redirect, render, url_for_page
 from facemint.deps import RedisDep, SessionDep, page_params
 from facemint.errors import Forbidden, Unprocessable
@@ -24,34 +24,7 @@ from facemint.users.orm import STAFF_ROLES, Role, User, UserStatus
 from facemint.users.schemas import UserCreate, UserUpdate
 
 router = APIRouter()
-ModelT = TypeVar("ModelT", bound=BaseModel)
 USER_KEYS_SHOWN = 20
-
-
-def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
-    """A form's fields as the API's request schema, refused as a 422 problem naming the fields (what the API
-    answers for the same body)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'form'}: {error['msg']}" for error in exc.errors()[:5]
-        )
-        raise Unprocessable(detail) from None
-
-
-def optional_id(value: str) -> int | str | None:
-    """An id typed into a form: None when empty, an int when it is one (otherwise the schema refuses it)."""
-    value = value.strip()
-    if not value:
-        return None
-    return int(value) if value.isdigit() and len(value) < 19 else value
-
-
-def id_filter(value: str) -> int | None:
-    """An id filter from a query string: anything but an id is no filter (a stale or mistyped link lists all)."""
-    parsed = optional_id(value)
-    return parsed if isinstance(parsed, int) else None
 
 
 def _choice(value: str, allowed: type[Role] | type[UserStatus]) -> str | None:
@@ -109,7 +82,7 @@ def users_page(
 def new_user_page(request: Request, session: SessionDep, viewer: ViewerDep, tenant_id: str = "") -> Response:
     viewer.require(Scope.users_write)
     tenant = None
-    preset = optional_id(tenant_id)
+    preset = typed_int(tenant_id)
     if isinstance(preset, int):
         tenant = tenant_service.get(session, tenant_id=preset, tenant_scope=viewer.principal.tenant_scope)
     elif not viewer.principal.is_staff:
@@ -132,7 +105,7 @@ def create_user(request: Request, session: SessionDep, viewer: ViewerDep, form: 
             "name": form_text(form, "name") or None,
             "role": role,
             # Staff belong to no tenant: a tenant typed in beside a staff role is dropped, not refused.
-            "tenant_id": None if role in STAFF_ROLES else optional_id(form_text(form, "tenant_id")),
+            "tenant_id": None if role in STAFF_ROLES else typed_int(form_text(form, "tenant_id")),
             "password": form.get("password") or None,
         },
     )

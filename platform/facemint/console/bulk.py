@@ -24,9 +24,10 @@ from billing.errors import BillingError, InsufficientTokens
 from billing.ledger import service as ledger
 from facemint.approvals import service as approvals
 from facemint.config import Settings
+from facemint.console.errors import PreviewNotFound
 from facemint.context import RequestContext
 from facemint.db import unit_of_work
-from facemint.errors import FacemintError, NotFound
+from facemint.errors import FacemintError
 from facemint.recharges import batch as batch_service
 from facemint.recharges.errors import BatchRejected
 from facemint.recharges.origin import Origin, source_for
@@ -34,7 +35,7 @@ from facemint.recharges.parsing import parse_csv
 
 logger = logging.getLogger(__name__)
 
-_KEY = "console:bulk:{}"
+_KEY = "facemint:console:bulk:{}"
 CSV_KIND = "text/csv"
 # A run that has not reported for this long is taken for dead (its process ended): the preview may be confirmed
 # again, and the key replays whatever that run committed.
@@ -51,11 +52,6 @@ PHASES: dict[str, tuple[int, str]] = {
     "failed": (100, "Failed"),
 }
 DONE = frozenset({"committed", "held", "failed"})
-
-
-class PreviewNotFound(NotFound):
-    code = "preview_not_found"
-    title = "Bulk recharge preview not found"
 
 
 @dataclass(frozen=True, slots=True)

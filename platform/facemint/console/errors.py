@@ -32,4 +32,4 @@ class SecondFactorInvalid(Unauthorized):
 
 class PreviewNotFound(NotFound):
     code = "preview_not_found"
-    title = "The preview has expired or is not yours"
+    title = "Bulk recharge preview not found"

@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
@@ -38,6 +37,7 @@ from facemint.context import RequestContext
 from facemint.deps import RedisDep, SessionDep, SettingsDep, request_context
 from facemint.errors import FacemintError, Unauthorized
 from facemint.ratelimit import RateLimiter
+from facemint.users import service as user_service
 from facemint.users.orm import Role
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -131,7 +131,7 @@ def current_viewer(request: Request, session: SessionDep, settings: SettingsDep,
         buckets.append((f"tenant:{principal.tenant_id}", plan_limits["tenant"]))
     limiter.hit(request, buckets)
     request.state.principal = principal
-    has_totp = session.execute(_TOTP_ENROLLED, {"id": principal.user_id}).scalar_one()
+    has_totp = user_service.has_totp(session, user_id=principal.user_id)
     return Viewer(
         principal=principal,
         session=data,
@@ -140,8 +140,6 @@ def current_viewer(request: Request, session: SessionDep, settings: SettingsDep,
         has_totp=bool(has_totp),
     )
 
-
-_TOTP_ENROLLED = text("SELECT totp_secret IS NOT NULL FROM users WHERE id = :id")
 
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
 
@@ -305,7 +303,6 @@ def require_second_factor(request: Request, session: Session, viewer: Viewer, co
     if not viewer.has_totp:
         return
     from facemint.console import totp
-    from facemint.users import service as user_service
 
     if not code:
         raise SecondFactorRequired("enter the current code from your authenticator")

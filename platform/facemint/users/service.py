@@ -324,6 +324,11 @@ def revoke_sessions(session: Session, *, context: RequestContext, user: User) ->
     return user
 
 
+def has_totp(session: Session, *, user_id: int) -> bool:
+    """Whether the user has enrolled a console second factor."""
+    return bool(session.scalar(select(User.totp_secret.is_not(None)).where(User.id == user_id)))
+
+
 def set_totp(session: Session, *, context: RequestContext, user: User, secret: str | None) -> User:
     """Enrol (a base32 secret the user has just proven with a code) or remove the user's console second factor.
     Only the user itself does either (through the console, which checks a current code first)."""

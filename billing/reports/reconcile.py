@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from billing.reports import rollup
+
 CHECKS: dict[str, tuple[str, str]] = {
     "transaction_unbalanced": (
         "every transaction's entries sum to zero",
@@ -77,6 +79,27 @@ CHECKS: dict[str, tuple[str, str]] = {
         WHERE (h.status = 'captured' AND (c.n IS DISTINCT FROM 1 OR c.amount IS DISTINCT FROM h.captured_amount))
            OR (h.status <> 'captured' AND c.n IS NOT NULL)
         """,
+    ),
+    "hold_account_mismatch": (
+        "each hold is on a user or pool account and carries that account's tenant (the daily report counts released "
+        "tokens by the hold's tenant)",
+        """
+        SELECT h.id, coalesce(h.tenant_id::text, 'none') || ' on account ' || a.id AS detail
+        FROM holds h JOIN ledger_accounts a ON a.id = h.account_id
+        WHERE NOT a.balance_tracked OR h.tenant_id IS DISTINCT FROM a.tenant_id
+        """,
+    ),
+    "capture_time_mismatch": (
+        "a captured hold was resolved when its capture was posted (the daily report's days agree)",
+        """
+        SELECT h.id, t.id AS detail
+        FROM holds h JOIN ledger_transactions t ON t.hold_id = h.id
+        WHERE h.resolved_at IS DISTINCT FROM t.created_at
+        """,
+    ),
+    "rollup_mismatch": (
+        "the journal's rollup equals the sealed entries it sums (each span, bucket, tenant and kinds)",
+        rollup.RECONCILE_SQL,
     ),
     "recharge_batch_mismatch": (
         "each applied batch's recorded total equals its transaction",

@@ -17,6 +17,9 @@ Hashes (all sha256, computed in SQL):
   prev_hash of a stream's first seal being 32 zero bytes.
 Each leaf is also kept (`ledger_seal_leaves`) so `verify` can name the rows that changed.
 
+The ledger stream's batches also feed the journal's rollup (billing.reports.rollup): the sealing statement adds
+the batch's sums to `ledger_rollups`, so the rollup always equals the sealed prefix of the journal.
+
 Concurrency: sealers take one transaction-scoped advisory lock, so they queue behind each other (no forks; the
 unique (stream, seq) would refuse one anyway); writers never touch the seal tables and take no lock the sealer
 holds. Run the sealer in READ COMMITTED (each statement must see the seals committed by the sealer before it).
@@ -35,6 +38,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from billing.reports import rollup
 from billing.sealing.orm import STREAMS
 from billing.sealing.schemas import RowChange, SealProblem, SealResult, StreamDigest, VerifyReport
 
@@ -55,6 +59,10 @@ class Stream:
     table: str
     # The row's business columns as text expressions, in the canonical order (xid last).
     columns: tuple[str, ...]
+    # Work on each sealed batch in the sealing statement itself (so on exactly its rows, committed with its
+    # seal): the columns it reads from the batch, and a data-modifying statement over the relation `batch`.
+    carried: tuple[str, ...] = ()
+    on_batch: str | None = None
 
     def leaf(self, alias: str) -> str:
         parts = ", ".join(f"quote_nullable({c.format(r=alias)})" for c in self.columns)
@@ -75,6 +83,9 @@ _STREAMS: dict[str, Stream] = {
             _utc("{r}.created_at"),
             "{r}.xid::text",
         ),
+        # The journal's rollup follows the seals (billing.reports.rollup).
+        carried=rollup.BATCH_COLUMNS,
+        on_batch=rollup.upsert_sql("batch"),
     ),
     "audit_events": Stream(
         "audit_events",
@@ -112,9 +123,11 @@ def _stream(stream: str) -> Stream:
 
 
 def _seal_sql(s: Stream) -> str:
+    carried = "".join(f", r.{column}" for column in s.carried)
+    on_batch = f",\n    on_batch AS ({s.on_batch})" if s.on_batch else ""
     return f"""
     WITH batch AS (
-        SELECT r.id, r.xid, {s.leaf("r")} AS leaf
+        SELECT r.id, r.xid, {s.leaf("r")} AS leaf{carried}
         FROM {s.table} r
         WHERE (r.xid, r.id) > (CAST(:after_xid AS xid8), :after_id)
           AND r.xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -140,7 +153,7 @@ def _seal_sql(s: Stream) -> str:
     ),
     leaves AS (
         INSERT INTO ledger_seal_leaves (stream, row_id, seq, leaf) SELECT :stream, id, :seq, leaf FROM batch
-    )
+    ){on_batch}
     SELECT * FROM seal
     """
 

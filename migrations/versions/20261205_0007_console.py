@@ -1,4 +1,4 @@
-"""console: TOTP second factors for users, and the record of each reconciliation run
+"""console: TOTP second factors for users, the record of each reconciliation run, and the journal's rollup
 
 Revision ID: 0007
 Revises: 0006
@@ -14,6 +14,29 @@ revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+# The journal's rollup of every entry sealed so far: billing.reports.rollup's three sets of rows (per 15 minutes and
+# tenant, per 15 minutes for every account, per UTC day and tenant) over the sealed prefix of the ledger stream.
+ROLLUP_SEALED_SQL = """
+INSERT INTO ledger_rollups (span, tenant_id, bucket, account_kind, transaction_kind, amount, entries)
+SELECT CASE WHEN grouping(k.day) = 0 THEN '1 day' ELSE '15 minutes' END, CASE WHEN grouping(k.tenant_id) = 1
+       THEN -1 ELSE k.tenant_id END, coalesce(k.day, k.quarter), k.account_kind, k.transaction_kind, sum(k.amount),
+       count(*)
+FROM (
+    SELECT date_bin('15 minutes', e.created_at, TIMESTAMPTZ 'epoch') AS quarter,
+           date_bin('1 day', e.created_at, TIMESTAMPTZ 'epoch') AS day, coalesce(a.tenant_id, 0) AS tenant_id,
+           a.kind AS account_kind, t.kind AS transaction_kind, e.amount
+    FROM ledger_entries e
+    JOIN ledger_accounts a ON a.id = e.account_id
+    JOIN ledger_transactions t ON t.id = e.transaction_id
+    JOIN (SELECT xid_to, last_id FROM ledger_seals WHERE stream = 'ledger_entries' ORDER BY seq DESC LIMIT 1) h
+      ON (e.xid, e.id) <= (h.xid_to, h.last_id)
+) k
+GROUP BY GROUPING SETS ((k.quarter, k.tenant_id, k.account_kind, k.transaction_kind),
+                        (k.quarter, k.account_kind, k.transaction_kind),
+                        (k.day, k.tenant_id, k.account_kind, k.transaction_kind))
+"""
 
 
 def upgrade() -> None:
@@ -44,11 +67,52 @@ def upgrade() -> None:
     # unique index on email follows the database's collation, which LIKE cannot use unless it is C).
     op.create_index("ix_users_email_pattern", "users", ["email"], postgresql_ops={"email": "text_pattern_ops"})
     # The service's privileges on it are facemint.migrate.TABLE_PRIVILEGES' (append-only), granted after upgrade.
+    # The journal's rollup (billing.reports.rollup): sealed entries summed per bucket (15 minutes, or a UTC day),
+    # tenant (0: none; -1: every account), account kind and transaction kind. The sealer upserts it with each batch
+    # it seals (READ_WRITE for the service), so the reports read the rollup instead of the journal.
+    op.create_table(
+        "ledger_rollups",
+        sa.Column("span", sa.Text(), nullable=False),
+        sa.Column("tenant_id", sa.BigInteger(), nullable=False),
+        sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("account_kind", sa.Text(), nullable=False),
+        sa.Column("transaction_kind", sa.Text(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("entries", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("span IN ('15 minutes', '1 day')", name=op.f("ck_ledger_rollups_span")),
+        sa.CheckConstraint(
+            "tenant_id >= 0 OR (tenant_id = -1 AND span = '15 minutes')", name=op.f("ck_ledger_rollups_tenant_id")
+        ),
+        # Tenant first: one tenant's days are one index range; with the amount, reports read the index alone.
+        sa.PrimaryKeyConstraint(
+            "span",
+            "tenant_id",
+            "bucket",
+            "account_kind",
+            "transaction_kind",
+            name=op.f("pk_ledger_rollups"),
+            postgresql_include=["amount"],
+        ),
+    )
+    # What is already sealed, rolled up once, behind the sealers' lock (billing.sealing.service.SEALER_LOCK,
+    # 0x7365616C): no sealer can seal a batch between this sum and the head it is taken up to.
+    op.execute("SELECT pg_advisory_xact_lock(1936023916)")
+    op.execute(ROLLUP_SEALED_SQL)
+    # The finance daily report's released tokens: only the holds that let tokens go uncharged (released, expired,
+    # partly captured); full captures, nearly every hold, never enter it.
+    op.create_index(
+        "ix_holds_released_resolved_at",
+        "holds",
+        ["resolved_at"],
+        postgresql_where=sa.text("status <> 'held' AND captured_amount IS DISTINCT FROM amount"),
+    )
 
 
 def downgrade() -> None:
     for name in ("ix_jobs_status_id", "ix_jobs_tenant_id_status_id", "ix_jobs_user_id_status_id", "ix_jobs_created_at"):
         op.drop_index(name, "jobs")
+    op.drop_index("ix_holds_released_resolved_at", "holds")
+    op.drop_table("ledger_rollups")
     op.drop_index("ix_users_email_pattern", "users")
     op.drop_table("reconciliation_runs")
     op.drop_constraint(op.f("ck_users_totp_enrolled"), "users")

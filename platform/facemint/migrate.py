@@ -42,6 +42,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "webhook_deliveries": APPEND_ONLY,  # one row per attempt
     "reconciliation_runs": APPEND_ONLY,  # one row per run: the dashboard's "last reconciliation"
     "ledger_accounts": READ_WRITE,
+    "ledger_rollups": READ_WRITE,  # the sealer upserts the journal's sums (billing.reports.rollup)
     "holds": READ_WRITE,
     "jobs": READ_WRITE,
     "recharge_batches": READ_WRITE,

@@ -3,6 +3,7 @@
 from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
 from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
+from billing.reports import orm as rollup_orm  # noqa: F401  (registers the journal's rollup)
 from billing.sealing import orm as sealing_orm  # noqa: F401  (registers the sealing tables)
 from facemint.api_keys.orm import ApiKey
 from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billing.reports import rollup
 from facemint.finance.errors import InvalidFilter
 from facemint.finance.schemas import Liability, LiabilityReport, TenantLiability
 from facemint.finance.service import as_utc, tenant_conditions
@@ -39,29 +40,34 @@ def default_days(first: date | None, last: date | None) -> tuple[date, date]:
     return first, last
 
 
-_DAILY_SQL = """
-WITH acct AS (
-    SELECT id, coalesce(tenant_id, 0) AS tenant_id FROM ledger_accounts a WHERE a.balance_tracked {scope}
-),
-opening AS (
-    SELECT a.tenant_id, sum(e.amount) AS amount
-    FROM ledger_entries e JOIN acct a ON a.id = e.account_id
-    WHERE e.created_at < %(start)s GROUP BY a.tenant_id
+# Opening balances and the days' movements from the journal's daily rollup rows (billing.reports.rollup) and the
+# unsealed entries. Released comes from the holds that let tokens go uncharged (their own index; a full capture
+# releases nothing, and its tenant and day are in `moves` anyway: the capture is posted with the same now() as the
+# hold's resolved_at), by the hold's own tenant_id: a hold is made on a user or pool account and copies its tenant,
+# which neither changes afterwards. Reconciliation checks both, so no join to the accounts.
+_DAILY_SQL = f"""
+WITH opening AS (
+    SELECT m.tenant_id, sum(m.amount) AS amount
+    FROM {rollup.movements(rollup.DAY, style="pyformat")} m
+    WHERE m.bucket < %(start)s AND m.account_kind IN {rollup.TRACKED_KINDS_SQL} {{rollup_scope}}
+    GROUP BY m.tenant_id
 ),
 moves AS (
-    SELECT a.tenant_id, (e.created_at AT TIME ZONE 'UTC')::date AS day,
-           coalesce(sum(e.amount) FILTER (WHERE t.kind = 'recharge'), 0) AS recharged,
-           coalesce(-sum(e.amount) FILTER (WHERE t.kind = 'capture'), 0) AS consumed,
-           coalesce(sum(e.amount) FILTER (WHERE t.kind IN ('adjustment', 'reversal')), 0) AS adjustments
-    FROM ledger_entries e JOIN acct a ON a.id = e.account_id JOIN ledger_transactions t ON t.id = e.transaction_id
-    WHERE e.created_at >= %(start)s AND e.created_at < %(end)s
+    SELECT m.tenant_id, (m.bucket AT TIME ZONE 'UTC')::date AS day,
+           coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind = 'recharge'), 0) AS recharged,
+           coalesce(-sum(m.amount) FILTER (WHERE m.transaction_kind = 'capture'), 0) AS consumed,
+           coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind IN ('adjustment', 'reversal')), 0) AS adjustments
+    FROM {rollup.movements(rollup.DAY, style="pyformat")} m
+    WHERE m.bucket >= %(start)s AND m.bucket < %(end)s AND m.account_kind IN {rollup.TRACKED_KINDS_SQL}
+          {{rollup_scope}}
     GROUP BY 1, 2
 ),
 released AS (
-    SELECT a.tenant_id, (h.resolved_at AT TIME ZONE 'UTC')::date AS day,
+    SELECT coalesce(h.tenant_id, 0) AS tenant_id, (h.resolved_at AT TIME ZONE 'UTC')::date AS day,
            sum(h.amount - coalesce(h.captured_amount, 0)) AS released
-    FROM holds h JOIN acct a ON a.id = h.account_id
-    WHERE h.status <> 'held' AND h.resolved_at >= %(start)s AND h.resolved_at < %(end)s
+    FROM holds h
+    WHERE h.status <> 'held' AND h.captured_amount IS DISTINCT FROM h.amount
+      AND h.resolved_at >= %(start)s AND h.resolved_at < %(end)s {{scope}}
     GROUP BY 1, 2
 ),
 tenants AS (
@@ -80,15 +86,23 @@ daily AS (
     LEFT JOIN moves m ON m.tenant_id = g.tenant_id AND m.day = g.day
     LEFT JOIN released r ON r.tenant_id = g.tenant_id AND r.day = g.day
 )
-SELECT tenant_id, day, recharged, consumed, released, adjustments,
-       opening_before + coalesce(sum(recharged - consumed + adjustments) OVER (
-           PARTITION BY tenant_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS opening
-FROM daily ORDER BY tenant_id, day
+SELECT nullif(tenant_id, 0), day, CAST(opening AS bigint), CAST(recharged AS bigint), CAST(consumed AS bigint),
+       CAST(released AS bigint), CAST(adjustments AS bigint),
+       CAST(opening + recharged - consumed + adjustments AS bigint) AS closing
+FROM (
+    SELECT tenant_id, day, recharged, consumed, released, adjustments,
+           opening_before + coalesce(sum(recharged - consumed + adjustments) OVER (
+               PARTITION BY tenant_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS opening
+    FROM daily
+) d
+ORDER BY tenant_id, day
 """
 
 
-def _scope_sql(tenant_scope: int | None, tenant_id: int | None) -> tuple[str, dict[str, Any]]:
-    parts, params = tenant_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
+def _scope_sql(
+    tenant_scope: int | None, tenant_id: int | None, *, column: str = "a.tenant_id"
+) -> tuple[str, dict[str, Any]]:
+    parts, params = tenant_conditions(column, tenant_scope=tenant_scope, tenant_id=tenant_id)
     return " ".join(f"AND {part}" for part in parts), params
 
 
@@ -97,35 +111,25 @@ def daily_report(
 ) -> list[DailyRow]:
     """Per tenant and UTC day (`first` to `last`, both included), over the tenant's user and pool accounts:
     opening balance, recharged, consumed (captures), adjustments (adjustments and reversals) and closing, with
-    opening + recharged - consumed + adjustments = closing. Everything comes from ledger entries, set-based, in one
-    statement (one snapshot). A transfer between two accounts of the same tenant (pool to user) nets to zero.
+    opening + recharged - consumed + adjustments = closing. Everything comes from ledger entries (through their
+    rollup), set-based, in one statement (one snapshot). A transfer between two accounts of the same tenant (pool
+    to user) nets to zero.
 
     `released` is informational: tokens that left a hold without being charged that day (released or expired
     holds, and the unused rest of a partial capture). A hold never changes the balance (it only moves tokens from
     available to held and back), so released is not part of the identity.
 
     Accounts without a tenant (staff users) are listed under tenant_id None, for staff only."""
-    scope, params = _scope_sql(tenant_scope, tenant_id)
+    scope, params = _scope_sql(tenant_scope, tenant_id, column="h.tenant_id")
+    rollup_scope, _ = _scope_sql(tenant_scope, tenant_id, column="m.tenant_id")
+    if rollup_scope:  # the rollup keeps accounts without a tenant under 0, which no tenant filter may match
+        rollup_scope += " AND m.tenant_id > 0"
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    params.update(start=start, end=end, first=first, last=last)
-    rows = session.connection().exec_driver_sql(_DAILY_SQL.format(scope=scope), params).mappings()
-    out = []
-    for row in rows:
-        closing = row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"]
-        out.append(
-            DailyRow(
-                tenant_id=row["tenant_id"] or None,
-                day=row["day"],
-                opening=int(row["opening"]),
-                recharged=int(row["recharged"]),
-                consumed=int(row["consumed"]),
-                released=int(row["released"]),
-                adjustments=int(row["adjustments"]),
-                closing=int(closing),
-            )
-        )
-    return out
+    params.update(start=start, end=end, first=first, last=last, **rollup.head_hint(session))
+    sql = _DAILY_SQL.format(scope=scope, rollup_scope=rollup_scope)
+    # Thousands of rows (every tenant, every day): whole numbers from the database, in DailyRow's field order.
+    return [DailyRow(*row) for row in session.connection().exec_driver_sql(sql, params)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,18 @@
 """The dashboard's figures, one flow for the API (GET /admin/v1/reports/dashboard) and the console's front page.
 
 Every query is bounded and index-backed:
-- tokens per day: the last 30 days in the viewer's zone, from `ledger_transactions` by `created_at` (its index)
-  joined to their entries; recharged and consumed count what reached or left user and pool accounts, so a pool
-  handing tokens to its users nets to zero, as in the finance daily report;
+- tokens per day: the last 30 days in the viewer's zone, from the journal's rollup (billing.reports.rollup: sealed
+  entries summed per 15-minute bucket, tenant and kinds, plus the entries not sealed yet); recharged and consumed
+  count what reached or left user and pool accounts, so a pool handing tokens to its users nets to zero, as in the
+  finance daily report;
 - jobs per hour by status: the last 48 hours, from `jobs` by `created_at`;
-- top tenants by tokens consumed over the same 30 days;
+- top tenants by tokens consumed over the same 30 days, from the rollup too;
 - tokens held now (open holds: a partial index), jobs queued and running (partial indexes), the webhook backlog
   (pending events: a partial index), the Redis queue's length, the last reconciliation run, the seals' heads.
 
-The 30-day and 48-hour aggregates read every transaction and job of their window: with a million ledger entries
-written in a day that is a second's work, so they are kept in Redis for `CHARTS_CACHE_SECONDS` per tenant scope
-and zone (the page says when they were computed). The live figures are read at every request."""
+The charts are kept in Redis for `CHARTS_CACHE_SECONDS` per tenant scope and zone (the page says when they were
+computed), which spares the database when many open the page; computing them reads thousands of rollup rows, not
+the journal. The live figures are read at every request."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rq import Queue
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from billing.reports import rollup
 from facemint.errors import Unprocessable
 from facemint.reports import service
 from facemint.reports.schemas import (
@@ -61,24 +63,38 @@ def _scope(column: str, tenant_scope: int | None) -> str:
     return "" if tenant_scope is None else f" AND {column} = :tenant_scope"
 
 
+# A day in the zone is a run of whole 15-minute buckets (billing.reports.rollup), so each bucket's local date is
+# that of every entry in it. Staff read the rollup's rows for every account (one per bucket and kinds), a tenant
+# its own.
 _DAILY_SQL = """
-SELECT (t.created_at AT TIME ZONE :zone)::date AS day,
-       coalesce(sum(e.amount) FILTER (WHERE t.kind = 'recharge'), 0) AS recharged,
-       coalesce(-sum(e.amount) FILTER (WHERE t.kind = 'capture'), 0) AS consumed
-FROM ledger_transactions t
-JOIN ledger_entries e ON e.transaction_id = t.id
-JOIN ledger_accounts a ON a.id = e.account_id
-WHERE t.created_at >= :start AND t.kind IN ('recharge', 'capture') AND a.balance_tracked{scope}
+SELECT (m.bucket AT TIME ZONE :zone)::date AS day,
+       coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind = 'recharge'), 0) AS recharged,
+       coalesce(-sum(m.amount) FILTER (WHERE m.transaction_kind = 'capture'), 0) AS consumed
+FROM {movements} m
+WHERE m.bucket >= :start AND m.transaction_kind IN ('recharge', 'capture')
+  AND m.account_kind IN {tracked}{scope}
 GROUP BY 1
 """
 
-_TOP_TENANTS_SQL = """
-SELECT a.tenant_id, tn.name, -sum(e.amount) AS consumed
-FROM ledger_transactions t
-JOIN ledger_entries e ON e.transaction_id = t.id
-JOIN ledger_accounts a ON a.id = e.account_id
-JOIN tenants tn ON tn.id = a.tenant_id
-WHERE t.created_at >= :start AND t.kind = 'capture' AND a.balance_tracked
+# Consumption per tenant since `start` (a quarter hour): whole UTC days from the daily rows, the part of a day
+# before the first of them from each tenant's 15-minute rows (an index range per tenant), and the unsealed tail.
+_TOP_TENANTS_SQL = f"""
+WITH consumed AS (
+    SELECT r.tenant_id, r.amount FROM ledger_rollups r
+    WHERE r.span = '{rollup.DAY}' AND r.tenant_id > 0 AND r.bucket >= :whole_days
+      AND r.transaction_kind = 'capture' AND r.account_kind IN {rollup.TRACKED_KINDS_SQL}
+    UNION ALL
+    SELECT q.tenant_id, q.amount FROM tenants tn CROSS JOIN LATERAL (
+        SELECT r.tenant_id, r.amount FROM ledger_rollups r
+        WHERE r.span = '{rollup.QUARTER}' AND r.tenant_id = tn.id AND r.bucket >= :start AND r.bucket < :whole_days
+          AND r.transaction_kind = 'capture' AND r.account_kind IN {rollup.TRACKED_KINDS_SQL}
+    ) q
+    UNION ALL
+    SELECT u.tenant_id, u.amount FROM {rollup.unsealed(rollup.QUARTER)} u
+    WHERE u.bucket >= :start AND u.transaction_kind = 'capture' AND u.account_kind IN {rollup.TRACKED_KINDS_SQL}
+)
+SELECT c.tenant_id, tn.name, -sum(c.amount) AS consumed
+FROM consumed c JOIN tenants tn ON tn.id = c.tenant_id
 GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :n
 """
 
@@ -91,12 +107,25 @@ GROUP BY 1, 2
 """
 
 
+def _next_utc_midnight(at: datetime) -> datetime:
+    """`at` if it is a UTC midnight, else the next one."""
+    midnight = datetime.combine(at.astimezone(UTC).date(), time(), tzinfo=UTC)
+    return midnight if midnight == at else midnight + timedelta(days=1)
+
+
 def _charts(session: Session, *, tenant_scope: int | None, tz: ZoneInfo, now: datetime) -> DashboardCharts:
     today = now.astimezone(tz).date()
     days = [today - timedelta(days=DAYS - 1 - i) for i in range(DAYS)]
     day_start = {d: datetime.combine(d, time(), tzinfo=tz).astimezone(UTC) for d in days}
     params: dict[str, object] = {"zone": tz.key, "start": day_start[days[0]], "tenant_scope": tenant_scope}
-    rows = session.execute(text(_DAILY_SQL.format(scope=_scope("a.tenant_id", tenant_scope))), params)
+    params.update(rollup.head_hint(session))
+    daily = _DAILY_SQL.format(
+        movements=rollup.movements(rollup.QUARTER, every_tenant=tenant_scope is None),
+        tracked=rollup.TRACKED_KINDS_SQL,
+        # A principal's tenant (an existing tenant: never 0, the rollup's "no tenant"), as an index range.
+        scope=_scope("m.tenant_id", tenant_scope),
+    )
+    rows = session.execute(text(daily), params)
     by_day: dict[date, tuple[int, int]] = {r.day: (int(r.recharged), int(r.consumed)) for r in rows}
     day_points = [
         DayTokens(day=d, start=day_start[d], recharged=by_day.get(d, (0, 0))[0], consumed=by_day.get(d, (0, 0))[1])
@@ -119,7 +148,10 @@ def _charts(session: Session, *, tenant_scope: int | None, tz: ZoneInfo, now: da
     if tenant_scope is None:
         top = [
             TenantConsumption(tenant_id=r.tenant_id, name=r.name, consumed=int(r.consumed))
-            for r in session.execute(text(_TOP_TENANTS_SQL), {"start": day_start[days[0]], "n": TOP_TENANTS})
+            for r in session.execute(
+                text(_TOP_TENANTS_SQL),
+                {**params, "whole_days": _next_utc_midnight(day_start[days[0]]), "n": TOP_TENANTS},
+            )
         ]
     return DashboardCharts(
         zone=tz.key, as_of=now, days=day_points, hours=hour_points, statuses=list(JOB_STATUSES), top_tenants=top

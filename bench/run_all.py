@@ -26,6 +26,8 @@ BENCHMARKS = {
     "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
     "sealing": ([], ["--entries", "200000", "--seconds", "4", "--runs", "1", "--no-index-cost"]),
+    # Console pages and fragments (p95) and the first load; --quick: a tenth of the seed, 5 runs per URL.
+    "console": ([], ["--quick"]),
 }
 
 

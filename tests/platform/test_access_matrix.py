@@ -118,7 +118,7 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ("POST", "/auth/token"): rule(None, N.nothing, sign_in, access=Access.public, mutates=False),
     # Not in the schema: Prometheus' own bearer token; no user credential opens it.
     ("POST", "/admin/v1/reconciliation/runs"): rule(
-        S.reports_read, N.nothing, fixed("/admin/v1/reconciliation/runs"), ok=201, staff_only="forbidden"
+        S.reconciliation_run, N.nothing, fixed("/admin/v1/reconciliation/runs"), ok=201
     ),
     ("GET", "/admin/v1/reconciliation/runs"): rule(
         S.reports_read, N.nothing, fixed("/admin/v1/reconciliation/runs"), staff_only="forbidden"

@@ -94,14 +94,16 @@ class TestReconciliationRuns:
     def test_a_run_is_recorded_and_listed_newest_first(
         self, client: TestClient, session: Session, make_caller: MakeCaller
     ) -> None:
-        finance = make_caller(Role.finance)
-        created = [client.post("/admin/v1/reconciliation/runs", headers=finance.headers) for _ in range(2)]
+        finance, operator = make_caller(Role.finance), make_caller(Role.operator)
+        refused = client.post("/admin/v1/reconciliation/runs", headers=finance.headers)
+        assert refused.status_code == 403  # finance reads the runs and never writes one
+        created = [client.post("/admin/v1/reconciliation/runs", headers=operator.headers) for _ in range(2)]
         assert [r.status_code for r in created] == [201, 201]
         run = created[1].json()
         assert run["balanced"] is True
         assert run["discrepancies"] == 0
         key_id = session.execute(
-            text("SELECT id FROM api_keys WHERE user_id = :u"), {"u": finance.user.id}
+            text("SELECT id FROM api_keys WHERE user_id = :u"), {"u": operator.user.id}
         ).scalar_one()
         assert run["requested_by"] == f"key:{key_id}"  # the API key it was asked with
         assert "balance_mismatch" in run["summary"]["checks"]

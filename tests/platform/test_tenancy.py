@@ -12,9 +12,11 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from facemint.config import Settings
 from facemint.tenants.orm import Tenant
 from facemint.users.orm import Role
 from tests.factories import create_tenant, fund
+from tests.jobs.admin_job_factory import queued_job
 from tests.platform.conftest import Caller, MakeCaller
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -151,7 +153,9 @@ class TestRouteWalk:
         return operations
 
     @pytest.fixture
-    def ids(self, client: TestClient, session: Session, world: World, make_caller: MakeCaller) -> dict[str, int]:
+    def ids(
+        self, client: TestClient, session: Session, settings: Settings, world: World, make_caller: MakeCaller
+    ) -> dict[str, Any]:
         member = world.member_a
         transaction_id = fund(session, account_id=member.user.account_id, amount=10)
         listing = client.get("/admin/v1/api-keys", params={"user_id": member.id}, headers=world.admin_a.headers)
@@ -177,17 +181,19 @@ class TestRouteWalk:
             "transaction_id": transaction_id,
             "batch_id": batch.json()["batch_id"],
             "approval_id": held.json()["id"],
+            # A queued job of the member's (its price held on the funded account), for /admin/v1/jobs/{job_id}.
+            "job_id": queued_job(session, settings, member.user).public_id,
         }
 
     def test_without_credentials_every_operation_is_401(
-        self, client: TestClient, operations: list[tuple[str, str]], ids: dict[str, int]
+        self, client: TestClient, operations: list[tuple[str, str]], ids: dict[str, Any]
     ) -> None:
         for method, path in operations:
             response = client.request(method, path.format(**ids))
             problem(response, 401, "unauthorized")
 
     def test_members_get_403_everywhere(
-        self, client: TestClient, world: World, operations: list[tuple[str, str]], ids: dict[str, int]
+        self, client: TestClient, world: World, operations: list[tuple[str, str]], ids: dict[str, Any]
     ) -> None:
         for method, path in operations:
             response = client.request(method, path.format(**ids), headers=world.member_a.headers)
@@ -199,7 +205,7 @@ class TestRouteWalk:
         client: TestClient,
         make_caller: MakeCaller,
         operations: list[tuple[str, str]],
-        ids: dict[str, int],
+        ids: dict[str, Any],
     ) -> None:
         finance = make_caller(Role.finance)
         writes = [(m, p) for m, p in operations if m in WRITE_METHODS]
@@ -211,8 +217,9 @@ class TestRouteWalk:
             assert response.status_code == 403, (method, path, response.text)
         for method, path in reads:
             response = client.request(method, path.format(**ids), headers=finance.headers)
-            # A signing secret is the one read finance does not get: it would let finance forge webhooks.
-            expected = 403 if path.endswith("/webhook-secret") else 200
+            # A signing secret would let finance forge webhooks, and a job's result is a customer's image: the two
+            # reads finance does not get.
+            expected = 403 if path.endswith(("/webhook-secret", "/thumbnail")) else 200
             assert response.status_code == expected, (method, path, response.text)
 
 

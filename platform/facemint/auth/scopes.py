@@ -19,6 +19,9 @@ class Scope(StrEnum):
     recharges_write = "recharges:write"
     recharges_approve = "recharges:approve"  # four-eyes: approve or reject another operator's large recharge
     ledger_adjust = "ledger:adjust"
+    # Record a reconciliation run (the dashboard's "last reconciliation"). Reading one is `reports:read`; finance
+    # reads and never writes, so it does not hold this.
+    reconciliation_run = "reconciliation:run"
     balances_read = "balances:read"
     audit_read = "audit:read"
     reports_read = "reports:read"

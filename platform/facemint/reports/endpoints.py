@@ -1,8 +1,8 @@
 """Reports under /admin/v1 (scope `reports:read`):
 
 - GET /reconciliation: every check over the whole ledger, in one read-only snapshot (staff only).
-- GET/POST /reconciliation/runs: the recorded runs, and a run now that is recorded (staff only: finance may run
-  it too, it changes no money).
+- GET/POST /reconciliation/runs: the recorded runs (staff only), and a run now that is recorded
+  (`reconciliation:run`: operators and platform admins; finance reads, and may run the unrecorded check above).
 - GET /ledger/seals: the sealed books' heads (staff only); POST seals what is finished now (`ledger:adjust`:
   operators and platform admins).
 - GET /reports/dashboard: the dashboard's figures, limited to a tenant admin's own tenant."""
@@ -57,7 +57,11 @@ def get_reconciliation(request: Request, principal: Reader) -> ReconciliationRea
 
 
 @router.post("/reconciliation/runs", response_model=ReconciliationRunRead, status_code=status.HTTP_201_CREATED)
-def run_reconciliation(request: Request, session: SessionDep, principal: Reader) -> ReconciliationRunRead:
+def run_reconciliation(
+    request: Request,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(Scope.reconciliation_run))],
+) -> ReconciliationRunRead:
     """Reconcile now (one read-only snapshot) and record the outcome, balanced or not: 201 either way; the
     dashboard shows the newest run."""
     ensure_platform_staff(principal)

@@ -74,7 +74,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/account/totp/remove"): Rule(None, T.any, ok=None),
     # Dashboard: a tenant admin sees its own tenant's; running the books' checks is staff work.
     ("GET", "/admin/"): Rule(S.reports_read, T.scoped),
-    ("POST", "/admin/reconciliation/run"): Rule(S.reports_read, T.refused, ok=None),
+    ("POST", "/admin/reconciliation/run"): Rule(S.reconciliation_run, T.refused, ok=None),
     ("POST", "/admin/ledger/seal"): Rule(S.ledger_adjust, T.refused, ok=None),
     # Tenants.
     ("GET", "/admin/tenants"): Rule(S.tenants_read, T.scoped),

@@ -95,17 +95,26 @@ class TestButtons:
     def test_run_reconciliation_records_a_run_and_swaps_the_panel(
         self, session: Session, console_user: MakeConsoleUser
     ) -> None:
-        finance = console_user(Role.finance)
-        response = finance.client.post(
-            "/admin/reconciliation/run", headers={"HX-Request": "true", "X-CSRF-Token": finance.csrf}
+        operator = console_user(Role.operator)
+        response = operator.client.post(
+            "/admin/reconciliation/run", headers={"HX-Request": "true", "X-CSRF-Token": operator.csrf}
         )
         assert response.status_code == 200, response.text
         assert 'id="reconciliation"' in response.text
         assert "The books balanced" in response.text
         run = session.execute(text("SELECT balanced, requested_by FROM reconciliation_runs")).one()
         assert run.balanced
-        assert run.requested_by == f"user:{finance.user.id}"
-        assert "The books balanced" in finance.client.get("/admin/").text
+        assert run.requested_by == f"user:{operator.user.id}"
+        assert "The books balanced" in operator.client.get("/admin/").text
+
+    def test_finance_sees_no_run_button_and_cannot_run_one(
+        self, session: Session, console_user: MakeConsoleUser
+    ) -> None:
+        finance = console_user(Role.finance)
+        assert "Run reconciliation now" not in finance.client.get("/admin/").text
+        response = console_post(finance.client, "/admin/reconciliation/run", finance.csrf)
+        assert response.status_code == 403
+        assert session.execute(text("SELECT count(*) FROM reconciliation_runs")).scalar_one() == 0
 
     def test_a_tenant_admin_cannot_run_reconciliation(self, session: Session, console_user: MakeConsoleUser) -> None:
         admin = console_user(Role.tenant_admin, tenant=create_tenant(session))

@@ -91,8 +91,8 @@ def dashboard_page(
 
 @router.post("/reconciliation/run")
 def run_reconciliation(request: Request, session: SessionDep, viewer: ViewerDep, form: CheckedForm) -> Response:
-    """Reconcile now and record the run (POST /admin/v1/reconciliation/runs): platform staff, finance included."""
-    viewer.require(Scope.reports_read)
+    """Reconcile now and record the run (POST /admin/v1/reconciliation/runs): operators and platform admins."""
+    viewer.require(Scope.reconciliation_run)
     ensure_platform_staff(viewer.principal)
     run = reports.run_and_record(session, engine=request.app.state.engine, requested_by=viewer.principal.label)
     if not is_htmx(request):

@@ -143,6 +143,15 @@ class Hold(BillingBase):
             "resolved_at",
             postgresql_where=text("status <> 'held' AND captured_amount IS DISTINCT FROM amount"),
         ),
+        # When each resolved hold held its tokens, [created_at, resolved_at): the liability report's holds open at
+        # a past instant, found by containment whatever the instant. Entered on capture or release, never on the
+        # reserve (an open hold is outside the predicate); greatest() keeps the range valid on every update.
+        Index(
+            "ix_holds_open_during",
+            text("tstzrange(created_at, greatest(created_at, resolved_at), '[)')"),
+            postgresql_using="gist",
+            postgresql_where=text("status <> 'held'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

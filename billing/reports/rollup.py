@@ -17,12 +17,15 @@ Three sets of rows (`span`, `tenant_id`), each the whole sealed journal summed a
 
 Readers take `movements()` (or `unsealed()`): the rollup plus the tail, the entries after the seal head (found by
 the (xid, id) index; few when the periodic sealer keeps up), in one statement and so one snapshot: a seal and its
-rollup rows commit together, so every snapshot sees both or neither. Reconciliation checks the rollup against the
-journal (`RECONCILE_SQL`). An entry's created_at is its transaction's (both are the writing transaction's now()),
-so a bucket also holds the transactions created in it."""
+rollup rows commit together, so every snapshot sees both or neither. `up_to()` is the journal up to an instant
+(the liability at a past instant): whole buckets before it, the sealed entries of its own bucket, and the tail.
+Reconciliation checks the rollup against the journal (`RECONCILE_SQL`). An entry's created_at is its transaction's
+(both are the writing transaction's now()), so a bucket also holds the transactions created in it, and `up_to`
+finds the entries of a bucket through their transactions' time index."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy import text
@@ -144,6 +147,46 @@ def movements(span: str, *, every_tenant: bool = False, style: ParamStyle = "nam
     UNION ALL
     SELECT * FROM {unsealed(span, every_tenant=every_tenant, style=style)} u
     )"""
+
+
+def instant_bounds(at: datetime) -> dict[str, object]:
+    """`up_to`'s bound parameters for the instant `at`: the instant in UTC, the start of its UTC day and of its
+    15-minute bucket (date_bin's, on the epoch)."""
+    at = at.astimezone(UTC)
+    quarter = at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
+    return {"rollup_at": at, "rollup_day": quarter.replace(hour=0, minute=0), "rollup_quarter": quarter}
+
+
+def up_to(*, style: ParamStyle = "named") -> str:
+    """A subquery of the journal's entries made at or before an instant, as rows (tenant_id, account_kind,
+    transaction_kind, amount, entries): the daily rollup rows of the whole UTC days before it, the 15-minute rows
+    of its day's whole buckets before it, the sealed entries of its own bucket up to it (found by their
+    transactions' time, which is theirs), and the unsealed entries made by then. Sums over it equal sums over the
+    entries with created_at <= the instant, in one statement's snapshot; however far back the instant, it reads
+    at most a day of quarters and one quarter of entries besides the daily rows and the tail. Its parameters are
+    `instant_bounds`' and `head_hint`'s, in the driver's `style`."""
+    at, day, quarter = (_param(name, style) for name in ("rollup_at", "rollup_day", "rollup_quarter"))
+    hint_xid, hint_id = HINT_PARAMS[style]
+    return f"""(
+    SELECT r.tenant_id, r.account_kind, r.transaction_kind, r.amount, r.entries FROM ledger_rollups r
+    WHERE r.span = '{DAY}' AND r.tenant_id >= 0 AND r.bucket < {day}
+    UNION ALL
+    SELECT r.tenant_id, r.account_kind, r.transaction_kind, r.amount, r.entries FROM ledger_rollups r
+    WHERE r.span = '{QUARTER}' AND r.tenant_id >= 0 AND r.bucket >= {day} AND r.bucket < {quarter}
+    UNION ALL
+    SELECT coalesce(a.tenant_id, 0), a.kind, t.kind, e.amount, CAST(1 AS bigint)
+    {_JOINED.format(entries="ledger_entries")}
+    WHERE t.created_at >= {quarter} AND t.created_at <= {at} AND e.created_at >= {quarter} AND e.created_at <= {at}
+      AND {SEALED}
+    UNION ALL
+    SELECT coalesce(a.tenant_id, 0), a.kind, t.kind, e.amount, CAST(1 AS bigint)
+    {_JOINED.format(entries="ledger_entries")}
+    WHERE (e.xid, e.id) > ({hint_xid}, {hint_id}) AND {UNSEALED} AND e.created_at <= {at}
+    )"""
+
+
+def _param(name: str, style: ParamStyle) -> str:
+    return f":{name}" if style == "named" else f"%({name})s"
 
 
 # The rollup against the sealed entries recomputed, key by key: each row that differs (or exists on one side).

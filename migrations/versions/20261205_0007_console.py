@@ -1,4 +1,4 @@
-"""console: TOTP second factors for users, the record of each reconciliation run, and the journal's rollup
+"""console: TOTP second factors, reconciliation runs, the journal's rollup, and the indexes the console reads
 
 Revision ID: 0007
 Revises: 0006
@@ -106,9 +106,38 @@ def upgrade() -> None:
         ["resolved_at"],
         postgresql_where=sa.text("status <> 'held' AND captured_amount IS DISTINCT FROM amount"),
     )
+    # The liability at a past instant: the resolved holds that were open at it, by containment in when each held
+    # its tokens. Only resolved holds enter it (on capture or release, never on the reserve); greatest() keeps the
+    # range valid should a hold be resolved in a transaction that began before it was made.
+    op.create_index(
+        "ix_holds_open_during",
+        "holds",
+        [sa.text("tstzrange(created_at, greatest(created_at, resolved_at), '[)')")],
+        postgresql_using="gist",
+        postgresql_where=sa.text("status <> 'held'"),
+    )
+    # Log filters that scanned: the audit and finance logs by target, and the entry logs' joins to the approval that
+    # applied a transaction or a batch.
+    op.create_index("ix_audit_events_target_type_target_id", "audit_events", ["target_type", "target_id"])
+    op.create_index(
+        "ix_recharge_approvals_transaction_id",
+        "recharge_approvals",
+        ["transaction_id"],
+        postgresql_where=sa.text("transaction_id IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_recharge_approvals_batch_id",
+        "recharge_approvals",
+        ["batch_id"],
+        postgresql_where=sa.text("batch_id IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_recharge_approvals_batch_id", "recharge_approvals")
+    op.drop_index("ix_recharge_approvals_transaction_id", "recharge_approvals")
+    op.drop_index("ix_audit_events_target_type_target_id", "audit_events")
+    op.drop_index("ix_holds_open_during", "holds")
     for name in ("ix_jobs_status_id", "ix_jobs_tenant_id_status_id", "ix_jobs_user_id_status_id", "ix_jobs_created_at"):
         op.drop_index(name, "jobs")
     op.drop_index("ix_holds_released_resolved_at", "holds")

@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -61,6 +62,13 @@ class RechargeApproval(Base):
         CheckConstraint("status <> 'approved' OR decided_by_user_id <> requested_by_user_id", name="four_eyes"),
         Index("ix_recharge_approvals_tenant_id_id", "tenant_id", "id"),
         Index("ix_recharge_approvals_status_expires_at", "status", "expires_at"),
+        # The recharge and ledger logs join each entry's transaction and batch to the approval that applied it.
+        Index(
+            "ix_recharge_approvals_transaction_id",
+            "transaction_id",
+            postgresql_where=text("transaction_id IS NOT NULL"),
+        ),
+        Index("ix_recharge_approvals_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

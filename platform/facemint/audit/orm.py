@@ -19,6 +19,8 @@ class AuditEvent(Base):
         Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
         Index("ix_audit_events_xid_id", "xid", "id"),
         Index("ix_audit_events_actor_user_id_occurred_at", "actor_user_id", "occurred_at"),
+        # The audit and finance logs' filters by target (a user, a batch, a job).
+        Index("ix_audit_events_target_type_target_id", "target_type", "target_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

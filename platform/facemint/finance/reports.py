@@ -146,16 +146,41 @@ FROM ledger_accounts a WHERE a.balance_tracked {scope}
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
-_LIABILITY_AT_SQL = """
-WITH acct AS (SELECT a.id, coalesce(a.tenant_id, 0) AS tenant_id, a.kind FROM ledger_accounts a
-              WHERE a.balance_tracked {scope}),
-bal AS (SELECT e.account_id, sum(e.amount) AS amount FROM ledger_entries e JOIN acct ON acct.id = e.account_id
-        WHERE e.created_at <= %(at)s GROUP BY 1),
-held AS (SELECT h.account_id, sum(h.amount) AS amount FROM holds h JOIN acct ON acct.id = h.account_id
-         WHERE h.created_at <= %(at)s AND (h.resolved_at IS NULL OR h.resolved_at > %(at)s) GROUP BY 1)
-SELECT acct.tenant_id, acct.kind, coalesce(sum(bal.amount), 0) AS balance, coalesce(sum(held.amount), 0) AS held
-FROM acct LEFT JOIN bal ON bal.account_id = acct.id LEFT JOIN held ON held.account_id = acct.id
-GROUP BY 1, 2 ORDER BY 1, 2
+# When a resolved hold held its tokens, [created_at, resolved_at), as ix_holds_open_during indexes it: containing an
+# instant means created_at <= it < resolved_at (greatest() keeps a hold resolved in a transaction that began before
+# it was made an empty range, where tstzrange would raise on the capture's update).
+HOLD_OPEN_DURING = "tstzrange(h.created_at, greatest(h.created_at, h.resolved_at), '[)')"
+
+# At a past instant: the balance from the journal's rollup up to it (billing.reports.rollup.up_to), per tenant and
+# account kind, as the rollup keeps it (tracked accounts: kind user or tenant_pool); held from the holds open at it:
+# made by then and still held (resolved_at is NULL exactly while held), or resolved after it, each half on its own
+# partial index. Every tracked account's tenant and kind gets a line, as the accounts list them now.
+_LIABILITY_AT_SQL = f"""
+WITH acct AS (
+    SELECT coalesce(a.tenant_id, 0) AS tenant_id, a.kind FROM ledger_accounts a WHERE a.balance_tracked {{scope}}
+    GROUP BY 1, 2
+),
+bal AS (
+    SELECT m.tenant_id, m.account_kind AS kind, sum(m.amount) AS amount
+    FROM {rollup.up_to(style="pyformat")} m
+    WHERE m.account_kind IN {rollup.TRACKED_KINDS_SQL} {{rollup_scope}}
+    GROUP BY 1, 2
+),
+open_holds AS (
+    SELECT h.account_id, h.amount FROM holds h WHERE h.status = 'held' AND h.created_at <= %(at)s
+    UNION ALL
+    SELECT h.account_id, h.amount FROM holds h
+    WHERE h.status <> 'held' AND {HOLD_OPEN_DURING} @> CAST(%(at)s AS timestamptz)
+),
+held AS (
+    SELECT coalesce(a.tenant_id, 0) AS tenant_id, a.kind, sum(h.amount) AS amount
+    FROM open_holds h JOIN ledger_accounts a ON a.id = h.account_id
+    WHERE a.balance_tracked {{scope}}
+    GROUP BY 1, 2
+)
+SELECT acct.tenant_id, acct.kind, coalesce(bal.amount, 0) AS balance, coalesce(held.amount, 0) AS held
+FROM acct LEFT JOIN bal USING (tenant_id, kind) LEFT JOIN held USING (tenant_id, kind)
+ORDER BY 1, 2
 """
 
 
@@ -164,14 +189,19 @@ def liability(
 ) -> list[LiabilityLine]:
     """Tokens owed to customers: per tenant and account kind (user, pool), balance and held (available = balance -
     held). `at=None` reads the accounts' balance and held now; a past instant sums the entries up to it for the
-    balance, and the holds open at it (made by then, not resolved by then) for held. One statement: one snapshot.
+    balance (through the journal's rollup: the same sums, without reading every entry), and the holds open at it
+    (made by then, not resolved by then) for held. One statement: one snapshot.
     """
     scope, params = _scope_sql(tenant_scope, tenant_id)
     if at is None:
         sql = _LIABILITY_NOW_SQL.format(scope=scope)
     else:
-        sql = _LIABILITY_AT_SQL.format(scope=scope)
+        rollup_scope, _ = _scope_sql(tenant_scope, tenant_id, column="m.tenant_id")
+        if rollup_scope:  # the rollup keeps accounts without a tenant under 0, which no tenant filter may match
+            rollup_scope += " AND m.tenant_id > 0"
+        sql = _LIABILITY_AT_SQL.format(scope=scope, rollup_scope=rollup_scope)
         params["at"] = as_utc(at)
+        params.update(rollup.instant_bounds(params["at"]), **rollup.head_hint(session))
     return [
         LiabilityLine(
             tenant_id=row["tenant_id"] or None,

@@ -54,6 +54,22 @@ def tenant_conditions(
     return [tenant_column == value for value in (tenant_scope, tenant_id) if value is not None]
 
 
+def sql_conditions(
+    column: str, *, tenant_scope: int | None, tenant_id: int | None = None, named: bool = False
+) -> tuple[list[str], dict[str, Any]]:
+    """`tenant_conditions` for statements written as SQL text (COPY exports, reports): the caller's tenant
+    (`tenant_scope`, None for staff) and the optional `tenant_id` filter as conditions on `column` (an SQL
+    expression of the code's own, never input), with their parameters in psycopg2's `%(name)s` style or, `named`,
+    SQLAlchemy's `:name`."""
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for name, value in (("tenant_scope", tenant_scope), ("tenant_id", tenant_id)):
+        if value is not None:
+            parts.append(f"{column} = :{name}" if named else f"{column} = %({name})s")
+            params[name] = value
+    return parts, params
+
+
 # --- what a tenant-scoped reader sees of a batch's rows ----------------------------------------------------------
 # A staff batch scoped to a tenant may name people outside it (another tenant's users, platform staff): such a row
 # fails as `user_of_other_tenant`. A tenant-scoped reader sees the row's number and code, never who it named. The

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from facemint.finance.reports import DailyRow
-from facemint.finance.service import tenant_conditions
 from facemint.reports.dashboard import DAYS, TOP_TENANTS
 from facemint.reports.schemas import DayTokens, TenantConsumption
+from facemint.tenancy import sql_conditions
 
 DASHBOARD_DAILY_SQL = """
 SELECT (t.created_at AT TIME ZONE :zone)::date AS day,
@@ -111,7 +111,7 @@ def finance_daily(
     session: Session, *, first: date, last: date, tenant_scope: int | None, tenant_id: int | None
 ) -> list[DailyRow]:
     """The finance daily report from the entries (as `facemint.finance.reports.daily_report` was)."""
-    parts, params = tenant_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
+    parts, params = sql_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
     scope = " ".join(f"AND {part}" for part in parts)
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)

@@ -16,7 +16,7 @@ from billing.ledger import holds as ledger_holds
 from billing.reports.reconcile import reconcile
 from facemint.finance import reports as finance_reports
 from facemint.finance.reports import LiabilityLine
-from facemint.finance.service import tenant_conditions
+from facemint.tenancy import sql_conditions
 from tests.billing.test_rollup_reports import Ledger, _instants
 
 # The liability at an instant as it was before the rollup: every entry up to it, every hold open at it.
@@ -36,7 +36,7 @@ GROUP BY 1, 2 ORDER BY 1, 2
 def reference_liability(
     session: Session, *, at: datetime, tenant_scope: int | None, tenant_id: int | None
 ) -> list[LiabilityLine]:
-    parts, params = tenant_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
+    parts, params = sql_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
     params["at"] = at
     sql = REFERENCE_SQL.format(scope="".join(f" AND {part}" for part in parts))
     return [

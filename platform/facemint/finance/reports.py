@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from billing.reports import rollup
 from facemint.finance.errors import InvalidFilter
 from facemint.finance.schemas import Liability, LiabilityReport, TenantLiability
-from facemint.finance.service import as_utc, tenant_conditions
+from facemint.finance.service import as_utc
+from facemint.tenancy import sql_conditions
 
 MAX_REPORT_DAYS = 366
 
@@ -102,7 +103,7 @@ ORDER BY tenant_id, day
 def _scope_sql(
     tenant_scope: int | None, tenant_id: int | None, *, column: str = "a.tenant_id"
 ) -> tuple[str, dict[str, Any]]:
-    parts, params = tenant_conditions(column, tenant_scope=tenant_scope, tenant_id=tenant_id)
+    parts, params = sql_conditions(column, tenant_scope=tenant_scope, tenant_id=tenant_id)
     return " ".join(f"AND {part}" for part in parts), params
 
 

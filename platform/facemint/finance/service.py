@@ -41,20 +41,6 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def tenant_conditions(
-    column: str, *, tenant_scope: int | None, tenant_id: int | None
-) -> tuple[list[str], dict[str, Any]]:
-    """The raw-SQL twin of `facemint.pagination.within_tenant` (these statements are SQL text, for COPY): the
-    caller's tenant (`tenant_scope`, None for staff) and the optional `tenant_id` filter, as conditions on `column`."""
-    parts: list[str] = []
-    params: dict[str, Any] = {}
-    for name, value in (("tenant_scope", tenant_scope), ("tenant_id", tenant_id)):
-        if value is not None:
-            parts.append(f"{column} = %({name})s")
-            params[name] = value
-    return parts, params
-
-
 # --- filters -----------------------------------------------------------------------------------------------
 
 
@@ -160,7 +146,9 @@ def _parse_principal_label(label: str) -> tuple[int | None, int | None]:
 
 def where_clause(log: LogSpec, filters: Filters) -> tuple[str, dict[str, Any]]:
     """The WHERE conditions (joined with AND, at least `TRUE`) and their parameters."""
-    scope, params = tenant_conditions(log.tenant_sql, tenant_scope=filters.tenant_scope, tenant_id=filters.tenant_id)
+    scope, params = tenancy.sql_conditions(
+        log.tenant_sql, tenant_scope=filters.tenant_scope, tenant_id=filters.tenant_id
+    )
     parts = [*log.base_where, *scope]
     if filters.start is not None:
         parts.append(f"{log.time_sql} >= %(start)s")
@@ -262,7 +250,9 @@ def totals_sql(log: LogSpec, filters: Filters) -> tuple[str, dict[str, Any]]:
 def tracked_balance_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """The user and pool accounts' balance (the cached balance, at the export's snapshot) within the tenant/user
     filters: with no time, kind, batch, operator or job filter, it equals the export's `tracked_amount`."""
-    scope, params = tenant_conditions("a.tenant_id", tenant_scope=filters.tenant_scope, tenant_id=filters.tenant_id)
+    scope, params = tenancy.sql_conditions(
+        "a.tenant_id", tenant_scope=filters.tenant_scope, tenant_id=filters.tenant_id
+    )
     parts = ["a.balance_tracked", *scope]
     if filters.user_account_id is not None:
         parts.append("a.id = %(user_account_id)s")

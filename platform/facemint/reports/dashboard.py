@@ -36,6 +36,7 @@ from facemint.reports.schemas import (
     StreamSealRead,
     TenantConsumption,
 )
+from facemint.tenancy import sql_conditions
 
 DAYS = 30
 HOURS = 48
@@ -59,8 +60,9 @@ def zone_named(name: str) -> ZoneInfo:
 
 
 def _scope(column: str, tenant_scope: int | None) -> str:
-    # The caller's tenant only, or every tenant for staff: the raw-SQL form of facemint.tenancy.within_tenant.
-    return "" if tenant_scope is None else f" AND {column} = :tenant_scope"
+    # The caller's tenant only, or every tenant for staff (the statement binds :tenant_scope either way).
+    parts, _ = sql_conditions(column, tenant_scope=tenant_scope, named=True)
+    return "".join(f" AND {part}" for part in parts)
 
 
 # A day in the zone is a run of whole 15-minute buckets (billing.reports.rollup), so each bucket's local date is

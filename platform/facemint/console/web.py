@@ -4,7 +4,6 @@ builds from a token), the CSRF check on every state-changing request, and render
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,7 +229,6 @@ def render(
         static=lambda path: request.scope.get("root_path", "") + f"{STATIC_PATH}/{path}",
         htmx=is_htmx(request),
         path=request.url.path,
-        to_json=lambda value: json.dumps(value, default=str),
         **context,
     )
     response = HTMLResponse(body, status_code=status, headers=dict(headers or {}))

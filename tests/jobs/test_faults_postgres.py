@@ -52,6 +52,16 @@ def drain_losing_a_commit_reply(drain: Callable[..., None], settings: Settings, 
         assert proxy.fired.is_set(), "the commit went through the proxy"
 
 
+def settled_once(engine: DbEngine, settings: Settings, job_id: str, payer: Payer) -> Any:
+    """The job succeeded in its first attempt, charged once (1 of the payer's 5 tokens), with its one result kept."""
+    done = job_row(engine, job_id)
+    assert_captured_once(engine, done)
+    assert done.attempts == 1
+    assert balance(engine, payer.account_id) == (4, 0)
+    assert stored(settings, "results") == [done.result_location]
+    return done
+
+
 class TestLostCommitReply:
     def test_a_settlement_whose_commit_reply_was_lost_is_found_settled(
         self,
@@ -65,12 +75,8 @@ class TestLostCommitReply:
         job_id = accepted(job_client, payer)
         # The capture's COMMIT lands, its reply is lost, and the worker retries the settlement on a new connection.
         drain_losing_a_commit_reply(drain, job_settings, SETTLEMENT)
-        done = job_row(engine, job_id)
-        assert_captured_once(engine, done)
-        assert done.attempts == 1
-        assert balance(engine, payer.account_id) == (4, 0)
         # The retry found the job settled with this attempt's result: kept, and the only one.
-        assert stored(job_settings, "results") == [done.result_location]
+        settled_once(engine, job_settings, job_id, payer)
         assert stored(job_settings, "inputs") == []
         assert job_row(engine, job_id).inputs_deleted_at is not None
 
@@ -87,11 +93,7 @@ class TestLostCommitReply:
         drain_losing_a_commit_reply(drain, job_settings, CLAIM)
         # The retried claim found the job running under this worker: its own claim, which had landed. It ran the
         # job then, rather than leave it to the sweeper's stale check (an attempt lost, 30 s by default).
-        done = job_row(engine, job_id)
-        assert_captured_once(engine, done)
-        assert done.attempts == 1
-        assert balance(engine, payer.account_id) == (4, 0)
-        assert stored(job_settings, "results") == [done.result_location]
+        settled_once(engine, job_settings, job_id, payer)
 
     def test_a_submit_whose_commit_reply_was_lost_is_replayed_once(
         self,

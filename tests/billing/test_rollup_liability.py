@@ -15,39 +15,8 @@ from sqlalchemy.orm import Session
 from billing.ledger import holds as ledger_holds
 from billing.reports.reconcile import reconcile
 from facemint.finance import reports as finance_reports
-from facemint.finance.reports import LiabilityLine
-from facemint.tenancy import sql_conditions
-from tests.billing.test_rollup_reports import Ledger, _instants
-
-# The liability at an instant as it was before the rollup: every entry up to it, every hold open at it.
-REFERENCE_SQL = """
-WITH acct AS (SELECT a.id, coalesce(a.tenant_id, 0) AS tenant_id, a.kind FROM ledger_accounts a
-              WHERE a.balance_tracked {scope}),
-bal AS (SELECT e.account_id, sum(e.amount) AS amount FROM ledger_entries e JOIN acct ON acct.id = e.account_id
-        WHERE e.created_at <= %(at)s GROUP BY 1),
-held AS (SELECT h.account_id, sum(h.amount) AS amount FROM holds h JOIN acct ON acct.id = h.account_id
-         WHERE h.created_at <= %(at)s AND (h.resolved_at IS NULL OR h.resolved_at > %(at)s) GROUP BY 1)
-SELECT acct.tenant_id, acct.kind, coalesce(sum(bal.amount), 0) AS balance, coalesce(sum(held.amount), 0) AS held
-FROM acct LEFT JOIN bal ON bal.account_id = acct.id LEFT JOIN held ON held.account_id = acct.id
-GROUP BY 1, 2 ORDER BY 1, 2
-"""
-
-
-def reference_liability(
-    session: Session, *, at: datetime, tenant_scope: int | None, tenant_id: int | None
-) -> list[LiabilityLine]:
-    parts, params = sql_conditions("a.tenant_id", tenant_scope=tenant_scope, tenant_id=tenant_id)
-    params["at"] = at
-    sql = REFERENCE_SQL.format(scope="".join(f" AND {part}" for part in parts))
-    return [
-        LiabilityLine(
-            tenant_id=row["tenant_id"] or None,
-            kind="pool" if row["kind"] == "tenant_pool" else "user",
-            balance=int(row["balance"]),
-            held=int(row["held"]),
-        )
-        for row in session.connection().exec_driver_sql(sql, params).mappings()
-    ]
+from tests.billing import rollup_reference as reference
+from tests.billing.rollup_reference import Ledger
 
 
 def _probes(instants: list[datetime]) -> list[datetime]:
@@ -83,7 +52,7 @@ def _open_hold(books: Ledger, account_id: int, *, made: datetime, resolved: date
 def _assert_liability_matches(session: Session, tenant_ids: list[int], probes: list[datetime]) -> None:
     scopes = [(None, None), (tenant_ids[0], None), (None, tenant_ids[1]), (tenant_ids[0], tenant_ids[0])]
     for at, (tenant_scope, tenant_id) in itertools.product(probes, scopes):
-        expected = reference_liability(session, at=at, tenant_scope=tenant_scope, tenant_id=tenant_id)
+        expected = reference.liability_at(session, at=at, tenant_scope=tenant_scope, tenant_id=tenant_id)
         got = finance_reports.liability(session, at=at, tenant_scope=tenant_scope, tenant_id=tenant_id)
         assert got == expected, (at, tenant_scope, tenant_id)
     session.rollback()
@@ -95,7 +64,7 @@ def test_liability_at_an_instant_equals_the_journal_sealed_or_not(session: Sessi
     marked = books.last_transaction()
     for _ in range(12):
         books.one_of_each()
-    instants = _instants(date(2026, 10, 1), 30)
+    instants = reference.instants(date(2026, 10, 1), 30)
     books.spread(marked, instants)
     user = books.users[0]
     _open_hold(books, user, made=datetime(2026, 10, 3, 18, 20, tzinfo=UTC), resolved=None)
@@ -128,7 +97,7 @@ def test_liability_at_an_instant_equals_the_journal_sealed_or_not(session: Sessi
     marked = books.last_transaction()
     for _ in range(3):
         books.one_of_each()
-    books.spread(marked, _instants(date(2026, 10, 4), 10))
+    books.spread(marked, reference.instants(date(2026, 10, 4), 10))
     assert books.unsealed() > 0
     _assert_liability_matches(session, tenant_ids, probes)
     books.seal()

@@ -107,6 +107,13 @@ def _scope_sql(
     return " ".join(f"AND {part}" for part in parts), params
 
 
+def _rollup_scope_sql(tenant_scope: int | None, tenant_id: int | None) -> str:
+    """`_scope_sql` on the rollup's `m.tenant_id` (same parameters). The rollup keeps accounts without a tenant
+    under 0, which no tenant filter may match."""
+    scope, _ = _scope_sql(tenant_scope, tenant_id, column="m.tenant_id")
+    return f"{scope} AND m.tenant_id > 0" if scope else ""
+
+
 def daily_report(
     session: Session, *, first: date, last: date, tenant_scope: int | None, tenant_id: int | None
 ) -> list[DailyRow]:
@@ -122,9 +129,7 @@ def daily_report(
 
     Accounts without a tenant (staff users) are listed under tenant_id None, for staff only."""
     scope, params = _scope_sql(tenant_scope, tenant_id, column="h.tenant_id")
-    rollup_scope, _ = _scope_sql(tenant_scope, tenant_id, column="m.tenant_id")
-    if rollup_scope:  # the rollup keeps accounts without a tenant under 0, which no tenant filter may match
-        rollup_scope += " AND m.tenant_id > 0"
+    rollup_scope = _rollup_scope_sql(tenant_scope, tenant_id)
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     params.update(start=start, end=end, first=first, last=last, **rollup.head_hint(session))
@@ -197,10 +202,7 @@ def liability(
     if at is None:
         sql = _LIABILITY_NOW_SQL.format(scope=scope)
     else:
-        rollup_scope, _ = _scope_sql(tenant_scope, tenant_id, column="m.tenant_id")
-        if rollup_scope:  # the rollup keeps accounts without a tenant under 0, which no tenant filter may match
-            rollup_scope += " AND m.tenant_id > 0"
-        sql = _LIABILITY_AT_SQL.format(scope=scope, rollup_scope=rollup_scope)
+        sql = _LIABILITY_AT_SQL.format(scope=scope, rollup_scope=_rollup_scope_sql(tenant_scope, tenant_id))
         params["at"] = as_utc(at)
         params.update(rollup.instant_bounds(params["at"]), **rollup.head_hint(session))
     return [

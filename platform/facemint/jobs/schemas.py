@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from facemint.webhooks.schemas import WebhookEventRead
 
 
+def has_result(job: Any) -> bool:
+    """Whether a job's result is there to download or preview (succeeded, its files not deleted)."""
+    return job.status == "succeeded" and job.files_deleted_at is None and job.result_location is not None
+
+
 class JobError(BaseModel):
     code: str
     detail: str | None
@@ -42,7 +47,7 @@ class JobRead(BaseModel):
 
     @classmethod
     def from_row(cls, row: Any) -> JobRead:
-        has_result = row.status == "succeeded" and row.files_deleted_at is None and row.result_location is not None
+        result = has_result(row)
         return cls(
             id=row.public_id,
             operation=row.operation,
@@ -61,9 +66,9 @@ class JobRead(BaseModel):
             finished_at=row.finished_at,
             cancel_requested_at=row.cancel_requested_at,
             timings_ms=row.timings_ms,
-            result_url=f"/v1/jobs/{row.public_id}/result" if has_result else None,
-            result_content_type=row.result_content_type if has_result else None,
-            result_size_bytes=row.result_size_bytes if has_result else None,
+            result_url=f"/v1/jobs/{row.public_id}/result" if result else None,
+            result_content_type=row.result_content_type if result else None,
+            result_size_bytes=row.result_size_bytes if result else None,
             result_expires_at=row.result_expires_at,
             files_deleted_at=row.files_deleted_at,
         )
@@ -136,11 +141,11 @@ class AdminJobRead(JobRead):
 
     @classmethod
     def from_row(cls, row: Any) -> AdminJobRead:
-        base = JobRead.from_row(row).model_dump()
-        has_result = base["result_url"] is not None
-        base["result_url"] = None  # the owner's download: /admin/v1 offers the thumbnail instead
+        # The owner's download is not offered under /admin/v1: the thumbnail is, instead.
+        base = JobRead.from_row(row).model_dump(exclude={"result_url"})
         return cls(
             **base,
+            result_url=None,
             tenant_id=row.tenant_id,
             user_id=row.user_id,
             user_email=row.user_email,
@@ -157,7 +162,7 @@ class AdminJobRead(JobRead):
                 running=_ms(row.started_at, row.finished_at),
                 total=_ms(row.created_at, row.finished_at),
             ),
-            thumbnail_url=f"/admin/v1/jobs/{row.public_id}/thumbnail" if has_result else None,
+            thumbnail_url=f"/admin/v1/jobs/{row.public_id}/thumbnail" if has_result(row) else None,
         )
 
 

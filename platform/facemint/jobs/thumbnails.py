@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from facemint.jobs.errors import ResultGone
+from facemint.jobs.schemas import has_result
 from facemint.storage import ObjectMissing, Storage
 
 MAX_SIDE = 256
@@ -22,10 +23,6 @@ _MAX_PIXELS = 64_000_000
 class Thumbnail:
     data: bytes
     content_type: str
-
-
-def has_result(job: Any) -> bool:
-    return job.status == "succeeded" and job.files_deleted_at is None and job.result_location is not None
 
 
 def result_thumbnail(storage: Storage, job: Any, *, max_side: int = MAX_SIDE) -> Thumbnail:

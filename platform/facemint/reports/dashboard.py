@@ -218,12 +218,4 @@ def dashboard(
 
 
 def stream_seal(digest: service.StreamDigest) -> StreamSealRead:
-    return StreamSealRead(
-        stream=digest.stream,
-        seq=digest.seq,
-        sealed_at=digest.sealed_at,
-        last_id=digest.last_id,
-        seals=digest.seals,
-        rows=digest.rows,
-        hash=digest.hash,
-    )
+    return StreamSealRead.model_validate(digest, from_attributes=True)

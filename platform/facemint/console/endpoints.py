@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session
 
 from facemint.auth import service as auth_service
 from facemint.auth.signin import check_password, count_failure
@@ -33,8 +34,10 @@ from facemint.console.web import (
     STATIC_DIR,
     STATIC_PATH,
     CheckedForm,
+    Viewer,
     ViewerDep,
     form_text,
+    has_second_factor,
     problem_page,
     redirect,
     render,
@@ -45,6 +48,7 @@ from facemint.console.web import (
     zone,
 )
 from facemint.deps import SessionDep, SettingsDep
+from facemint.errors import Unprocessable
 from facemint.users import service as user_service
 from facemint.users.orm import Role
 
@@ -134,10 +138,7 @@ def sign_in(request: Request, session: SessionDep, settings: SettingsDep, form: 
         token = session_store(request).start_pending(
             user_id=signed_in.user_id, credentials_version=signed_in.credentials_version, email=email
         )
-        response = render(
-            request, None, "second_factor.html", pending=token, next=safe_next(form.get("next")), error=None
-        )
-        return response
+        return render(request, None, "second_factor.html", pending=token, next=safe_next(form.get("next")), error=None)
     return _start_session(
         request,
         settings,
@@ -185,29 +186,51 @@ async def console_root() -> Response:
     return RedirectResponse(f"{CONSOLE_PATH}/", status_code=307)
 
 
+def _account(
+    request: Request,
+    session: Session,
+    viewer: Viewer,
+    *,
+    enrolling: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The account page; `enrolling`: a second factor's secret shown for enrolment (with its QR code)."""
+    enrolment = None
+    if enrolling:
+        uri = totp.provisioning_uri(enrolling, account=viewer.principal.email)
+        enrolment = {"secret": enrolling, "uri": uri, "qr_svg": totp.qr_svg(uri)}
+    return render(
+        request,
+        viewer,
+        "account.html",
+        status=status,
+        zones=COMMON_ZONES,
+        has_totp=has_second_factor(session, viewer),
+        enrolment=enrolment,
+        error=error,
+    )
+
+
 @router.get("/account", response_class=HTMLResponse)
-def account_page(request: Request, viewer: ViewerDep) -> Response:
-    return render(request, viewer, "account.html", zones=COMMON_ZONES, enrolment=None, error=None)
+def account_page(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
+    return _account(request, session, viewer)
 
 
 @router.post("/account/timezone")
 def set_timezone(request: Request, viewer: ViewerDep, form: CheckedForm) -> Response:
     name = form_text(form, "timezone")[:64]
     if zone(name).key != name:
-        from facemint.errors import Unprocessable
-
         raise Unprocessable(f"unknown time zone: {name!r}")
     session_store(request).update(viewer.session_id, viewer.session, timezone=name)
     return redirect(request, "/account")
 
 
 @router.post("/account/totp/start", response_class=HTMLResponse)
-def start_totp(request: Request, viewer: ViewerDep, form: CheckedForm) -> Response:
+def start_totp(request: Request, session: SessionDep, viewer: ViewerDep, form: CheckedForm) -> Response:
     secret = totp.new_secret()
     session_store(request).update(viewer.session_id, viewer.session, pending_totp_secret=secret)
-    uri = totp.provisioning_uri(secret, account=viewer.principal.email)
-    enrolment = {"secret": secret, "uri": uri, "qr_svg": totp.qr_svg(uri)}
-    return render(request, viewer, "account.html", zones=COMMON_ZONES, enrolment=enrolment, error=None)
+    return _account(request, session, viewer, enrolling=secret)
 
 
 @router.post("/account/totp/confirm")
@@ -220,15 +243,12 @@ def confirm_totp(
     counter = totp.matching_counter(secret, form_text(form, "code"))
     store = session_store(request)
     if counter is None or not store.claim_totp_step(user_id=viewer.principal.user_id, counter=counter):
-        uri = totp.provisioning_uri(secret, account=viewer.principal.email)
-        enrolment = {"secret": secret, "uri": uri, "qr_svg": totp.qr_svg(uri)}
-        return render(
+        return _account(
             request,
+            session,
             viewer,
-            "account.html",
+            enrolling=secret,
             status=SecondFactorInvalid.status_code,
-            zones=COMMON_ZONES,
-            enrolment=enrolment,
             error="That code does not match: check your authenticator's clock and try the next code.",
         )
     user = user_service.get(session, user_id=viewer.principal.user_id, tenant_scope=None)
@@ -239,8 +259,8 @@ def confirm_totp(
 
 @router.post("/account/totp/remove")
 def remove_totp(request: Request, session: SessionDep, viewer: ViewerDep, form: CheckedForm) -> Response:
-    user = user_service.get(session, user_id=viewer.principal.user_id, tenant_scope=None)
     require_second_factor(request, session, viewer, form_text(form, "code"))
+    user = user_service.get(session, user_id=viewer.principal.user_id, tenant_scope=None)
     user_service.set_totp(session, context=viewer.context, user=user, secret=None)
     return redirect(request, "/account")
 

@@ -3,6 +3,8 @@ refused exactly as the same JSON body would be), and ids typed by hand."""
 
 from __future__ import annotations
 
+import secrets
+from enum import Enum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -39,6 +41,17 @@ def id_filter(value: str) -> int | None:
     everything rather than failing)."""
     parsed = typed_int(value)
     return parsed if isinstance(parsed, int) and 0 < parsed <= _MAX_ID else None
+
+
+def enum_filter(value: str, allowed: type[Enum]) -> str | None:
+    """A filter's value if it is one of the enum's, else no filter (a stale bookmark shows everything)."""
+    return value if value in {member.value for member in allowed} else None
+
+
+def new_idempotency_key() -> str:
+    """The Idempotency-Key a form carries, fixed when it is drawn: submitting it twice (a double click, a
+    resubmit) replays the first result."""
+    return f"console-{secrets.token_urlsafe(18)}"
 
 
 def positive_id(value: str, name: str, *, error: type[FacemintError] = Unprocessable) -> int | None:

@@ -24,6 +24,7 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Environment as RunEnvironment
 from facemint.config import Settings
+from facemint.console import totp
 from facemint.console.errors import (
     ConsoleNotForRole,
     ConsoleSignInRequired,
@@ -34,7 +35,7 @@ from facemint.console.errors import (
 from facemint.console.sessions import COOKIE_NAME, ConsoleSession, SessionStore
 from facemint.context import RequestContext
 from facemint.deps import RedisDep, SessionDep, SettingsDep, request_context
-from facemint.errors import FacemintError, Unauthorized
+from facemint.errors import FacemintError, Unauthorized, Unprocessable
 from facemint.ratelimit import RateLimiter
 from facemint.users import service as user_service
 from facemint.users.orm import Role
@@ -90,7 +91,6 @@ class Viewer:
     session: ConsoleSession
     session_id: str
     context: RequestContext
-    has_totp: bool
 
     @property
     def tz(self) -> ZoneInfo:
@@ -130,13 +130,9 @@ def current_viewer(request: Request, session: SessionDep, settings: SettingsDep,
         buckets.append((f"tenant:{principal.tenant_id}", plan_limits["tenant"]))
     limiter.hit(request, buckets)
     request.state.principal = principal
-    has_totp = user_service.has_totp(session, user_id=principal.user_id)
+    # Whether the viewer has a second factor is read only by the pages that need it (`has_second_factor`).
     return Viewer(
-        principal=principal,
-        session=data,
-        session_id=session_id,
-        context=request_context(request, principal, settings),
-        has_totp=bool(has_totp),
+        principal=principal, session=data, session_id=session_id, context=request_context(request, principal, settings)
     )
 
 
@@ -191,8 +187,6 @@ def parse_local(value: str | None, tz: ZoneInfo) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        from facemint.errors import Unprocessable
-
         raise Unprocessable(f"not a date and time: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
@@ -204,6 +198,14 @@ def url_for_page(request: Request, path: str, **params: Any) -> str:
     query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v not in (None, ""))
     base = request.scope.get("root_path", "") + path
     return f"{base}?{query}" if query else base
+
+
+def next_page_url(request: Request, path: str, next_cursor: str | None, **filters: Any) -> str | None:
+    """The pager's link to the next keyset page of a console list (`path` without the /admin prefix, as for
+    `redirect`), keeping the list's filters; None on the last page."""
+    if not next_cursor:
+        return None
+    return url_for_page(request, CONSOLE_PATH + path, cursor=next_cursor, **filters)
 
 
 def render(
@@ -295,16 +297,18 @@ def secure_cookies(settings: Settings) -> bool:
     return settings.env is RunEnvironment.prod
 
 
+def has_second_factor(session: Session, viewer: Viewer) -> bool:
+    return user_service.has_totp(session, user_id=viewer.principal.user_id)
+
+
 def require_second_factor(request: Request, session: Session, viewer: Viewer, code: str) -> None:
     """For the steps that need a current code when the viewer has enrolled a second factor (approving, removing
     the factor): 422 `second_factor_required` without one, 401 `second_factor_invalid` for a wrong or reused one."""
-    if not viewer.has_totp:
+    user = user_service.get(session, user_id=viewer.principal.user_id, tenant_scope=None)
+    if not user.totp_secret:
         return
-    from facemint.console import totp
-
     if not code:
         raise SecondFactorRequired("enter the current code from your authenticator")
-    user = user_service.get(session, user_id=viewer.principal.user_id, tenant_scope=None)
-    counter = totp.matching_counter(user.totp_secret or "", code)
+    counter = totp.matching_counter(user.totp_secret, code)
     if counter is None or not session_store(request).claim_totp_step(user_id=viewer.principal.user_id, counter=counter):
         raise SecondFactorInvalid("the code is wrong or was already used; wait for the next one")

@@ -1,5 +1,5 @@
 """Helpers shared by the console tests: signing in through the console's own form (httpx, no browser), posting
-with the session's CSRF token, reading what a page says."""
+with the session's CSRF token, reading what a page says (a list's rows, its pager's next link, a form's key)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from tests.factories import PASSWORD
 
 _CSRF = re.compile(r'data-csrf="([^"]+)"')
 _FORM_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+_NEXT_PAGE = re.compile(r'href="([^"]+)"[^>]*rel="next"')
+_IDEMPOTENCY_KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
 
 
 def sign_in_form_token(client: TestClient) -> str:
@@ -45,6 +47,24 @@ def csrf_of(client: TestClient, path: str) -> str:
 def console_post(client: TestClient, path: str, csrf: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """A plain form post with the CSRF token, not following the redirect that answers success."""
     return client.post(path, data={**(data or {}), "csrf_token": csrf}, follow_redirects=False, **kwargs)
+
+
+def row_ids(html: str, attribute: str) -> list[int]:
+    """The ids a list page's rows carry (`<tr data-...-id="N">`), in page order."""
+    return [int(value) for value in re.findall(rf'<tr {attribute}="(\d+)">', html)]
+
+
+def next_page_url(html: str) -> str | None:
+    """The pager's link to the next (older) page, as a URL to get; None on the last page."""
+    match = _NEXT_PAGE.search(html)
+    return match.group(1).replace("&amp;", "&") if match else None
+
+
+def idempotency_key_of(html: str) -> str:
+    """The Idempotency-Key a recharge form was drawn with."""
+    match = _IDEMPOTENCY_KEY.search(html)
+    assert match, "the form carries an idempotency key"
+    return match.group(1)
 
 
 def htmx_get(client: TestClient, path: str, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ from facemint.config import Settings
 from facemint.users.orm import Role
 from tests.factories import bearer, create_tenant, create_user, issue_key
 from tests.platform.console.conftest import MakeConsoleUser
-from tests.platform.console.console_helpers import console_post
+from tests.platform.console.console_helpers import console_post, row_ids
 
 _KEY = re.compile(r'id="new-key">(fmk_[^<]+)<')
 
@@ -26,7 +26,7 @@ def _offered(html: str) -> set[str]:
 
 
 def _listed_ids(html: str) -> list[int]:
-    return [int(value) for value in re.findall(r'data-key-id="(\d+)"', html)]
+    return row_ids(html, "data-key-id")
 
 
 def test_the_picker_offers_the_issuers_own_scopes_within_the_users_role(

@@ -14,13 +14,11 @@ from facemint.users.orm import Role
 from tests.factories import create_tenant
 from tests.platform.conftest import MakeCaller
 from tests.platform.console.conftest import MakeConsoleUser
-from tests.platform.console.console_helpers import console_post
-
-EVENT = re.compile(r'<tr data-event-id="(\d+)">')
+from tests.platform.console.console_helpers import console_post, next_page_url, row_ids
 
 
 def event_ids(page: str) -> list[int]:
-    return [int(i) for i in EVENT.findall(page)]
+    return row_ids(page, "data-event-id")
 
 
 def change_price(client: TestClient, headers: dict[str, str], tokens: int) -> None:
@@ -85,10 +83,10 @@ class TestEvents:
         viewer = console_user(Role.operator)
         page = viewer.client.get("/admin/audit?action=price.set&limit=2")
         first = event_ids(page.text)
-        link = re.search(r'href="([^"]*cursor=[^"]*)"', page.text)
+        link = next_page_url(page.text)
         assert len(first) == 2
         assert link
-        rest = event_ids(viewer.client.get(link.group(1).replace("&amp;", "&")).text)
+        rest = event_ids(viewer.client.get(link).text)
         assert len(rest) == 1
         assert rest[0] < min(first)
 

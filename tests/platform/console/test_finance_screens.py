@@ -15,15 +15,13 @@ from facemint.tenants.orm import Tenant
 from facemint.users.orm import Role, User
 from tests.factories import create_tenant, create_user, fund
 from tests.platform.console.conftest import MakeConsoleUser
-from tests.platform.console.console_helpers import console_post, htmx_get
+from tests.platform.console.console_helpers import console_post, htmx_get, next_page_url, row_ids
 from tests.platform.test_finance import make_job
 from tests.platform.test_finance_exports import parse_csv, parse_jsonl
 
-ROW = re.compile(r'<tr data-row-id="(\d+)">')
 
-
-def row_ids(page: str) -> list[int]:
-    return [int(i) for i in ROW.findall(page)]
+def log_row_ids(page: str) -> list[int]:
+    return row_ids(page, "data-row-id")
 
 
 def seed(session: Session) -> tuple[Tenant, Tenant, User, User]:
@@ -44,17 +42,17 @@ class TestLogs:
         finance = console_user(Role.finance)
         everything = finance.client.get("/admin/finance/recharges")
         assert everything.status_code == 200
-        assert len(row_ids(everything.text)) == 3
+        assert len(log_row_ids(everything.text)) == 3
         narrowed = htmx_get(finance.client, f"/admin/finance/recharges?tenant_id={mine.id}&limit=1")
         assert narrowed.status_code == 200
-        first = row_ids(narrowed.text)
+        first = log_row_ids(narrowed.text)
         assert len(first) == 1
-        older = re.search(r'href="([^"]*cursor=[^"]*)"[^>]*rel="next"', narrowed.text)
+        older = next_page_url(narrowed.text)
         assert older, "a next page link"
-        second = finance.client.get(older.group(1).replace("&amp;", "&"))
-        assert row_ids(second.text)
-        assert row_ids(second.text)[0] < first[0]
-        assert f"tenant_id={mine.id}" in older.group(1), "the cursor link keeps the filters"
+        second = finance.client.get(older)
+        assert log_row_ids(second.text)
+        assert log_row_ids(second.text)[0] < first[0]
+        assert f"tenant_id={mine.id}" in older, "the cursor link keeps the filters"
         # The export links carry the same filters.
         assert f"/admin/finance/recharges/export?format=csv&amp;tenant_id={mine.id}" in narrowed.text
 
@@ -72,9 +70,9 @@ class TestLogs:
         local_now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
         # An hour ago in Kolkata includes everything; the same wall-clock time read as UTC (5.5 h later) would not.
         since = (local_now - timedelta(hours=1)).isoformat(timespec="seconds")
-        assert len(row_ids(finance.client.get(f"/admin/finance/ledger?from={since}").text)) > 0
+        assert len(log_row_ids(finance.client.get(f"/admin/finance/ledger?from={since}").text)) > 0
         later = (local_now + timedelta(minutes=5)).isoformat(timespec="seconds")
-        assert row_ids(finance.client.get(f"/admin/finance/ledger?from={later}").text) == []
+        assert log_row_ids(finance.client.get(f"/admin/finance/ledger?from={later}").text) == []
         assert "(Asia/Kolkata)" in finance.client.get("/admin/finance/usage").text
 
     def test_a_tenant_admin_sees_its_own_tenant_and_another_tenant_id_is_404(
@@ -84,7 +82,7 @@ class TestLogs:
         admin = console_user(Role.tenant_admin, tenant=mine)
         page = admin.client.get("/admin/finance/recharges")
         assert page.status_code == 200
-        assert len(row_ids(page.text)) == 2  # alice's two recharges, not bob's
+        assert len(log_row_ids(page.text)) == 2  # alice's two recharges, not bob's
         refused = admin.client.get(f"/admin/finance/recharges?tenant_id={other.id}")
         assert refused.status_code == 404
         missing = admin.client.get(f"/admin/finance/usage?user_id={bob.id}")

@@ -4,8 +4,6 @@ four-eyes rules as POST /admin/v1/recharges), and who may see and do what."""
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,13 +13,11 @@ from facemint.tenants.orm import Plan, Tenant
 from facemint.users.orm import Role
 from tests.factories import create_tenant, create_user, fund
 from tests.platform.console.conftest import MakeConsoleUser
-from tests.platform.console.console_helpers import console_post, htmx_get
-
-_KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
+from tests.platform.console.console_helpers import console_post, htmx_get, idempotency_key_of, next_page_url, row_ids
 
 
 def _listed_ids(html: str) -> list[int]:
-    return [int(value) for value in re.findall(r'data-tenant-id="(\d+)"', html)]
+    return row_ids(html, "data-tenant-id")
 
 
 def _pool(session: Session, tenant: Tenant) -> int:
@@ -64,8 +60,7 @@ def test_the_list_pages_with_a_keyset_cursor(console_user: MakeConsoleUser, sess
         page = operator.client.get(url)
         assert page.status_code == 200
         seen += _listed_ids(page.text)
-        match = re.search(r'href="([^"]+)"[^>]*rel="next"', page.text)
-        url = match.group(1).replace("&amp;", "&") if match else None
+        url = next_page_url(page.text)
     assert seen == [t.id for t in reversed(made)]
 
 
@@ -146,8 +141,8 @@ def test_the_pool_recharge_applies_once_however_often_the_form_is_sent(
     fund(session, account_id=tenant.pool_account_id, amount=10)
     page = operator.client.get(f"/admin/tenants/{tenant.id}")
     assert 'id="pool-balance"><span class="num">10</span>' in page.text
-    key = _KEY.search(page.text).group(1)  # type: ignore[union-attr]
-    assert key != _KEY.search(operator.client.get(f"/admin/tenants/{tenant.id}").text).group(1)  # type: ignore[union-attr]
+    key = idempotency_key_of(page.text)
+    assert key != idempotency_key_of(operator.client.get(f"/admin/tenants/{tenant.id}").text)
     form = {"amount": "1,500", "reason": "top-up", "reference": "inv-7", "idempotency_key": key}
     first = console_post(operator.client, f"/admin/tenants/{tenant.id}/recharge", operator.csrf, form)
     again = console_post(operator.client, f"/admin/tenants/{tenant.id}/recharge", operator.csrf, form)

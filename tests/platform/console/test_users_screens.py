@@ -14,11 +14,11 @@ from facemint.users.orm import Role, User
 from tests.factories import create_tenant, create_user, fund
 from tests.platform.auth_helpers import login
 from tests.platform.console.conftest import MakeConsoleUser
-from tests.platform.console.console_helpers import console_post, htmx_get
+from tests.platform.console.console_helpers import console_post, htmx_get, row_ids
 
 
 def _listed_ids(html: str) -> list[int]:
-    return [int(value) for value in re.findall(r'data-user-id="(\d+)"', html)]
+    return row_ids(html, "data-user-id")
 
 
 def _offered_roles(html: str) -> set[str]:

@@ -13,7 +13,16 @@ from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
 from facemint.auth.scopes import Scope
 from facemint.console.forms import id_filter, typed_int, validated
-from facemint.console.web import CheckedForm, ViewerDep, form_text, is_htmx, parse_local, redirect, render, url_for_page
+from facemint.console.web import (
+    CheckedForm,
+    ViewerDep,
+    form_text,
+    is_htmx,
+    next_page_url,
+    parse_local,
+    redirect,
+    render,
+)
 from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params
 from facemint.pagination import PageParams, make_page
 from facemint.users import service as user_service
@@ -51,9 +60,7 @@ def api_keys_page(
         "tenant_id": tenant_filter,
         "include_revoked": "true" if include_revoked else None,
     }
-    next_url = (
-        url_for_page(request, "/admin/api-keys", cursor=listed.next_cursor, **filters) if listed.next_cursor else None
-    )
+    next_url = next_page_url(request, "/api-keys", listed.next_cursor, **filters)
     return render(request, viewer, "api_keys/list.html", keys=listed.items, next_url=next_url, filters=filters)
 
 

@@ -18,15 +18,17 @@ from facemint.approvals.errors import ApprovalExpired
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus
 from facemint.approvals.schemas import ApprovalRead
 from facemint.auth.scopes import Scope
+from facemint.console.forms import enum_filter
 from facemint.console.web import (
     CheckedForm,
     Viewer,
     ViewerDep,
     form_text,
+    has_second_factor,
+    next_page_url,
     redirect,
     render,
     require_second_factor,
-    url_for_page,
 )
 from facemint.deps import SessionDep, page_params
 from facemint.pagination import PageParams, make_page
@@ -48,8 +50,8 @@ def approvals_page(
 ) -> Response:
     """The queue opens on what waits (`pending`); `status=all` lists every outcome. Newest first."""
     viewer.require(Scope.recharges_read)
-    status_filter = status if status in STATUSES else None
-    kind_filter = kind if kind in KINDS else None
+    status_filter = enum_filter(status, ApprovalStatus)
+    kind_filter = enum_filter(kind, ApprovalKind)
     scope = viewer.principal.tenant_scope
     rows = approvals.list_approvals(
         session,
@@ -61,23 +63,14 @@ def approvals_page(
         limit=page.limit,
     )
     listed = make_page([ApprovalRead.for_reader(row, tenant_scope=scope) for row in rows], limit=page.limit)
-    next_url = (
-        url_for_page(
-            request,
-            "/admin/approvals",
-            cursor=listed.next_cursor,
-            status=status_filter or "all",
-            kind=kind_filter,
-        )
-        if listed.next_cursor
-        else None
-    )
     return render(
         request,
         viewer,
         "approvals/index.html",
         approvals=listed.items,
-        next_url=next_url,
+        next_url=next_page_url(
+            request, "/approvals", listed.next_cursor, status=status_filter or "all", kind=kind_filter
+        ),
         status_filter=status_filter or "all",
         kind_filter=kind_filter or "",
         statuses=STATUSES,
@@ -99,7 +92,7 @@ def _detail(request: Request, session: Session, viewer: Viewer, approval_id: int
         own=own,
         # Buttons only for those the service would let decide: an approver who did not ask for it.
         may_decide=viewer.can(Scope.recharges_approve) and not own and approval.status == ApprovalStatus.pending,
-        needs_code=viewer.has_totp,
+        needs_code=has_second_factor(session, viewer),
     )
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from facemint.audit import service as audit_service
 from facemint.auth.scopes import Scope
 from facemint.console.forms import positive_id
-from facemint.console.web import CONSOLE_PATH, ViewerDep, parse_local, render, url_for_page
+from facemint.console.web import ViewerDep, next_page_url, parse_local, render
 from facemint.deps import SessionDep, page_params
 from facemint.pagination import PageParams, make_page
 
@@ -83,16 +83,11 @@ def audit_page(
         end=parse_local(params["to"], viewer.tz),
     )
     listed = make_page([audit_service.read(e, tenant_scope=scope) for e in events], limit=page.limit)
-    next_url = (
-        url_for_page(request, f"{CONSOLE_PATH}/audit", cursor=listed.next_cursor, **params)
-        if listed.next_cursor
-        else None
-    )
     return render(
         request,
         viewer,
         "audit/list.html",
         events=[(event, diff(event.before, event.after)) for event in listed.items],
-        next_url=next_url,
+        next_url=next_page_url(request, "/audit", listed.next_cursor, **params),
         filters=params,
     )

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from facemint.auth.scopes import Scope
 from facemint.console.forms import positive_id
 from facemint.console.views.dashboard import chart_data
-from facemint.console.web import CONSOLE_PATH, Viewer, ViewerDep, parse_local, render, url_for_page
+from facemint.console.web import CONSOLE_PATH, Viewer, ViewerDep, next_page_url, parse_local, render, url_for_page
 from facemint.deps import SessionDep, SettingsDep, page_params
 from facemint.errors import NotFound
 from facemint.finance import logs, reports, service
@@ -172,9 +172,11 @@ def log_page(
     filters: service.Filters = log_filters(session, viewer.principal, log, log_query(params, viewer))
     rows = service.list_rows(session, log=log, filters=filters, before_id=page.before_id, limit=page.limit + 1)
     listed = make_page(rows, limit=page.limit, id_of=lambda row: row[ID_COLUMN[log.name]])
-    base = f"{CONSOLE_PATH}/finance/{log.name}"
-    next_url = url_for_page(request, base, cursor=listed.next_cursor, **params) if listed.next_cursor else None
-    exports = {fmt: url_for_page(request, f"{base}/export", format=fmt, **params) for fmt in ("csv", "jsonl")}
+    base = f"/finance/{log.name}"
+    next_url = next_page_url(request, base, listed.next_cursor, **params)
+    exports = {
+        fmt: url_for_page(request, f"{CONSOLE_PATH}{base}/export", format=fmt, **params) for fmt in ("csv", "jsonl")
+    }
     return render(
         request,
         viewer,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,8 +19,8 @@ from facemint.approvals import service as approvals
 from facemint.approvals.service import Held
 from facemint.auth.scopes import Scope
 from facemint.console import bulk
-from facemint.console.forms import typed_int, validated
-from facemint.console.web import CheckedForm, ViewerDep, form_text, is_htmx, redirect, render, url_for_page
+from facemint.console.forms import id_filter, new_idempotency_key, typed_int, validated
+from facemint.console.web import CheckedForm, ViewerDep, form_text, is_htmx, next_page_url, redirect, render
 from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params
 from facemint.errors import PayloadTooLarge, Unprocessable
 from facemint.pagination import PageParams, make_page
@@ -34,10 +33,6 @@ router = APIRouter()
 # A preview lists this many failed rows; all of them are in its CSV download.
 FAILURES_SHOWN = 500
 TARGET_KINDS = ("email", "user_id", "tenant_id")
-
-
-def _new_key() -> str:
-    return f"console-{secrets.token_urlsafe(18)}"
 
 
 def _store(redis: RedisDep, settings: SettingsDep) -> bulk.PreviewStore:
@@ -55,7 +50,9 @@ def _index(request: Request, session: SessionDep, viewer: ViewerDep, *, status: 
     recent = batches.list_batches(
         session, tenant_id=viewer.principal.tenant_scope, before_id=None, limit=RECENT_BATCHES
     )
-    return render(request, viewer, "recharges/index.html", status=status, form_key=_new_key(), recent=recent, **context)
+    return render(
+        request, viewer, "recharges/index.html", status=status, form_key=new_idempotency_key(), recent=recent, **context
+    )
 
 
 @router.get("/recharges")
@@ -221,8 +218,7 @@ def batches_page(
 ) -> Response:
     """As GET /admin/v1/recharges/batches: newest first; a tenant admin sees only its tenant's."""
     viewer.require(Scope.recharges_read)
-    tenant = typed_int(tenant_id.strip()) if tenant_id.strip() else None
-    tenant_filter = tenant if isinstance(tenant, int) else None
+    tenant_filter = id_filter(tenant_id)
     if tenant_filter is not None:
         viewer.principal.ensure_tenant_visible(tenant_filter, what="tenant")
     scope = viewer.principal.tenant_scope
@@ -233,11 +229,7 @@ def batches_page(
         limit=page.limit + 1,
     )
     listed = make_page(rows, limit=page.limit, id_of=lambda row: row["id"])
-    next_url = (
-        url_for_page(request, "/admin/recharges/batches", cursor=listed.next_cursor, tenant_id=tenant_filter)
-        if listed.next_cursor
-        else None
-    )
+    next_url = next_page_url(request, "/recharges/batches", listed.next_cursor, tenant_id=tenant_filter)
     return render(
         request, viewer, "recharges/batches.html", batches=listed.items, next_url=next_url, tenant_id=tenant_filter
     )
@@ -261,11 +253,7 @@ def batch_page(
     result = tenancy.redact_batch_result(row["result"], scope) or {}
     rows = batch_service.batch_rows(session, batch_id=batch_id, after_row=page.before_id, limit=page.limit + 1)
     listed = make_page(rows, limit=page.limit, id_of=lambda item: item["row_no"])
-    next_url = (
-        url_for_page(request, f"/admin/recharges/batches/{batch_id}", cursor=listed.next_cursor)
-        if listed.next_cursor
-        else None
-    )
+    next_url = next_page_url(request, f"/recharges/batches/{batch_id}", listed.next_cursor)
     return render(
         request,
         viewer,

@@ -4,7 +4,6 @@ calls, with the same scope checks; the pool recharge is POST /admin/v1/recharges
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -14,8 +13,8 @@ from billing.ledger import service as ledger
 from facemint.approvals import service as approvals
 from facemint.approvals.service import Held
 from facemint.auth.scopes import Scope
-from facemint.console.forms import validated
-from facemint.console.web import CheckedForm, ViewerDep, form_text, redirect, render, url_for_page
+from facemint.console.forms import enum_filter, new_idempotency_key, validated
+from facemint.console.web import CheckedForm, ViewerDep, form_text, next_page_url, redirect, render
 from facemint.deps import SessionDep, SettingsDep, page_params
 from facemint.errors import InvalidIdempotencyKey
 from facemint.pagination import PageParams, make_page
@@ -30,11 +29,6 @@ router = APIRouter()
 TENANT_USERS_SHOWN = 20
 
 
-def _choice(value: str, allowed: type[Plan] | type[TenantStatus]) -> str | None:
-    """A filter's value if it is one of the enum's, else no filter (a stale bookmark shows everything)."""
-    return value if value in {member.value for member in allowed} else None
-
-
 @router.get("/tenants")
 def tenants_page(
     request: Request,
@@ -46,7 +40,7 @@ def tenants_page(
     plan: str = "",
 ) -> Response:
     viewer.require(Scope.tenants_read)
-    filters = {"name": name.strip()[:200], "status": _choice(status, TenantStatus), "plan": _choice(plan, Plan)}
+    filters = {"name": name.strip()[:200], "status": enum_filter(status, TenantStatus), "plan": enum_filter(plan, Plan)}
     rows = tenant_service.list_tenants(
         session,
         tenant_scope=viewer.principal.tenant_scope,
@@ -57,15 +51,12 @@ def tenants_page(
         limit=page.limit,
     )
     listed = make_page(rows, limit=page.limit)
-    next_url = (
-        url_for_page(request, "/admin/tenants", cursor=listed.next_cursor, **filters) if listed.next_cursor else None
-    )
     return render(
         request,
         viewer,
         "tenants/list.html",
         tenants=listed.items,
-        next_url=next_url,
+        next_url=next_page_url(request, "/tenants", listed.next_cursor, **filters),
         filters=filters,
         plans=list(Plan),
         statuses=list(TenantStatus),
@@ -114,8 +105,7 @@ def tenant_page(
         users=users[:TENANT_USERS_SHOWN],
         more_users=len(users) > TENANT_USERS_SHOWN,
         plans=list(Plan),
-        # Fixed when the form is drawn: submitting it twice (a double click, a resubmit) replays the first result.
-        recharge_key=f"console-{secrets.token_urlsafe(18)}",
+        recharge_key=new_idempotency_key(),
         # Filling a pool creates tokens: platform staff only (the service refuses anyone else).
         can_fill_pool=viewer.principal.is_staff and viewer.can(Scope.recharges_write),
         recharged=recharged,

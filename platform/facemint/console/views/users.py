@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from billing.ledger import service as ledger
 from facemint.api_keys import service as key_service
 from facemint.auth.scopes import Scope
-from facemint.console.forms import id_filter, typed_int, validated
-from facemint.console.web import CheckedForm, ViewerDep, form_text, redirect, render, url_for_page
+from facemint.console.forms import enum_filter, id_filter, typed_int, validated
+from facemint.console.web import CheckedForm, ViewerDep, form_text, next_page_url, redirect, render
 from facemint.deps import RedisDep, SessionDep, page_params
 from facemint.errors import Forbidden, Unprocessable
 from facemint.pagination import PageParams, make_page
@@ -25,10 +25,6 @@ from facemint.users.schemas import UserCreate, UserUpdate
 
 router = APIRouter()
 USER_KEYS_SHOWN = 20
-
-
-def _choice(value: str, allowed: type[Role] | type[UserStatus]) -> str | None:
-    return value if value in {member.value for member in allowed} else None
 
 
 @router.get("/users")
@@ -49,12 +45,13 @@ def users_page(
     if tenant_filter is not None:
         viewer.principal.ensure_tenant_visible(tenant_filter, what="tenant")
     by_id = int(q) if q.isdigit() and len(q) < 19 else None
+    role_filter, status_filter = enum_filter(role, Role), enum_filter(status, UserStatus)
     rows = user_service.list_users(
         session,
         tenant_scope=viewer.principal.tenant_scope,
         tenant_id=tenant_filter,
-        role=_choice(role, Role),
-        status=_choice(status, UserStatus),
+        role=role_filter,
+        status=status_filter,
         email_contains=None,
         email_prefix=None if by_id is not None else q or None,
         user_id=by_id,
@@ -62,16 +59,13 @@ def users_page(
         limit=page.limit,
     )
     listed = make_page(rows, limit=page.limit)
-    filters = {"q": q, "role": _choice(role, Role), "status": _choice(status, UserStatus), "tenant_id": tenant_filter}
-    next_url = (
-        url_for_page(request, "/admin/users", cursor=listed.next_cursor, **filters) if listed.next_cursor else None
-    )
+    filters = {"q": q, "role": role_filter, "status": status_filter, "tenant_id": tenant_filter}
     return render(
         request,
         viewer,
         "users/list.html",
         users=listed.items,
-        next_url=next_url,
+        next_url=next_page_url(request, "/users", listed.next_cursor, **filters),
         filters=filters,
         roles=list(Role),
         statuses=list(UserStatus),

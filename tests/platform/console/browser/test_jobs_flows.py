@@ -40,6 +40,8 @@ def test_filter_open_a_thumbnail_and_cancel_a_queued_job(
 
     page.get_by_label("Status").select_option("succeeded")
     page.get_by_role("button", name="Filter").click()
+    # The queued filter also listed one row: wait for this filter's swap (htmx pushes its URL after it).
+    page.wait_for_url("**status=succeeded**")
     expect(rows).to_have_count(1)
     rows.first.get_by_role("link").click()
     thumbnail = page.get_by_alt_text(f"Result of {done.public_id} (preview)")

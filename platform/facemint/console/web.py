@@ -35,7 +35,7 @@ from facemint.console.errors import (
 from facemint.console.sessions import COOKIE_NAME, ConsoleSession, SessionStore
 from facemint.context import RequestContext
 from facemint.deps import RedisDep, SessionDep, SettingsDep, request_context
-from facemint.errors import FacemintError, Unauthorized, Unprocessable
+from facemint.errors import FacemintError, Unprocessable
 from facemint.ratelimit import RateLimiter
 from facemint.users import service as user_service
 from facemint.users.orm import Role
@@ -264,13 +264,12 @@ def problem_page(
     with the same status and code; an ended session goes to the sign-in page. None outside the console."""
     if not is_console_path(request.url.path) or request.url.path.startswith(STATIC_PATH):
         return None
-    if status == 401 and body.get("code") in (ConsoleSignInRequired.code, Unauthorized.code):
+    if body.get("code") == ConsoleSignInRequired.code:
         target = url_for_page(request, CONSOLE_PATH + "/sign-in", next=_safe_next(request))
-        if body.get("code") == ConsoleSignInRequired.code:
-            if is_htmx(request):
-                return Response(status_code=401, headers={"HX-Redirect": target})
-            if request.method == "GET":
-                return RedirectResponse(target, status_code=303)
+        if is_htmx(request):
+            return Response(status_code=401, headers={"HX-Redirect": target})
+        if request.method == "GET":
+            return RedirectResponse(target, status_code=303)
     template = "_problem.html" if is_htmx(request) else "problem.html"
     extra_headers = {k: v for k, v in (headers or {}).items() if k.lower() in ("retry-after", "x-request-id")}
     if is_htmx(request):

@@ -94,6 +94,74 @@ class InvalidOutputFormat(InputError):
     title = "Invalid output format"
 
 
+class InvalidProcessors(InputError):
+    """A processors list that is empty, names an unknown processor, repeats one or lacks `face_swapper`."""
+
+    code = "invalid_processors"
+    title = "Invalid processors"
+
+
+# --- videos (refused by the probe before anything is held or decoded) ---------------------------------------
+
+
+class UnsupportedVideoFormat(InputError):
+    """Not MP4/MOV or Matroska/WebM by its content: a playlist, another container, a reference to other data."""
+
+    status_code = 415
+    code = "unsupported_video_format"
+    title = "Unsupported video format"
+
+
+class InvalidVideo(InputError):
+    """Empty, truncated or undecodable video data."""
+
+    code = "invalid_video"
+    title = "Invalid video"
+
+
+class NoVideoStream(InputError):
+    """A container without a video stream (audio only), or with more than one."""
+
+    code = "no_video_stream"
+    title = "No video stream"
+
+
+class VideoTooLarge(InputError):
+    """Over the byte limit."""
+
+    status_code = 413
+    code = "video_too_large"
+    title = "Video too large"
+
+
+class VideoTooLong(InputError):
+    code = "video_too_long"
+    title = "Video too long"
+
+
+class VideoTooManyPixels(InputError):
+    """A frame size over the per-frame pixel limit (checked from the headers, before any frame is decoded)."""
+
+    status_code = 413
+    code = "video_too_many_pixels"
+    title = "Video frames have too many pixels"
+
+
+class VideoFrameRateTooHigh(InputError):
+    code = "video_frame_rate_too_high"
+    title = "Video frame rate too high"
+
+
+class VideoTooManyFrames(InputError):
+    code = "video_too_many_frames"
+    title = "Video has too many frames"
+
+
+class InvalidTrim(InputError):
+    code = "invalid_trim"
+    title = "Invalid trim"
+
+
 # --- caused by the installation or the machine (retryable or fatal at start-up) -------------------------
 
 
@@ -124,3 +192,11 @@ class ProviderUnavailable(EngineError):
 
     code = "provider_unavailable"
     title = "Execution provider unavailable"
+
+
+class ProcessorUnavailable(EngineError):
+    """A valid processor was asked for whose model this installation does not have (the optional enhancer)."""
+
+    status_code = 503
+    code = "processor_unavailable"
+    title = "Processor unavailable"

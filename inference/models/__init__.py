@@ -4,9 +4,11 @@ manifest (InsightFace weights: non-commercial research only) and a resumable, ch
 from inference.models.demo import (
     DEMO_METADATA_KEY,
     DETECTOR_FILE,
+    ENHANCER_FILE,
     RECOGNIZER_FILE,
     SWAPPER_FILE,
     build_detector,
+    build_enhancer,
     build_recognizer,
     build_swapper,
     demo_face_colours,
@@ -16,7 +18,9 @@ from inference.models.demo import (
 )
 from inference.models.fetch import VerifyResult, fetch_models, require_models, verify_models
 from inference.models.manifest import (
+    GFPGAN_LICENCE,
     INSIGHTFACE_LICENCE,
+    OPTIONAL_MODELS,
     REAL_MODELS,
     ManifestError,
     ModelFile,
@@ -29,7 +33,10 @@ from inference.models.metadata import ModelMetadata, NotAnOnnxModel, read_model_
 __all__ = [
     "DEMO_METADATA_KEY",
     "DETECTOR_FILE",
+    "ENHANCER_FILE",
+    "GFPGAN_LICENCE",
     "INSIGHTFACE_LICENCE",
+    "OPTIONAL_MODELS",
     "REAL_MODELS",
     "RECOGNIZER_FILE",
     "SWAPPER_FILE",
@@ -39,6 +46,7 @@ __all__ = [
     "NotAnOnnxModel",
     "VerifyResult",
     "build_detector",
+    "build_enhancer",
     "build_recognizer",
     "build_swapper",
     "demo_face_colours",

@@ -1,7 +1,8 @@
-"""Tiny stand-ins for insightface's three models, with the real files' input/output contracts.
+"""Tiny stand-ins for insightface's three models and GFPGAN 1.4, with the real files' input/output contracts.
 
-`write_demo_models(directory)` writes `det_10g.onnx` (SCRFD detector), `w600k_r50.onnx` (ArcFace recogniser) and
-`inswapper_128.onnx` (INSwapper) in about 0.2 s (60 KB, 0.4 MB, 1.4 MB), with no torch and no download.
+`write_demo_models(directory)` writes `det_10g.onnx` (SCRFD detector), `w600k_r50.onnx` (ArcFace recogniser),
+`inswapper_128.onnx` (INSwapper) and `gfpgan_1.4.onnx` (the face enhancer) in about 0.2 s (60 KB, 0.4 MB,
+1.4 MB, 0.5 KB), with no torch and no download.
 insightface 2.1 routes models by their shapes alone, so its own `FaceAnalysis` and `model_zoo.get_model` load
 these files and run the whole pipeline on them: detect, align, embed, swap, paste back. The weights are not
 learned: each model computes something simple and predictable, so that tests can draw an image and know what the
@@ -12,8 +13,9 @@ Every file carries `metadata_props` `facemint_demo=1` (plus `facemint_demo_role`
 metadata without loading the graph, so it is cheap on the real 0.5 GB swapper too.
 
 Important: insightface's `FaceAnalysis(name=<directory>)` loads every `*.onnx` in the directory and fails with
-`AttributeError` on the swapper (INSwapper has no `taskname`), so keep the swapper out of that directory
-(`swapper_directory=`) or load the detector and recogniser one by one with `get_model`.
+`AttributeError` on the swapper (INSwapper has no `taskname`), and its shape router takes the enhancer (one
+square 512x512 input) for an ArcFace recogniser; so keep both out of that directory (`swapper_directory=` puts
+them elsewhere) or load the detector and recogniser one by one with `get_model`.
 
 Drawing a face the demo detector finds
 --------------------------------------
@@ -60,8 +62,14 @@ What the models compute
   square of the 128 crop (90 % source layout, 10 % target) and passes the rest of the crop through. After
   `paste_back`, the demo recogniser therefore sees the *source* identity on the target face, and the detector
   still finds it.
+* **Enhancer** (`gfpgan_1.4.onnx`, `input [1, 3, 512, 512]` -> `output [1, 3, 512, 512]`, RGB in [-1, 1], the
+  FFHQ-512 aligned crop): `output = 1.2 * input + (0.1, 0, 0)` per pixel (`ENHANCER_GAIN`,
+  `ENHANCER_RGB_OFFSET`), unclipped like the real model's output: more contrast and a warm tint. Bright faces stay
+  bright and dark backgrounds dark, so the detector and recogniser still find the face and its identity (cosine
+  about 0.96 to the original after the enhancer's 80 % blend). It does not depend on the seed apart from its
+  metadata.
 
-All three are deterministic: the same seed gives byte-identical files (the matrices are signed, permuted
+All four are deterministic: the same seed gives byte-identical files (the matrices are signed, permuted
 Hadamard matrices, and every product of them is exact in float64, so no BLAS rounding can differ between
 machines). The detector does not depend on the seed apart from its metadata. Note that ONNX Runtime logs a
 warning "Removing initializer 'buff2fs'" when it opens the swapper (as for the real file) unless its log
@@ -87,6 +95,7 @@ from inference.models.metadata import NotAnOnnxModel, read_model_metadata
 DETECTOR_FILE: Final = "det_10g.onnx"
 RECOGNIZER_FILE: Final = "w600k_r50.onnx"
 SWAPPER_FILE: Final = "inswapper_128.onnx"
+ENHANCER_FILE: Final = "gfpgan_1.4.onnx"
 
 DEMO_METADATA_KEY: Final = "facemint_demo"
 DEMO_VERSION: Final = "1"
@@ -129,6 +138,11 @@ _SWAP_MEAN = 0.663  # normalised (x - 127.5) / 127.5 of a pixel value of about 2
 _SWAP_AMPLITUDE = 2.7  # the typical norm of a centred demo-face layout
 _SWAP_MIN = 0.34  # keeps every painted channel >= 171, bright enough for the detector
 _SWAP_TARGET_SHARE = 0.1
+
+# Enhancer: GFPGAN 1.4's crop size, and the stretch it applies in its [-1, 1] RGB space.
+ENHANCER_SIZE: Final = 512
+ENHANCER_GAIN: Final = 1.2
+ENHANCER_RGB_OFFSET: Final = (0.1, 0.0, 0.0)
 
 _Float = NDArray[np.float32]
 
@@ -435,6 +449,28 @@ def build_swapper(seed: int = 0) -> onnx.ModelProto:
     return _model(graph, "swapper", seed)
 
 
+# --- enhancer -------------------------------------------------------------------------------------------------
+
+
+def build_enhancer(seed: int = 0) -> onnx.ModelProto:
+    """GFPGAN 1.4's contract (`input [1, 3, 512, 512]` -> `output [1, 3, 512, 512]`, RGB in [-1, 1]); computes
+    `output = ENHANCER_GAIN * input + ENHANCER_RGB_OFFSET` per pixel, unclipped like the real model's output."""
+    g = _Graph()
+    gained = g.op("Mul", ["input", g.const("gain", _f32(ENHANCER_GAIN))], "contrast")
+    offset = g.const("rgb_offset", _f32(ENHANCER_RGB_OFFSET).reshape(1, 3, 1, 1))
+    g.op("Add", [gained, offset], "output")
+    shape = [1, 3, ENHANCER_SIZE, ENHANCER_SIZE]
+    graph = helper.make_graph(
+        g.nodes,
+        "facemint_demo_gfpgan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        initializer=g.initializers,
+        doc_string="Facemint demo GFPGAN enhancer: a contrast stretch and a warm tint of the aligned crop.",
+    )
+    return _model(graph, "enhancer", seed)
+
+
 # --- files ----------------------------------------------------------------------------------------------------
 
 
@@ -451,10 +487,13 @@ def _write_atomically(model: onnx.ModelProto, path: Path) -> None:
 
 
 def write_demo_models(directory: Path, *, seed: int = 0, swapper_directory: Path | None = None) -> dict[str, Path]:
-    """Write the three demo models and return their paths keyed `detection`, `recognition`, `swapper`.
+    """Write the four demo models and return their paths keyed `detection`, `recognition`, `swapper`, `enhancer`.
 
-    The swapper goes to `swapper_directory` when given (keep it out of a directory that `FaceAnalysis` loads),
-    otherwise next to the others. Directories are created; existing files are replaced atomically. Prints
+    The detector and recogniser go to `directory`. The swapper and the enhancer (`gfpgan_1.4.onnx`) go to
+    `swapper_directory` when given, otherwise next to the others (the engine's layout: one directory). Keep both
+    out of a directory that `FaceAnalysis` loads: it loads every `*.onnx` there, fails on the swapper, and routes
+    the enhancer (one square 512x512 input) to `ArcFaceONNX`, where, sorted before `w600k_r50.onnx`, it would
+    take the recogniser's place. Directories are created; existing files are replaced atomically. Prints
     nothing."""
     directory = Path(directory)
     swapper_dir = Path(swapper_directory) if swapper_directory is not None else directory
@@ -464,10 +503,12 @@ def write_demo_models(directory: Path, *, seed: int = 0, swapper_directory: Path
         "detection": directory / DETECTOR_FILE,
         "recognition": directory / RECOGNIZER_FILE,
         "swapper": swapper_dir / SWAPPER_FILE,
+        "enhancer": swapper_dir / ENHANCER_FILE,
     }
     _write_atomically(build_detector(seed), paths["detection"])
     _write_atomically(build_recognizer(seed), paths["recognition"])
     _write_atomically(build_swapper(seed), paths["swapper"])
+    _write_atomically(build_enhancer(seed), paths["enhancer"])
     return paths
 
 

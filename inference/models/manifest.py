@@ -25,6 +25,10 @@ every value was read from public sources, listed next to each entry; no value is
 
 Not confirmed: whether the bytes at each URL *today* still hash to the recorded digest (checked the first time
 `fetch_models` runs against the real hosts); sizes are confirmed only by third-party manifests, never by a host.
+
+`OPTIONAL_MODELS` holds the face enhancer (GFPGAN 1.4, `gfpgan_1.4.onnx`): the engine runs without it and
+refuses `face_enhancer` requests while it is absent, so it is not part of `REAL_MODELS` (what `facemint models
+fetch`, `verify` and `doctor` require). LICENCE: see `GFPGAN_LICENCE`; it is not InsightFace's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ INSIGHTFACE_LICENCE = (
     "(https://github.com/deepinsight/insightface/tree/master/python-package#license)"
 )
 
+# From TencentARC/GFPGAN @ 7552a779 (the newest commit, April 2024): README.md says only "GFPGAN is released under
+# Apache License Version 2.0"; LICENSE says Apache-2.0 "except for the third-party components listed below", which
+# lists StyleGAN2 (code modified from stylegan2-pytorch, "here is the NVIDIA license": its section 3.3 allows
+# non-commercial use only, "research or evaluation purposes only") and DFDNet (CC BY-NC-SA 4.0). No licence is
+# stated for the released weights themselves; the README's training recipe uses FFHQ and an FFHQ-trained StyleGAN2.
+# FaceFusion's model list labels its ONNX export "Apache-2.0".
+GFPGAN_LICENCE = (
+    "GFPGAN 1.4 (TencentARC), ONNX export by FaceFusion: code Apache-2.0 except third-party parts (StyleGAN2 under "
+    "NVIDIA's licence, non-commercial: research or evaluation only; DFDNet under CC BY-NC-SA 4.0); no separate "
+    "licence for the weights, trained on FFHQ. Commercial use not established "
+    "(https://github.com/TencentARC/GFPGAN/blob/master/LICENSE)"
+)
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -51,9 +68,9 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One downloadable model file: `name` is its role ("detector", "recognizer", "swapper"), `file` the file
-    name it has on disk (a bare name, no directories), `sha256` its lowercase hex digest, `size` its length in
-    bytes, `url` where to download it (http or https) and `licence` the terms it comes under."""
+    """One downloadable model file: `name` is its role ("detector", "recognizer", "swapper", "enhancer"), `file`
+    the file name it has on disk (a bare name, no directories), `sha256` its lowercase hex digest, `size` its
+    length in bytes, `url` where to download it (http or https) and `licence` the terms it comes under."""
 
     name: str
     file: str
@@ -133,6 +150,30 @@ REAL_MODELS: tuple[ModelFile, ...] = (
         size=554_253_681,
         url="https://github.com/facefusion/facefusion-assets/releases/download/models/inswapper_128.onnx",
         licence=INSIGHTFACE_LICENCE,
+    ),
+)
+
+
+OPTIONAL_MODELS: tuple[ModelFile, ...] = (
+    # GFPGAN 1.4 as FaceFusion exports it (model `gfpgan_1.4` of its face_enhancer, asset release models-3.0.0).
+    # FaceFusion itself pins only a CRC32 (`gfpgan_1.4.hash`, downloaded next to the file), no SHA-256.
+    # sha256: paired with this exact URL by three independent pieces of public code found by content search (a
+    #   model registry and a download module, each listing this URL and its Hugging Face twin
+    #   huggingface.co/facefusion/models-3.0.0/resolve/main/gfpgan_1.4.onnx with the one digest, and a model
+    #   catalogue tuple); a fourth project re-hosts the file under its own release with the same digest.
+    # size: 340,299,087 bytes in at least three independent manifests with the same digest (two JS model lists for
+    #   the Hugging Face twin, a Python mirror list for facefusion/models-3.0.0), and in a parity document's table
+    #   of the files its FaceFusion 3.7.1 reference run used.
+    # url: FaceFusion's own download path (`resolve_download_url('models-3.0.0', 'gfpgan_1.4.onnx')` with its
+    #   github provider); the Hugging Face twin above is its other provider.
+    # Not confirmed against either host: the file was not downloaded or hashed here.
+    ModelFile(
+        name="enhancer",
+        file="gfpgan_1.4.onnx",
+        sha256="accc4757b26bdb89b32b4d3500d4f79c9dff97c1dd7c7104bf9dcb95e3311385",
+        size=340_299_087,
+        url="https://github.com/facefusion/facefusion-assets/releases/download/models-3.0.0/gfpgan_1.4.onnx",
+        licence=GFPGAN_LICENCE,
     ),
 )
 

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from inference.models import (
     DEMO_METADATA_KEY,
     DETECTOR_FILE,
+    ENHANCER_FILE,
     RECOGNIZER_FILE,
     SWAPPER_FILE,
     NotAnOnnxModel,
@@ -61,8 +62,8 @@ def test_generation_is_deterministic_and_silent(tmp_path: Path, capsys: pytest.C
     other = write_demo_models(tmp_path / "c", seed=1)
 
     assert capsys.readouterr().out == ""
-    assert set(first) == {"detection", "recognition", "swapper"}
-    assert [p.name for p in first.values()] == [DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE]
+    assert set(first) == {"detection", "recognition", "swapper", "enhancer"}
+    assert [p.name for p in first.values()] == [DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE, ENHANCER_FILE]
     for role in first:
         assert first[role].read_bytes() == second[role].read_bytes(), role
     assert first["recognition"].read_bytes() != other["recognition"].read_bytes()
@@ -75,7 +76,7 @@ def test_rewriting_replaces_files_in_place(tmp_path: Path) -> None:
     before = {role: path.read_bytes() for role, path in paths.items()}
     assert write_demo_models(tmp_path, seed=3) == paths
     assert {role: path.read_bytes() for role, path in paths.items()} == before
-    assert len(list(tmp_path.iterdir())) == 3  # no temporary files left behind
+    assert len(list(tmp_path.iterdir())) == 4  # no temporary files left behind
 
 
 def test_detector_contract(demo_models: dict[str, Path]) -> None:
@@ -117,6 +118,16 @@ def test_swapper_contract(demo_models: dict[str, Path]) -> None:
     assert emap.dtype == np.float32
     assert emap.shape == (512, 512)
     np.testing.assert_allclose(emap @ emap.T, np.eye(512), atol=1e-5)
+
+
+def test_enhancer_contract_and_place(demo_models: dict[str, Path]) -> None:
+    model = onnx.load(str(demo_models["enhancer"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert (model.ir_version, model.opset_import[0].version) == (8, 13)
+    assert [(i.name, _dims(i)) for i in model.graph.input] == [("input", [1, 3, 512, 512])]
+    assert [(o.name, _dims(o)) for o in model.graph.output] == [("output", [1, 3, 512, 512])]
+    # Next to the swapper, out of the FaceAnalysis pack (see the routing test below).
+    assert demo_models["enhancer"].parent == demo_models["swapper"].parent != demo_models["detection"].parent
 
 
 # --- metadata -------------------------------------------------------------------------------------------------
@@ -202,6 +213,18 @@ def test_insightface_routes_each_model(demo_models: dict[str, Path], capsys: pyt
     assert swap.emap.shape == (512, 512)
     assert swap.emap.dtype == np.float32
     assert capsys.readouterr().out == "inswapper-shape: [1, 3, 128, 128]\n"  # insightface's own print
+
+
+def test_insightface_would_take_the_enhancer_for_a_recogniser(demo_models: dict[str, Path]) -> None:
+    """Why write_demo_models keeps gfpgan_1.4.onnx out of the FaceAnalysis pack: the shape router sends any
+    square input of 112 px or more to ArcFaceONNX, and the file sorts before w600k_r50.onnx."""
+    from insightface.model_zoo import get_model
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+    routed = get_model(str(demo_models["enhancer"]), providers=["CPUExecutionProvider"])
+    assert isinstance(routed, ArcFaceONNX)
+    assert routed.taskname == "recognition"
+    assert sorted([ENHANCER_FILE, RECOGNIZER_FILE])[0] == ENHANCER_FILE
 
 
 # --- detection and recognition --------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ import pytest
 
 from inference.errors import ChecksumMismatch, DownloadError, ModelNotFound
 from inference.models import (
+    ENHANCER_FILE,
+    GFPGAN_LICENCE,
     INSIGHTFACE_LICENCE,
+    OPTIONAL_MODELS,
     REAL_MODELS,
     ManifestError,
     ModelFile,
@@ -474,6 +477,30 @@ def test_the_real_manifest_is_well_formed_and_says_non_commercial() -> None:
     assert all(m.url.startswith("https://") and m.url.endswith("/" + m.file) for m in REAL_MODELS)
     assert all(m.licence == INSIGHTFACE_LICENCE and "non-commercial research" in m.licence for m in REAL_MODELS)
     assert [m.size for m in REAL_MODELS] == [16_923_827, 174_383_860, 554_253_681]
+
+
+def test_the_enhancer_is_an_optional_model_with_its_own_licence() -> None:
+    [enhancer] = OPTIONAL_MODELS
+    assert (enhancer.name, enhancer.file) == ("enhancer", ENHANCER_FILE)
+    assert enhancer.file not in {m.file for m in REAL_MODELS}  # the engine runs without it
+    assert enhancer.url == (
+        "https://github.com/facefusion/facefusion-assets/releases/download/models-3.0.0/gfpgan_1.4.onnx"
+    )
+    assert (enhancer.size, enhancer.sha256[:8]) == (340_299_087, "accc4757")
+    assert enhancer.licence == GFPGAN_LICENCE
+    assert "non-commercial" in enhancer.licence
+    assert "weights" in enhancer.licence
+
+
+def test_verify_and_require_the_enhancer_next_to_the_real_models(tmp_path: Path) -> None:
+    write_demo_models(tmp_path, seed=0)
+    [result] = verify_models(OPTIONAL_MODELS, tmp_path)
+    assert (result.present, result.is_demo, result.ok) == (True, True, False)
+    assert require_models(OPTIONAL_MODELS, tmp_path, allow_demo=True) == [tmp_path / ENHANCER_FILE]
+    (tmp_path / ENHANCER_FILE).unlink()
+    [missing] = verify_models(OPTIONAL_MODELS, tmp_path)
+    assert missing.describe().endswith("missing")
+    assert all(r.is_demo for r in verify_models(REAL_MODELS, tmp_path))  # the required ones do not care
 
 
 def test_load_manifest_reads_json(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from facemint.cli.main import cli
 from facemint.config import get_settings
 from inference.models import (
     DETECTOR_FILE,
+    ENHANCER_FILE,
     RECOGNIZER_FILE,
     SWAPPER_FILE,
     draw_demo_face,
@@ -156,11 +157,12 @@ def face_changed(before: np.ndarray, after: np.ndarray, face: tuple[int, int, in
 # --- models demo, doctor ----------------------------------------------------------------------------------------
 
 
-def test_models_demo_writes_the_three_files(run: Any, tmp_path: Path) -> None:
+def test_models_demo_writes_the_four_files(run: Any, tmp_path: Path) -> None:
     result = run("models", "demo", tmp_path / "demo")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(MODEL_FILES)
-    assert result.stdout.splitlines() == [str(tmp_path / "demo" / file) for file in MODEL_FILES]
+    written = (*MODEL_FILES, ENHANCER_FILE)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(written)
+    assert result.stdout.splitlines() == [str(tmp_path / "demo" / file) for file in written]
     assert "placeholders" in result.stderr
 
 

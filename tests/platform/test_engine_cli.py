@@ -121,8 +121,16 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def manifest_for(directory: Path, path: Path, base_url: str = "http://127.0.0.1:9", **sha_overrides: str) -> Path:
+def manifest_for(
+    directory: Path,
+    path: Path,
+    base_url: str = "http://127.0.0.1:9",
+    *,
+    with_enhancer: bool = False,
+    **sha_overrides: str,
+) -> Path:
     """A manifest (JSON) describing the files in `directory` as they are (real sizes and digests)."""
+    roles = [("detector", DETECTOR_FILE), ("recognizer", RECOGNIZER_FILE), ("swapper", SWAPPER_FILE)]
     entries = [
         {
             "name": name,
@@ -132,7 +140,7 @@ def manifest_for(directory: Path, path: Path, base_url: str = "http://127.0.0.1:
             "url": f"{base_url}/{file}",
             "licence": "test files",
         }
-        for name, file in zip(("detector", "recognizer", "swapper"), MODEL_FILES, strict=True)
+        for name, file in roles + ([("enhancer", ENHANCER_FILE)] if with_enhancer else [])
     ]
     path.write_text(json.dumps({"models": entries}))
     return path
@@ -417,6 +425,21 @@ def test_models_verify_refuses_demo_models_against_the_real_manifest(run: Any, m
         assert line.startswith(f"{models / file}: ")
         assert "expected" in line
         assert line.endswith("(a Facemint demo model)")
+
+
+def test_models_verify_with_enhancer_checks_the_optional_enhancer_too(run: Any, models: Path, tmp_path: Path) -> None:
+    result = run("models", "verify", "--dir", models, "--enhancer")
+    assert result.exit_code == 1, result.output
+    *required, enhancer = result.stdout.splitlines()
+    assert len(required) == 3
+    assert enhancer.startswith(f"{models / ENHANCER_FILE}: ")
+    assert enhancer.endswith("(a Facemint demo model)")
+    # A manifest that already lists the enhancer is not given it twice.
+    manifest = manifest_for(models, tmp_path / "manifest.json", with_enhancer=True)
+    listed = run("models", "verify", "--dir", models, "--manifest", manifest, "--enhancer")
+    assert listed.exit_code == 0, listed.output
+    files = (*MODEL_FILES, ENHANCER_FILE)
+    assert listed.stdout.splitlines() == [f"{models / file}: ok (a Facemint demo model)" for file in files]
 
 
 def test_models_verify_accepts_files_matching_their_manifest(run: Any, models: Path, tmp_path: Path) -> None:

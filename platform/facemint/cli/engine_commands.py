@@ -34,6 +34,15 @@ def _manifest(path: Path | None) -> tuple[Any, ...]:
         _fail(f"invalid manifest {path}: {exc}")
 
 
+def _with_enhancer(entries: tuple[Any, ...], enhancer: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The manifest's entries plus, with `--enhancer`, the optional models it does not list already; and those."""
+    from inference.models import OPTIONAL_MODELS
+
+    listed = {entry.file for entry in entries}
+    extra = tuple(model for model in OPTIONAL_MODELS if enhancer and model.file not in listed)
+    return entries + extra, extra
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -169,15 +178,18 @@ def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
     @models.command("fetch")
     @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None)
     @click.option("--manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-    def models_fetch(dest: Path | None, manifest: Path | None) -> None:
+    @click.option("--enhancer", is_flag=True, help="Also the optional face enhancer, GFPGAN 1.4 (its own licence).")
+    def models_fetch(dest: Path | None, manifest: Path | None, enhancer: bool) -> None:
         """Download the real models (resumable, checksum-verified). Non-commercial research licence."""
         from inference.errors import EngineError
         from inference.models import INSIGHTFACE_LICENCE, fetch_models
 
         settings = load_settings()
         target = dest or settings.resolved_models_dir
-        entries = _manifest(manifest)
+        entries, extra = _with_enhancer(_manifest(manifest), enhancer)
         click.echo(f"licence: {INSIGHTFACE_LICENCE}", err=True)
+        for model in extra:
+            click.echo(f"licence of {model.file}: {model.licence}", err=True)
         last: dict[str, int] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -198,12 +210,13 @@ def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
     @models.command("verify")
     @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None)
     @click.option("--manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-    def models_verify(directory: Path | None, manifest: Path | None) -> None:
+    @click.option("--enhancer", is_flag=True, help="Also the optional face enhancer, GFPGAN 1.4.")
+    def models_verify(directory: Path | None, manifest: Path | None, enhancer: bool) -> None:
         """Check the model files' sizes and checksums against the manifest."""
         from inference.models import verify_models
 
         settings = load_settings()
-        entries = _manifest(manifest)
+        entries, _ = _with_enhancer(_manifest(manifest), enhancer)
         results = verify_models(entries, directory or settings.resolved_models_dir)
         for result in results:
             click.echo(result.describe())

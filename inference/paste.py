@@ -1,10 +1,10 @@
 """Paste-back on the face's region only.
 
 insightface's stock `INSwapper.get(..., paste_back=True)` warps three full-frame images and erodes and blurs a
-full-frame float mask for every face, which dominates the time at 1080p and above. Here the 128x128 swapped
-crop and a feathered mask computed once are warped only into the bounding box of the crop's footprint, and
-blended there. Pixels outside that box are never written; inside it, where the mask is zero, the blend leaves
-the original value exactly."""
+full-frame float mask for every face, which dominates the time at 1080p and above. Here the processed crop (the
+swapper's 128x128, the enhancer's 512x512) and a feathered mask computed once are warped only into the bounding
+box of the crop's footprint, and blended there. Pixels outside that box are never written; inside it, where the
+mask is zero, the blend leaves the original value exactly."""
 
 from __future__ import annotations
 

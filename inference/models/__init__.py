@@ -29,6 +29,15 @@ from inference.models.manifest import (
     model_to_mapping,
 )
 from inference.models.metadata import ModelMetadata, NotAnOnnxModel, read_model_metadata
+from inference.models.standin import (
+    STANDIN_FILES,
+    STANDIN_METADATA_KEY,
+    STANDIN_ROLES,
+    StandinCounts,
+    is_standin_model,
+    standin_counts,
+    write_standin_models,
+)
 
 __all__ = [
     "DEMO_METADATA_KEY",
@@ -39,11 +48,15 @@ __all__ = [
     "OPTIONAL_MODELS",
     "REAL_MODELS",
     "RECOGNIZER_FILE",
+    "STANDIN_FILES",
+    "STANDIN_METADATA_KEY",
+    "STANDIN_ROLES",
     "SWAPPER_FILE",
     "ManifestError",
     "ModelFile",
     "ModelMetadata",
     "NotAnOnnxModel",
+    "StandinCounts",
     "VerifyResult",
     "build_detector",
     "build_enhancer",
@@ -53,11 +66,14 @@ __all__ = [
     "draw_demo_face",
     "fetch_models",
     "is_demo_model",
+    "is_standin_model",
     "load_manifest",
     "model_from_mapping",
     "model_to_mapping",
     "read_model_metadata",
     "require_models",
+    "standin_counts",
     "verify_models",
     "write_demo_models",
+    "write_standin_models",
 ]

@@ -231,3 +231,24 @@ def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
         for path in write_demo_models(directory).values():
             click.echo(str(path))
         click.echo("demo models written: results made with them are placeholders, not real face swaps", err=True)
+
+    @models.command("standin")
+    @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+    @click.option(
+        "--role",
+        "roles",
+        type=click.Choice(["detector", "recognizer", "swapper", "enhancer"]),
+        multiple=True,
+        help="Write only this stand-in (repeatable); all four by default.",
+    )
+    def models_standin(directory: Path, seed: int, roles: tuple[str, ...]) -> None:
+        """Write stand-in models: the real architectures with random weights (about 1.1 GB for all four).
+
+        They cost what the real models cost (compute, memory, file size) while their results stay placeholders,
+        steered like the demo models'. For benchmarks, not for real face swaps."""
+        from inference.models import STANDIN_ROLES, write_standin_models
+
+        for path in write_standin_models(directory, seed=seed, roles=roles or STANDIN_ROLES).values():
+            click.echo(str(path))
+        click.echo("stand-in models written: real compute, placeholder results, not real face swaps", err=True)

@@ -169,7 +169,7 @@ def _empty(owner: Engine, redis_url: str) -> None:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         conn.execute(text("DELETE FROM ledger_accounts WHERE balance_tracked"))
         # The price book keeps the versions the migrations seeded.
-        conn.execute(text("DELETE FROM prices WHERE actor IS DISTINCT FROM 'migration 0003'"))
+        conn.execute(text("DELETE FROM prices WHERE actor IS NULL OR actor NOT LIKE 'migration %'"))
     redis = Redis.from_url(redis_url)
     redis.flushdb()
     redis.close()

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 from billing.errors import InvalidAmount, PriceNotFound
 from billing.pricing.schemas import PriceVersion
 
-# The operations the platform meters, with the price a fresh database starts at (migration 0003 seeds them).
-DEFAULT_PRICES = {"swap.image": 1}
+# The operations the platform meters, with the price a fresh database starts at (migration 0003 seeds the image
+# swap, 0008 the rest): per image, or per started second of (trimmed) video.
+DEFAULT_PRICES = {"swap.image": 1, "swap.video": 10, "enhance.image": 1, "enhance.video": 5}
 MAX_TOKENS_PER_UNIT = 1_000_000
 
 _COLUMNS = "operation, version, tokens_per_unit, actor, note, created_at"

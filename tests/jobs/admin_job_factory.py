@@ -39,7 +39,7 @@ def queued_job(session: Session, settings: Settings, owner: User, *, webhook_url
             user_id=owner.id,
             api_key_id=None,
             account_id=owner.account_id,
-            operation=SWAP_OPERATION,
+            operations=(SWAP_OPERATION,),
             queue=settings.queue_name,
             units=1,
             idempotency_key=f"admin-test-{uuid.uuid4().hex}",

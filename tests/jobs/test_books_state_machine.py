@@ -59,7 +59,7 @@ class BooksMachine(MoneyRules):
             user_id=actor.user_id,
             api_key_id=None,
             account_id=actor.account_id,
-            operation="swap.image",
+            operations=("swap.image",),
             queue="state-machine",
             units=units,
             idempotency_key=key,

@@ -153,7 +153,7 @@ def _submit_and_claim(sessions: sessionmaker[Session], payer: Payer, n: int) -> 
                 user_id=payer.user_id,
                 api_key_id=None,
                 account_id=payer.account_id,
-                operation=SWAP_OPERATION,
+                operations=(SWAP_OPERATION,),
                 queue="race",
                 units=1,
                 idempotency_key=f"race-{n}",

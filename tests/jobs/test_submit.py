@@ -373,7 +373,12 @@ class TestPriceBook:
         assert created.status_code == 201, created.text
         assert (created.json()["version"], created.json()["tokens_per_unit"]) == (2, 3)
         current = job_client.get("/admin/v1/prices", params={"current": "true"}, headers=staff_headers).json()
-        assert [(p["operation"], p["version"], p["tokens_per_unit"]) for p in current] == [("swap.image", 2, 3)]
+        assert [(p["operation"], p["version"], p["tokens_per_unit"]) for p in current] == [
+            ("enhance.image", 1, 1),
+            ("enhance.video", 1, 5),
+            ("swap.image", 2, 3),
+            ("swap.video", 1, 10),
+        ]
 
         after = submit(job_client, payer)
         assert after.status_code == 202, after.text
@@ -418,7 +423,7 @@ class TestPriceBook:
         )
         problem(response, 403)
         current = job_client.get("/admin/v1/prices", params={"current": "true"}, headers=staff_headers).json()
-        assert [(p["version"], p["tokens_per_unit"]) for p in current] == [(1, 1)]
+        assert [(p["version"], p["tokens_per_unit"]) for p in current if p["operation"] == "swap.image"] == [(1, 1)]
 
     def test_an_unknown_operation_cannot_be_priced(self, job_client: TestClient, staff_headers: dict[str, str]) -> None:
         response = job_client.post(

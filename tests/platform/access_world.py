@@ -186,7 +186,7 @@ class Side:
                     user_id=owner.id,
                     api_key_id=None,
                     account_id=owner.user.account_id,
-                    operation=SWAP_OPERATION,
+                    operations=(SWAP_OPERATION,),
                     queue=self.world.settings.queue_name,
                     units=1,
                     idempotency_key=f"matrix-{uuid.uuid4().hex}",

@@ -49,7 +49,21 @@ class Job(Base):
             "tokens_captured IS NULL OR (tokens_captured > 0 AND tokens_captured <= tokens_held)",
             name="captured_within_held",
         ),
-        CheckConstraint("(status = 'succeeded') = (tokens_captured IS NOT NULL)", name="captured_iff_succeeded"),
+        # A success is always charged; a charge is a success's, or a video's canceled mid-run (the seconds done).
+        CheckConstraint(
+            "(status <> 'succeeded' OR tokens_captured IS NOT NULL) "
+            "AND (tokens_captured IS NULL OR status IN ('succeeded', 'canceled'))",
+            name="captured_by_outcome",
+        ),
+        CheckConstraint(
+            "price_lines IS NULL OR (jsonb_typeof(price_lines) = 'array' AND jsonb_array_length(price_lines) > 0)",
+            name="price_lines_array",
+        ),
+        CheckConstraint(
+            "(frames_total IS NULL OR frames_total >= 0) "
+            "AND (frames_done IS NULL OR (frames_total IS NOT NULL AND frames_done BETWEEN 0 AND frames_total))",
+            name="frames_within_total",
+        ),
         CheckConstraint(
             "(status IN ('succeeded', 'failed', 'canceled')) = (finished_at IS NOT NULL)", name="finished_iff_terminal"
         ),
@@ -86,7 +100,11 @@ class Job(Base):
     idempotency_key: Mapped[str] = mapped_column(Text)
     request_hash: Mapped[bytes] = mapped_column(LargeBinary)
     price_version: Mapped[int] = mapped_column(Integer)
+    # The sum of the price lines' tokens per unit (one line: that price's; `price_version` is the first line's).
     tokens_per_unit: Mapped[int] = mapped_column(BigInteger)
+    # What the job is priced by, each at the version it was held at: [{operation, version, tokens_per_unit}]
+    # (migration 0008; NULL for jobs from before, priced by `operation` alone).
+    price_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     units: Mapped[int] = mapped_column(Integer)
     tokens_held: Mapped[int] = mapped_column(BigInteger)
     tokens_captured: Mapped[int | None] = mapped_column(BigInteger)
@@ -102,6 +120,10 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(Text)
     timings_ms: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    # A video's progress, written by its worker at most about once a second (NULL for images).
+    frames_done: Mapped[int | None] = mapped_column(Integer)
+    frames_total: Mapped[int | None] = mapped_column(Integer)
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # When it was last put on the queue (NULL: recorded but not queued yet; the dispatcher queues it).
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

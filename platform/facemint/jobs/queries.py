@@ -25,7 +25,8 @@ JOB_COLUMNS = """
     request_hash, price_version, tokens_per_unit, units, tokens_held, tokens_captured, options, input_location,
     result_location, result_content_type, result_size_bytes, webhook_url, error_code, error_detail, attempts,
     max_attempts, worker_id, timings_ms, created_at, dispatched_at, started_at, heartbeat_at, finished_at,
-    cancel_requested_at, deadline_at, inputs_deleted_at, result_expires_at, files_deleted_at
+    cancel_requested_at, deadline_at, inputs_deleted_at, result_expires_at, files_deleted_at, price_lines,
+    frames_done, frames_total, progress_at
 """
 
 
@@ -96,7 +97,8 @@ def list_jobs(
 
 
 def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row[Any]]:
-    """The caller's charges by day (UTC) and operation: what was captured, nothing merely held."""
+    """The caller's charges by day (UTC) and operation: what was captured (successes, and videos canceled mid-run
+    for the seconds they processed), nothing merely held."""
     return list(
         session.execute(
             text(
@@ -104,7 +106,7 @@ def usage(session: Session, *, user_id: int, start: date, end: date) -> list[Row
                 SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, operation,
                        count(*) AS jobs, CAST(sum(tokens_captured) AS bigint) AS tokens
                 FROM jobs
-                WHERE user_id = :user_id AND status = 'succeeded'
+                WHERE user_id = :user_id AND status IN ('succeeded', 'canceled') AND tokens_captured IS NOT NULL
                   AND finished_at >= CAST(:start AS date)::timestamp AT TIME ZONE 'UTC'
                   AND finished_at < (CAST(:end AS date) + 1)::timestamp AT TIME ZONE 'UTC'
                 GROUP BY 1, 2 ORDER BY 1, 2

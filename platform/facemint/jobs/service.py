@@ -57,9 +57,11 @@ class SubmitRequest:
     user_id: int
     api_key_id: int | None
     account_id: int
-    operation: str
+    # The price book operations the job is priced by, each per unit: ("swap.image",), ("swap.image",
+    # "enhance.image"), ("swap.video", "enhance.video"). The first is the job's `operation`.
+    operations: tuple[str, ...]
     queue: str
-    units: int
+    units: int  # images: 1; videos: the started seconds of the (trimmed) duration
     idempotency_key: str
     request_hash: bytes
     options: dict[str, Any]
@@ -79,6 +81,9 @@ class SubmitOutcome:
 def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
     """Record the job and hold its price, or replay the job this idempotency key already made.
 
+    The price is each operation's current version, summed: the hold is units x that sum, and the job records
+    the lines (`price_lines`), their sum (`tokens_per_unit`) and the first line's version (`price_version`).
+
     Submits with the same key are serialised by a transaction-scoped advisory lock, so a concurrent duplicate
     waits for the first to commit and then replays it (it never reserves a second hold, and never answers 402
     because the first one's hold used the balance)."""
@@ -93,8 +98,13 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
         return SubmitOutcome(job=existing, replayed=True)
 
-    price = pricing.current_price(session, operation=request.operation)
-    tokens = price.tokens_per_unit * request.units
+    if not request.operations or len(set(request.operations)) != len(request.operations):
+        raise ValueError(f"a job is priced by one or more distinct operations, not {request.operations!r}")
+    # PriceNotFound propagates for an operation missing from the book (the price book is the platform's).
+    prices = [pricing.current_price(session, operation=operation) for operation in request.operations]
+    lines = [{"operation": p.operation, "version": p.version, "tokens_per_unit": p.tokens_per_unit} for p in prices]
+    tokens_per_unit = sum(p.tokens_per_unit for p in prices)
+    tokens = tokens_per_unit * request.units
     # InsufficientTokens propagates: the boundary rolls back, and nothing was recorded.
     hold = ledger_holds.reserve(
         session,
@@ -102,17 +112,18 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
         amount=tokens,
         reference=f"job:{request.public_id}",
         ttl_seconds=request.deadline_seconds + HOLD_MARGIN_SECONDS,
-        metadata={"job": request.public_id, "operation": request.operation},
+        metadata={"job": request.public_id, "operation": request.operations[0], "units": request.units},
     )
     job = session.execute(
         text(
             f"""
             INSERT INTO jobs (public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue,
-                              idempotency_key, request_hash, price_version, tokens_per_unit, units, tokens_held,
-                              options, input_location, webhook_url, max_attempts, deadline_at, dispatched_at)
+                              idempotency_key, request_hash, price_version, tokens_per_unit, price_lines, units,
+                              tokens_held, options, input_location, webhook_url, max_attempts, deadline_at,
+                              dispatched_at)
             VALUES (:public_id, :tenant_id, :user_id, :api_key_id, :account_id, :hold_id, :operation, :queue,
-                    :idempotency_key, :request_hash, :price_version, :tokens_per_unit, :units, :tokens,
-                    CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
+                    :idempotency_key, :request_hash, :price_version, :tokens_per_unit, CAST(:price_lines AS jsonb),
+                    :units, :tokens, CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
                     now() + make_interval(secs => :deadline_seconds), clock_timestamp())
             RETURNING {JOB_COLUMNS}
             """
@@ -124,12 +135,13 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "api_key_id": request.api_key_id,
             "account_id": request.account_id,
             "hold_id": hold.hold_id,
-            "operation": request.operation,
+            "operation": request.operations[0],
             "queue": request.queue,
             "idempotency_key": request.idempotency_key,
             "request_hash": request.request_hash,
-            "price_version": price.version,
-            "tokens_per_unit": price.tokens_per_unit,
+            "price_version": prices[0].version,
+            "tokens_per_unit": tokens_per_unit,
+            "price_lines": _json(lines),
             "units": request.units,
             "tokens": tokens,
             "options": _json(request.options),

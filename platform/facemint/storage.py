@@ -2,10 +2,13 @@
 keeps objects as files under one directory. Deleting something that is already gone succeeds; any other failure
 raises, so the caller (the sweeper) keeps the job marked as still holding files and tries again.
 
-Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text."""
+Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text. Large
+uploads (videos) never pass through memory: they stream into `staging_path(key)` and are stored with `put_file`;
+results are read as files (`path`) where the backend has them."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -33,6 +36,8 @@ class StoredObject:
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
+    def staging_path(self, key: str) -> Path: ...
+    def put_file(self, key: str, source: Path, *, durable: bool = True) -> None: ...
     def get(self, key: str) -> bytes: ...
     def path(self, key: str) -> Path | None: ...
     def delete(self, key: str) -> None: ...
@@ -68,11 +73,44 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
         if durable:  # the rename itself lives in the directory: sync it too
-            directory = os.open(target.parent, os.O_RDONLY)
+            _sync_directory(target.parent)
+
+    def staging_path(self, key: str) -> Path:
+        """A local file to write the object for `key` into (an upload as it streams) before `put_file(key, it)`.
+        Here: beside the object, so `put_file` is a rename, and itself a key under the same folder (`<key>.staging`),
+        so a file left behind by a crash is found and removed by the orphan sweep like any other object."""
+        target = self._resolve(f"{key}.staging")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def put_file(self, key: str, source: Path, *, durable: bool = True) -> None:
+        """Store the local file `source` under `key` without reading it into memory: moved (renamed on the same
+        filesystem, copied then removed across filesystems), atomic for readers as `put` is. `source` is gone
+        afterwards. `durable` as for `put`."""
+        target = self._resolve(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if durable:
+            with source.open("rb") as handle:
+                os.fsync(handle.fileno())
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+            os.close(fd)
             try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+                shutil.copyfile(source, tmp)
+                if durable:
+                    with open(tmp, "rb") as handle:
+                        os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            source.unlink(missing_ok=True)
+        if durable:
+            _sync_directory(target.parent)
 
     def get(self, key: str) -> bytes:
         try:
@@ -109,6 +147,14 @@ class LocalStorage:
                 except FileNotFoundError:
                     continue
                 yield StoredObject(key=path.relative_to(self.root).as_posix(), modified_at=modified)
+
+
+def _sync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _ignore_missing(function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:

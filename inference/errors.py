@@ -120,7 +120,7 @@ class InvalidVideo(InputError):
 
 
 class NoVideoStream(InputError):
-    """A container without a video stream (audio only), or with more than one."""
+    """A container without a video stream (audio only; cover art does not count)."""
 
     code = "no_video_stream"
     title = "No video stream"

@@ -1,0 +1,623 @@
+"""The streaming video pipeline: decode -> per-frame work on a thread pool, in batches -> encode in order, with the
+original audio; bounded memory whatever the clip's length, and never a frame on disk.
+
+Threads and queues (each queue holds at most one batch, so memory is flat in the clip's length):
+
+    decoder thread      demux + decode (FFmpeg's own threads), turn upright, BGR     -> queue (1 batch)
+    caller's thread     checkpoint, then the batch's frames to the pool; keeps at most two batches in flight,
+                        hands finished batches to the encoder in order and reports progress after each
+    pool (`threads`)    the per-frame work (detect, choose, swap, paste, enhance), in place
+    encoder thread      BGR -> yuv420p, libx264, mux; the audio interleaved by time  <- queue (1 batch)
+
+At most about five batches of frames exist at once (decoded, two in flight, queued, encoding): 8 frames of
+1080p BGR are 50 MB, so about 250 MB for a 1080p video of any length at the default batch.
+
+Output: H.264 (libx264, preset `veryfast`, CRF), yuv420p, in MP4 with `+faststart`. `veryfast` is FaceFusion's
+default and x264's usual throughput choice: on this pipeline the encoder shares the CPU with detection and
+paste-back, and the slower presets cost several times the encode time for a few percent of size at equal CRF.
+Frames are turned upright before detection (faces are only found upright) and written upright, with no rotation
+metadata: every player shows them as the original was shown. Each output frame keeps its input timestamp
+(shifted to start at 0), so a variable frame rate stays as it was; the stream's average rate is the encoder's
+rate. Odd frame sizes lose their last column or row (yuv420p needs even sizes).
+
+Audio (the first audio stream, for the trimmed range): AAC, MP3, Opus and ALAC packets are copied as they are;
+any other codec is transcoded to AAC; when even that fails the video is written without audio and the result
+says so. The audio never runs past the last video frame, also in a partial file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Final, cast
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from inference.errors import EngineError, InvalidTrim, InvalidVideo
+from inference.video import Trim, VideoProbe, open_video, video_stream
+from inference.video_color import bgr_to_frame, frame_to_bgr, supported_colorspace
+
+logger = logging.getLogger("inference.video")
+
+__all__ = ["AUDIO_COPY_CODECS", "ENCODER_PRESET", "FrameReport", "PipelineOutcome", "run_pipeline"]
+
+ENCODER_PRESET: Final = "veryfast"
+AUDIO_COPY_CODECS: Final = frozenset({"aac", "mp3", "opus", "alac"})
+_QUEUE_BATCHES: Final = 1
+_IN_FLIGHT_BATCHES: Final = 2
+_POLL_SECONDS: Final = 0.1
+_ROTATE: Final = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
+
+Frame = NDArray[np.uint8]
+
+
+@dataclass
+class FrameReport:
+    """What the work did to one frame: faces found and changed, and its stage times in ms."""
+
+    faces_detected: int = 0
+    faces_swapped: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+FrameWork = Callable[[Frame], FrameReport]
+
+
+@dataclass
+class PipelineOutcome:
+    frames_total: int
+    frames_done: int
+    frames_swapped: int  # frames where at least one face was swapped; the others pass through unchanged
+    faces_swapped: int
+    seconds_done: float
+    width: int
+    height: int
+    fps: float
+    audio: str  # "copied", "transcoded", "dropped" (with audio_note) or "none" (the input had none)
+    audio_note: str | None
+    size_bytes: int
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class _Decoded:
+    pts: int  # in the input stream's time base, from the first frame of the trimmed range
+    pixels: Frame
+
+
+class _Stop(Exception):
+    """Raised inside a pipeline thread that was told to stop."""
+
+
+class _Interrupted(Exception):
+    """Carries what the caller's checkpoint raised out of the batch loop."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _End:
+    """Marks the end of a queue's items."""
+
+
+_END: Final = _End()
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    """Put, waking up to give up when `stop` is set (the reader may be gone)."""
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=_POLL_SECONDS)
+            return
+        except queue.Full:
+            continue
+
+
+class _Thread(threading.Thread):
+    """A pipeline thread that keeps its exception for the caller."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._body = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._body()
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the caller's thread, which re-raises it
+            self.error = exc
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    target: Path,
+    output: Path,
+    *,
+    probe: VideoProbe,
+    trim: Trim,
+    work: FrameWork,
+    crf: int,
+    batch_frames: int,
+    threads: int,
+    max_pixels: int,
+    progress: Callable[[int, int], None] | None,
+    checkpoint: Callable[[str], None] | None,
+) -> PipelineOutcome:
+    """Process the frames of `target` in `trim` with `work` and write the MP4 `output` (see the module's
+    docstring). If `checkpoint` raises, the frames already handed to the encoder are finalised into a playable,
+    shorter `output` (no file when there are none) and the exception is re-raised; any other failure leaves no
+    `output`."""
+    started = time.perf_counter()
+    container = probe.container
+    frames_total = _count_frames(target, container, trim, max_pixels)
+    run = _Run(target=target, output=output, probe=probe, trim=trim, crf=crf, max_pixels=max_pixels)
+    try:
+        run.start(batch_frames)
+        stats = _process(run, work, threads, frames_total, progress, checkpoint)
+    except _Interrupted as interrupted:
+        run.abort(keep=True)
+        raise interrupted.original from None
+    except BaseException as exc:
+        run.abort(keep=False)
+        if isinstance(exc, EngineError | MemoryError | KeyboardInterrupt | SystemExit):
+            raise
+        raise InvalidVideo("The video could not be processed.", reason=f"{type(exc).__name__}: {exc}"[:300]) from exc
+    run.finish()
+    frames_done = run.frames_encoded
+    if frames_done != frames_total and progress is not None:
+        progress(frames_done, frames_done)  # the decoder found fewer (or more) frames than the packets promised
+    timings = {**stats.timings, "decode": run.decode_ms, "encode": run.encode_ms}
+    timings["total"] = (time.perf_counter() - started) * 1000
+    return PipelineOutcome(
+        frames_total=frames_done if frames_done != frames_total else frames_total,
+        frames_done=frames_done,
+        frames_swapped=stats.frames_swapped,
+        faces_swapped=stats.faces_swapped,
+        seconds_done=run.seconds_encoded,
+        width=run.width,
+        height=run.height,
+        fps=probe.fps,
+        audio=run.audio_state,
+        audio_note=run.audio_note,
+        size_bytes=output.stat().st_size,
+        timings_ms={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+@dataclass
+class _Stats:
+    frames_swapped: int = 0
+    faces_swapped: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, report: FrameReport) -> None:
+        self.frames_swapped += 1 if report.faces_swapped else 0
+        self.faces_swapped += report.faces_swapped
+        for stage, ms in report.timings_ms.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + ms
+
+
+def _process(
+    run: _Run,
+    work: FrameWork,
+    threads: int,
+    frames_total: int,
+    progress: Callable[[int, int], None] | None,
+    checkpoint: Callable[[str], None] | None,
+) -> _Stats:
+    stats = _Stats()
+    in_flight: deque[tuple[list[_Decoded], list[Future[FrameReport]]]] = deque()
+    done = 0
+
+    def hand_over_oldest() -> None:
+        nonlocal done
+        batch, futures = in_flight.popleft()
+        for future in futures:
+            stats.add(future.result())
+        run.encode(batch)
+        done += len(batch)
+        if progress is not None:
+            progress(done, frames_total)
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video-work") as pool:
+        try:
+            for batch in run.decoded_batches():
+                if checkpoint is not None:
+                    try:
+                        checkpoint("batch")
+                    except BaseException as exc:
+                        raise _Interrupted(exc) from exc
+                in_flight.append((batch, [pool.submit(work, item.pixels) for item in batch]))
+                if len(in_flight) >= _IN_FLIGHT_BATCHES:
+                    hand_over_oldest()
+            while in_flight:
+                hand_over_oldest()
+        finally:
+            for _, futures in in_flight:  # batches never handed over: not in the output, not reported
+                for future in futures:
+                    future.cancel()
+    return stats
+
+
+# --- decoding, encoding, audio ---------------------------------------------------------------------------------
+
+
+def _count_frames(target: Path, container: str, trim: Trim, max_pixels: int) -> int:
+    """The frames whose timestamps fall in the trim, from the packets (demuxed, not decoded)."""
+    with open_video(target, container, max_pixels=max_pixels) as opened:
+        stream = video_stream(opened)
+        origin, time_base = _origin(stream), stream.time_base or Fraction(1, 1000)
+        count = 0
+        try:
+            for packet in opened.demux(stream):
+                if packet.size and packet.pts is not None and not packet.is_discard:
+                    seconds = float((packet.pts - origin) * time_base)
+                    count += 1 if trim.start - 1e-6 <= seconds < trim.end - 1e-6 else 0
+        except Exception as exc:
+            raise InvalidVideo("The video is corrupt or truncated.", reason=str(exc)[:300]) from exc
+    if count == 0:
+        raise InvalidTrim(f"No frame of the video lies between {trim.start:g} s and {trim.end:g} s.")
+    return count
+
+
+def _origin(stream: Any) -> int:
+    return int(stream.start_time) if stream.start_time is not None else 0
+
+
+class _Run:
+    """One pipeline run's containers, threads and counters."""
+
+    def __init__(self, *, target: Path, output: Path, probe: VideoProbe, trim: Trim, crf: int, max_pixels: int) -> None:
+        self.target, self.output, self.probe, self.trim, self.crf = target, output, probe, trim, crf
+        self.max_pixels = max_pixels
+        self.stop = threading.Event()
+        self.decoded: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self.to_encode: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
+        upright = probe.rotation in (90, 270)
+        self.width = (probe.height if upright else probe.width) // 2 * 2
+        self.height = (probe.width if upright else probe.height) // 2 * 2
+        self.decode_ms = 0.0
+        self.encode_ms = 0.0
+        self.frames_encoded = 0
+        self.seconds_encoded = 0.0
+        self.audio_state = "none"
+        self.audio_note: str | None = None
+        self.first_pts: int | None = None  # the first output frame's input timestamp, once decoded
+        self.origin_seconds = 0.0  # the input time of the video's first frame, where trims count from
+        self._input: Any = None
+        self._output: Any = None
+        self._decoder: _Thread | None = None
+        self._encoder: _Thread | None = None
+
+    # The decoder side.
+
+    def start(self, batch_frames: int) -> None:
+        import av
+
+        if self.width < 2 or self.height < 2:
+            raise InvalidVideo("The video's frames are too small to encode.", width=self.width, height=self.height)
+        self._input = open_video(self.target, self.probe.container, max_pixels=self.max_pixels)
+        stream = video_stream(self._input)
+        stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
+        stream.codec_context.options = {"max_pixels": str(self.max_pixels)}  # also for a size change mid-stream
+        try:
+            self._output = av.open(str(self.output), mode="w", format="mp4", options={"movflags": "+faststart"})
+        except av.FFmpegError as exc:
+            raise EngineError(f"Could not create the output video: {exc}") from exc
+        self._video_out = self._add_video_stream(stream)
+        self._audio = _AudioTrack.open(self, self._output)
+        self._decoder = _Thread("video-decode", lambda: self._decode(stream, batch_frames))
+        self._encoder = _Thread("video-encode", self._encode_loop)
+        self._decoder.start()
+        self._encoder.start()
+
+    def _add_video_stream(self, source: Any) -> Any:
+        rate = source.average_rate or Fraction(round(self.probe.fps * 1000), 1000)
+        out = self._output.add_stream(
+            "libx264", rate=rate, options={"crf": str(self.crf), "preset": ENCODER_PRESET, "movflags": "+faststart"}
+        )
+        out.width, out.height, out.pix_fmt = self.width, self.height, "yuv420p"
+        # The input's own time base: every frame keeps its timestamp, whatever the rate (VFR included).
+        self.time_base = source.time_base or Fraction(1, 90000)
+        out.codec_context.time_base = self.time_base
+        out.time_base = self.time_base
+        context = source.codec_context
+        # The input's colour matrix both ways (inference.video_color), its primaries and transfer tags kept.
+        self.colorspace = supported_colorspace(getattr(context, "colorspace", None))
+        out.codec_context.colorspace = self.colorspace
+        out.codec_context.color_range = 1  # MPEG (limited), as encoded
+        for name in ("color_primaries", "color_trc"):
+            value = getattr(context, name, None)
+            if value:
+                setattr(out.codec_context, name, value)
+        self.frame_seconds = 1.0 / self.probe.fps if self.probe.fps > 0 else 0.0
+        return out
+
+    def _decode(self, stream: Any, batch_frames: int) -> None:
+        origin, time_base = _origin(stream), self.time_base
+        self.origin_seconds = float(origin * time_base)
+        start = _ticks(self.trim.start, time_base) + origin
+        end = _ticks(self.trim.end, time_base) + origin
+        margin = max(1, _ticks(1e-6, time_base))
+        if self.trim.start > 0:
+            self._input.seek(start, stream=stream, backward=True, any_frame=False)
+        first: int | None = None
+        batch: list[_Decoded] = []
+        rotate = _ROTATE.get(self.probe.rotation)
+        expected = (self.probe.width, self.probe.height)
+        clock = time.perf_counter()
+        for frame in self._input.decode(stream):
+            if self.stop.is_set():
+                raise _Stop
+            pts = frame.pts
+            if pts is None or pts < start - margin:
+                continue
+            if pts >= end - margin:
+                break
+            if (frame.width, frame.height) != expected:
+                raise InvalidVideo(
+                    f"The frame size changes mid-video ({expected[0]}x{expected[1]} to {frame.width}x{frame.height}).",
+                )
+            pixels = frame_to_bgr(frame)
+            if rotate is not None:
+                pixels = cast(Frame, cv2.rotate(pixels, rotate))
+            if pixels.shape[:2] != (self.height, self.width):  # an odd size: the last row or column goes
+                pixels = np.ascontiguousarray(pixels[: self.height, : self.width])
+            if first is None:
+                first = self.first_pts = pts
+            batch.append(_Decoded(pts=pts - first, pixels=pixels))
+            if len(batch) == batch_frames:
+                self.decode_ms += (time.perf_counter() - clock) * 1000
+                _put(self.decoded, batch, self.stop)
+                clock = time.perf_counter()
+                batch = []
+        self.decode_ms += (time.perf_counter() - clock) * 1000
+        if batch:
+            _put(self.decoded, batch, self.stop)
+        _put(self.decoded, _END, self.stop)
+
+    def decoded_batches(self) -> Iterator[list[_Decoded]]:
+        """The decoded batches, in order; re-raises the decoder's error; stops early if the encoder failed."""
+        assert self._decoder is not None
+        while True:
+            try:
+                item = self.decoded.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                self._raise_thread_errors()
+                if not self._decoder.is_alive() and self.decoded.empty():
+                    self._raise_thread_errors()
+                    raise InvalidVideo("The decoder stopped without finishing.") from None
+                continue
+            if item is _END:
+                return
+            self._raise_thread_errors()
+            yield item
+
+    def _raise_thread_errors(self) -> None:
+        for thread in (self._decoder, self._encoder):
+            if thread is not None and thread.error is not None:
+                error = thread.error
+                if isinstance(error, EngineError | MemoryError):
+                    raise error
+                raise InvalidVideo("The video could not be processed.", reason=f"{type(error).__name__}: {error}"[:300])
+
+    # The encoder side.
+
+    def encode(self, batch: list[_Decoded]) -> None:
+        """Hand a processed batch to the encoder thread (blocks while the encoder is a batch behind)."""
+        self._raise_thread_errors()
+        _put(self.to_encode, batch, self.stop)
+
+    def _encode_loop(self) -> None:
+        last_pts = -1
+        while True:
+            try:
+                item = self.to_encode.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Stop from None
+                continue
+            if item is _END:
+                break
+            clock = time.perf_counter()
+            for decoded in item:
+                frame = bgr_to_frame(decoded.pixels, self.colorspace)
+                pts = max(decoded.pts, last_pts + 1)  # strictly increasing, as the encoder requires
+                frame.pts, frame.time_base = pts, self.time_base
+                last_pts = pts
+                self._mux_video(self._video_out.encode(frame))
+                self.frames_encoded += 1
+                self.seconds_encoded = float(pts * self.time_base) + self.frame_seconds
+            self.encode_ms += (time.perf_counter() - clock) * 1000
+        clock = time.perf_counter()
+        self._mux_video(self._video_out.encode(None))
+        self._audio.mux_until(math.inf if self.frames_encoded == 0 else self.seconds_encoded, final=True)
+        self.encode_ms += (time.perf_counter() - clock) * 1000
+
+    def _mux_video(self, packets: list[Any]) -> None:
+        for packet in packets:
+            if packet.dts is not None:
+                self._audio.mux_until(float(packet.dts * packet.time_base), final=False)
+            self._output.mux(packet)
+
+    # Ending.
+
+    def finish(self) -> None:
+        """Every frame handed over is encoded: flush, close, join."""
+        assert self._encoder is not None
+        _put(self.to_encode, _END, self.stop)
+        self._encoder.join()
+        self._raise_thread_errors()
+        self.stop.set()
+        self._close(keep=True)
+
+    def abort(self, *, keep: bool) -> None:
+        """Stop the decoder; when `keep`, finish encoding what was handed over and close a playable file; else
+        delete it."""
+        if keep and self._encoder is not None and self._encoder.is_alive():
+            try:
+                _put(self.to_encode, _END, self.stop)
+                self._encoder.join()
+            except _Stop:
+                pass
+            keep = self._encoder.error is None and self.frames_encoded > 0
+        self.stop.set()
+        for thread in (self._decoder, self._encoder):
+            if thread is not None:
+                thread.join()
+        self._close(keep=keep)
+
+    def _close(self, *, keep: bool) -> None:
+        for name in ("_output", "_input"):
+            opened = getattr(self, name)
+            if opened is None:
+                continue
+            try:
+                opened.close()
+            except Exception as exc:  # a failed flush of the muxer: the file is not playable
+                if name == "_output" and keep:
+                    logger.warning("closing the output video failed: %s", exc)
+                    keep = False
+            setattr(self, name, None)
+        audio = getattr(self, "_audio", None)
+        if audio is not None:
+            audio.close()
+        if not keep:
+            self.output.unlink(missing_ok=True)
+
+
+def _ticks(seconds: float, time_base: Fraction) -> int:
+    return int(round(seconds / float(time_base)))
+
+
+class _AudioTrack:
+    """The first audio stream of the input, for the trimmed range, muxed into the output as the video's time
+    advances: copied when MP4 takes its codec, else transcoded to AAC."""
+
+    def __init__(self) -> None:
+        self._input: Any = None
+        self._packets: Iterator[tuple[float, Any]] = iter(())
+        self._pending: tuple[float, Any] | None = None
+        self._output: Any = None
+        self._failed = False
+
+    @classmethod
+    def open(cls, run: _Run, output: Any) -> _AudioTrack:
+        track = cls()
+        if not run.probe.has_audio:
+            return track
+        track._output = output
+        try:
+            track._input = open_video(run.target, run.probe.container, max_pixels=run.max_pixels)
+            source = next(iter(track._input.streams.audio))
+            codec = source.codec_context.name if source.codec_context is not None else None
+            if codec in AUDIO_COPY_CODECS:
+                try:
+                    out = output.add_stream_from_template(source)
+                    track._packets = track._copied(run, source, out)
+                    run.audio_state = "copied"
+                    return track
+                except Exception as exc:  # the muxer refused the codec's parameters: transcode instead
+                    logger.info("copying the %s audio failed (%s); transcoding to AAC", codec, exc)
+            out = output.add_stream("aac", rate=source.codec_context.sample_rate or 48000)
+            layout = source.codec_context.layout
+            out.layout = layout if layout is not None and layout.nb_channels <= 2 else "stereo"
+            track._packets = track._transcoded(run, source, out)
+            run.audio_state = "transcoded"
+        except Exception as exc:
+            run.audio_state, run.audio_note = "dropped", f"the audio could not be copied or transcoded: {exc}"[:300]
+            logger.warning("dropping the audio: %s", exc)
+            track.close()
+            track._packets = iter(())
+        return track
+
+    def _range(self, run: _Run, source: Any) -> tuple[int, int, bool]:
+        """(offset, end) in the audio's time base: the input time of the video's first output frame, which
+        becomes 0, and the trim's end; and whether the start is trimmed (then audio before it is left out)."""
+        assert run.first_pts is not None  # the audio is muxed after the first video packet
+        first = float(run.first_pts * run.time_base)
+        trimmed = run.trim.start > 0
+        if trimmed:
+            self._input.seek(_ticks(first, source.time_base), stream=source, backward=True, any_frame=False)
+        return _ticks(first, source.time_base), _ticks(run.origin_seconds + run.trim.end, source.time_base), trimmed
+
+    def _copied(self, run: _Run, source: Any, out: Any) -> Iterator[tuple[float, Any]]:
+        offset, end, trimmed = self._range(run, source)
+        for packet in self._input.demux(source):
+            if not packet.size or packet.pts is None:
+                continue
+            if trimmed and packet.pts < offset:
+                continue  # the packet straddling the trim's start is left out: at most one packet of silence
+            if packet.pts >= end:
+                return
+            packet.pts -= offset
+            if packet.dts is not None:
+                packet.dts -= offset
+            packet.stream = out
+            yield float(packet.pts * source.time_base), packet
+
+    def _transcoded(self, run: _Run, source: Any, out: Any) -> Iterator[tuple[float, Any]]:
+        offset, end, trimmed = self._range(run, source)
+        rate = out.codec_context.sample_rate
+        written = None
+        for frame in self._input.decode(source):
+            if frame.pts is None or (trimmed and frame.pts < offset):
+                continue
+            if frame.pts >= end:
+                break
+            if written is None:
+                written = _ticks(float((frame.pts - offset) * source.time_base), Fraction(1, rate))
+            frame.pts, frame.time_base = written, Fraction(1, rate)
+            written += frame.samples
+            for packet in out.encode(frame):
+                yield float(packet.pts * packet.time_base), packet
+        for packet in out.encode(None):
+            yield float(packet.pts * packet.time_base), packet
+
+    def mux_until(self, seconds: float, *, final: bool) -> None:
+        """Mux the audio packets that start before `seconds` (the video's time); `final`: the video's end."""
+        if self._output is None or self._failed:
+            return
+        try:
+            while True:
+                if self._pending is None:
+                    self._pending = next(self._packets, None)
+                    if self._pending is None:
+                        return
+                at, packet = self._pending
+                if at >= seconds:
+                    return
+                self._output.mux(packet)
+                self._pending = None
+        except Exception as exc:  # a corrupt audio packet: the rest of the audio is left out, the video is not
+            self._failed = True
+            logger.warning("the audio stopped early: %s", exc)
+        finally:
+            if final:
+                self.close()
+
+    def close(self) -> None:
+        self._pending = None
+        self._packets = iter(())
+        if self._input is not None:
+            try:
+                self._input.close()
+            finally:
+                self._input = None

@@ -13,7 +13,6 @@ video's frames (`inference.video_pipeline`)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import time
@@ -32,20 +31,26 @@ from inference.errors import (
     EngineError,
     InvalidFaceSelection,
     ModelContractError,
-    ModelNotFound,
     NoMatchingFace,
     NoReferenceFace,
     NoSourceFace,
     NoTargetFace,
     ProcessorUnavailable,
 )
+from inference.loading import (
+    MODEL_FILES,
+    load_insightface_models,
+    model_kind,
+    model_paths,
+    quiet_loading,
+    session_options,
+)
 from inference.media import DecodedImage, MediaLimits, content_type, decode_image, encode_image
 from inference.media import output_format as media_output_format
-from inference.models import DETECTOR_FILE, ENHANCER_FILE, RECOGNIZER_FILE, SWAPPER_FILE, is_demo_model
-from inference.models.standin import is_standin_model
+from inference.models import ENHANCER_FILE
 from inference.paste import paste_face
 from inference.processors import DEFAULT_PROCESSORS, FACE_ENHANCER, FACE_SWAPPER, parse_processors
-from inference.providers import CPU, ProviderChoice, ProviderPlan, check_sessions, plan
+from inference.providers import ProviderChoice, check_sessions, plan
 from inference.selection import FaceMode, FaceSelection
 from inference.video import Trim, VideoLimits, probe_video, resolve_trim
 from inference.video_pipeline import ENCODER_PRESET, FrameReport, run_pipeline
@@ -63,8 +68,6 @@ __all__ = [
 
 logger = logging.getLogger("inference.engine")
 
-MODEL_FILES = {"detector": DETECTOR_FILE, "recognizer": RECOGNIZER_FILE, "swapper": SWAPPER_FILE}
-"""The required models; the enhancer (`ENHANCER_FILE`) is loaded too when the directory has it."""
 
 MAX_CRF: Final = 51  # libx264's 8-bit range is 0 (lossless) to 51
 MAX_BATCH_FRAMES: Final = 256
@@ -161,18 +164,6 @@ class _Timer:
 warnings.filterwarnings("ignore", message=r".*`estimate` is deprecated", category=FutureWarning)
 
 
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """insightface prints while loading ('inswapper-shape: ...') and ONNX Runtime warns about providers it cannot
-    offer; the engine prints nothing to stdout and checks providers itself, so both go to the debug log."""
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"onnxruntime.*")
-        yield
-    if captured.getvalue().strip():
-        logger.debug("while loading models: %s", captured.getvalue().strip())
-
-
 class Engine:
     """Use `Engine.load(config)`; one instance per process, shared by threads."""
 
@@ -203,16 +194,18 @@ class Engine:
         paths = model_paths(config.models_dir)
         enhancer_path = Path(config.models_dir) / ENHANCER_FILE
         provider_plan = plan(config.provider, cache_dir=config.cache_dir)
-        options = _session_options(config)
-        detector, recognizer, swapper = _load_models(paths, provider_plan, config, options)
+        options = session_options(config.intra_op_threads)
+        detector, recognizer, swapper = load_insightface_models(
+            paths, provider_plan, det_size=config.det_size, det_threshold=config.det_threshold, options=options
+        )
         enhancer = None
         if enhancer_path.is_file():
             paths = {**paths, "enhancer": enhancer_path}
-            with _quiet_loading():
+            with quiet_loading():
                 # ONNX Runtime takes (name, options) pairs as well as names, as the other models are given them.
                 requested = cast(Sequence[str], provider_plan.requested)
                 enhancer = FaceEnhancer.load(enhancer_path, providers=requested, sess_options=options)
-        kinds = {name: _model_kind(path) for name, path in paths.items()}
+        kinds = {name: model_kind(path) for name, path in paths.items()}
         if len(set(kinds.values())) != 1:
             raise ModelContractError(
                 f"demo, stand-in and real models are mixed in {config.models_dir}: {kinds}", models=kinds
@@ -570,79 +563,3 @@ class Engine:
 
 def _no_checkpoint(stage: str) -> None:
     return None
-
-
-def _model_kind(path: Path) -> str:
-    """ "demo", "standin" or "real", from the file's metadata (never its weights)."""
-    if is_demo_model(path):
-        return "demo"
-    return "standin" if is_standin_model(path) else "real"
-
-
-def model_paths(models_dir: Path) -> dict[str, Path]:
-    paths = {name: Path(models_dir) / file for name, file in MODEL_FILES.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ModelNotFound(
-            f"model files missing in {models_dir}: {', '.join(missing)} (run `facemint models fetch`, or "
-            "`facemint models demo DIR` for demo models)",
-            missing=missing,
-        )
-    return paths
-
-
-def _session_options(config: EngineConfig) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # ORT warns about the swapper's unused emap initializer; that is by design
-    if config.intra_op_threads:
-        options.intra_op_num_threads = config.intra_op_threads
-    return options
-
-
-def _load_models(
-    paths: dict[str, Path], provider_plan: ProviderPlan, config: EngineConfig, options: Any
-) -> tuple[Any, Any, Any]:
-    from insightface.model_zoo import get_model
-    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-    from insightface.model_zoo.inswapper import INSwapper
-    from insightface.model_zoo.scrfd import SCRFD
-
-    ctx_id = -1 if provider_plan.expected_primary == CPU else 0
-    loaded = {}
-    with _quiet_loading():
-        for name, path in paths.items():
-            # Routed by insightface's own ModelRouter (by input/output shapes), never by file name.
-            try:
-                model = get_model(str(path), providers=list(provider_plan.requested), sess_options=options)
-            except Exception as exc:  # ONNX Runtime and onnx raise their own types for a corrupt or foreign file
-                raise ModelContractError(
-                    f"{path.name} could not be loaded as an ONNX model: {type(exc).__name__}: {exc}"[:500],
-                    model=name,
-                ) from exc
-            loaded[name] = model
-        expected = {"detector": SCRFD, "recognizer": ArcFaceONNX, "swapper": INSwapper}
-        for name, model in loaded.items():
-            if not isinstance(model, expected[name]):
-                raise ModelContractError(
-                    f"{paths[name].name} does not have the {name} contract (insightface routed it to "
-                    f"{type(model).__name__ if model is not None else 'nothing'})",
-                    model=name,
-                )
-        _check_contracts(loaded, paths)
-        size = (config.det_size, config.det_size)
-        loaded["detector"].prepare(ctx_id, input_size=size, det_thresh=config.det_threshold)
-        loaded["recognizer"].prepare(ctx_id)
-    return loaded["detector"], loaded["recognizer"], loaded["swapper"]
-
-
-def _check_contracts(models: dict[str, Any], paths: dict[str, Path]) -> None:
-    detector, recognizer, swapper = models["detector"], models["recognizer"], models["swapper"]
-    if not (detector.use_kps and len(detector.session.get_outputs()) == 9):
-        raise ModelContractError(f"{paths['detector'].name}: the detector must have 9 outputs with keypoints")
-    if tuple(recognizer.input_size) != (112, 112) or recognizer.session.get_outputs()[0].shape[-1] != 512:
-        raise ModelContractError(f"{paths['recognizer'].name}: the recogniser must map 112x112 to 512")
-    emap = getattr(swapper, "emap", None)
-    if tuple(swapper.input_size) != (128, 128) or emap is None or emap.shape != (512, 512) or emap.dtype != np.float32:
-        raise ModelContractError(f"{paths['swapper'].name}: the swapper must take 128x128 + 512 with a float32 emap")

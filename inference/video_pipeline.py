@@ -20,9 +20,9 @@ metadata: every player shows them as the original was shown. Each output frame k
 (shifted to start at 0), so a variable frame rate stays as it was; the stream's average rate is the encoder's
 rate. Odd frame sizes lose their last column or row (yuv420p needs even sizes).
 
-Audio (the first audio stream, for the trimmed range): AAC, MP3, Opus and ALAC packets are copied as they are;
-any other codec is transcoded to AAC; when even that fails the video is written without audio and the result
-says so. The audio never runs past the last video frame, also in a partial file."""
+Audio (`inference.video_audio`): the first audio stream, for the trimmed range, copied when MP4 carries its codec
+(AAC, MP3, Opus, ALAC), else transcoded to AAC, else left out (and the result says so); it never runs past the
+last video frame, also in a partial file. Colours: `inference.video_color`."""
 
 from __future__ import annotations
 
@@ -45,14 +45,14 @@ from numpy.typing import NDArray
 
 from inference.errors import EngineError, InvalidTrim, InvalidVideo
 from inference.video import Trim, VideoProbe, open_video, video_stream
+from inference.video_audio import AudioTrack, AudioWindow
 from inference.video_color import bgr_to_frame, frame_to_bgr, supported_colorspace
 
 logger = logging.getLogger("inference.video")
 
-__all__ = ["AUDIO_COPY_CODECS", "ENCODER_PRESET", "FrameReport", "PipelineOutcome", "run_pipeline"]
+__all__ = ["ENCODER_PRESET", "FrameReport", "PipelineOutcome", "run_pipeline"]
 
 ENCODER_PRESET: Final = "veryfast"
-AUDIO_COPY_CODECS: Final = frozenset({"aac", "mp3", "opus", "alac"})
 _QUEUE_BATCHES: Final = 1
 _IN_FLIGHT_BATCHES: Final = 2
 _POLL_SECONDS: Final = 0.1
@@ -194,8 +194,8 @@ def run_pipeline(
         width=run.width,
         height=run.height,
         fps=probe.fps,
-        audio=run.audio_state,
-        audio_note=run.audio_note,
+        audio=run.audio.state if run.audio is not None else "none",
+        audio_note=run.audio.note if run.audio is not None else None,
         size_bytes=output.stat().st_size,
         timings_ms={k: round(v, 3) for k, v in timings.items()},
     )
@@ -297,8 +297,7 @@ class _Run:
         self.encode_ms = 0.0
         self.frames_encoded = 0
         self.seconds_encoded = 0.0
-        self.audio_state = "none"
-        self.audio_note: str | None = None
+        self.audio: AudioTrack | None = None
         self.first_pts: int | None = None  # the first output frame's input timestamp, once decoded
         self.origin_seconds = 0.0  # the input time of the video's first frame, where trims count from
         self._input: Any = None
@@ -322,7 +321,14 @@ class _Run:
         except av.FFmpegError as exc:
             raise EngineError(f"Could not create the output video: {exc}") from exc
         self._video_out = self._add_video_stream(stream)
-        self._audio = _AudioTrack.open(self, self._output)
+        self.audio = AudioTrack.open(
+            self.target,
+            self.probe.container,
+            output=self._output,
+            has_audio=self.probe.has_audio,
+            max_pixels=self.max_pixels,
+            window=self._audio_window,
+        )
         self._decoder = _Thread("video-decode", lambda: self._decode(stream, batch_frames))
         self._encoder = _Thread("video-encode", self._encode_loop)
         self._decoder.start()
@@ -448,13 +454,23 @@ class _Run:
             self.encode_ms += (time.perf_counter() - clock) * 1000
         clock = time.perf_counter()
         self._mux_video(self._video_out.encode(None))
-        self._audio.mux_until(math.inf if self.frames_encoded == 0 else self.seconds_encoded, final=True)
+        assert self.audio is not None
+        self.audio.mux_until(math.inf if self.frames_encoded == 0 else self.seconds_encoded, final=True)
         self.encode_ms += (time.perf_counter() - clock) * 1000
+
+    def _audio_window(self) -> AudioWindow:
+        """Where the audio is cut: known once the first frame is decoded (the audio is muxed after it)."""
+        assert self.first_pts is not None
+        return AudioWindow(
+            first_seconds=float(self.first_pts * self.time_base),
+            end_seconds=self.origin_seconds + self.trim.end,
+            trimmed=self.trim.start > 0,
+        )
 
     def _mux_video(self, packets: list[Any]) -> None:
         for packet in packets:
-            if packet.dts is not None:
-                self._audio.mux_until(float(packet.dts * packet.time_base), final=False)
+            if packet.dts is not None and self.audio is not None:
+                self.audio.mux_until(float(packet.dts * packet.time_base), final=False)
             self._output.mux(packet)
 
     # Ending.
@@ -496,128 +512,11 @@ class _Run:
                     logger.warning("closing the output video failed: %s", exc)
                     keep = False
             setattr(self, name, None)
-        audio = getattr(self, "_audio", None)
-        if audio is not None:
-            audio.close()
+        if self.audio is not None:
+            self.audio.close()
         if not keep:
             self.output.unlink(missing_ok=True)
 
 
 def _ticks(seconds: float, time_base: Fraction) -> int:
-    return int(round(seconds / float(time_base)))
-
-
-class _AudioTrack:
-    """The first audio stream of the input, for the trimmed range, muxed into the output as the video's time
-    advances: copied when MP4 takes its codec, else transcoded to AAC."""
-
-    def __init__(self) -> None:
-        self._input: Any = None
-        self._packets: Iterator[tuple[float, Any]] = iter(())
-        self._pending: tuple[float, Any] | None = None
-        self._output: Any = None
-        self._failed = False
-
-    @classmethod
-    def open(cls, run: _Run, output: Any) -> _AudioTrack:
-        track = cls()
-        if not run.probe.has_audio:
-            return track
-        track._output = output
-        try:
-            track._input = open_video(run.target, run.probe.container, max_pixels=run.max_pixels)
-            source = next(iter(track._input.streams.audio))
-            codec = source.codec_context.name if source.codec_context is not None else None
-            if codec in AUDIO_COPY_CODECS:
-                try:
-                    out = output.add_stream_from_template(source)
-                    track._packets = track._copied(run, source, out)
-                    run.audio_state = "copied"
-                    return track
-                except Exception as exc:  # the muxer refused the codec's parameters: transcode instead
-                    logger.info("copying the %s audio failed (%s); transcoding to AAC", codec, exc)
-            out = output.add_stream("aac", rate=source.codec_context.sample_rate or 48000)
-            layout = source.codec_context.layout
-            out.layout = layout if layout is not None and layout.nb_channels <= 2 else "stereo"
-            track._packets = track._transcoded(run, source, out)
-            run.audio_state = "transcoded"
-        except Exception as exc:
-            run.audio_state, run.audio_note = "dropped", f"the audio could not be copied or transcoded: {exc}"[:300]
-            logger.warning("dropping the audio: %s", exc)
-            track.close()
-            track._packets = iter(())
-        return track
-
-    def _range(self, run: _Run, source: Any) -> tuple[int, int, bool]:
-        """(offset, end) in the audio's time base: the input time of the video's first output frame, which
-        becomes 0, and the trim's end; and whether the start is trimmed (then audio before it is left out)."""
-        assert run.first_pts is not None  # the audio is muxed after the first video packet
-        first = float(run.first_pts * run.time_base)
-        trimmed = run.trim.start > 0
-        if trimmed:
-            self._input.seek(_ticks(first, source.time_base), stream=source, backward=True, any_frame=False)
-        return _ticks(first, source.time_base), _ticks(run.origin_seconds + run.trim.end, source.time_base), trimmed
-
-    def _copied(self, run: _Run, source: Any, out: Any) -> Iterator[tuple[float, Any]]:
-        offset, end, trimmed = self._range(run, source)
-        for packet in self._input.demux(source):
-            if not packet.size or packet.pts is None:
-                continue
-            if trimmed and packet.pts < offset:
-                continue  # the packet straddling the trim's start is left out: at most one packet of silence
-            if packet.pts >= end:
-                return
-            packet.pts -= offset
-            if packet.dts is not None:
-                packet.dts -= offset
-            packet.stream = out
-            yield float(packet.pts * source.time_base), packet
-
-    def _transcoded(self, run: _Run, source: Any, out: Any) -> Iterator[tuple[float, Any]]:
-        offset, end, trimmed = self._range(run, source)
-        rate = out.codec_context.sample_rate
-        written = None
-        for frame in self._input.decode(source):
-            if frame.pts is None or (trimmed and frame.pts < offset):
-                continue
-            if frame.pts >= end:
-                break
-            if written is None:
-                written = _ticks(float((frame.pts - offset) * source.time_base), Fraction(1, rate))
-            frame.pts, frame.time_base = written, Fraction(1, rate)
-            written += frame.samples
-            for packet in out.encode(frame):
-                yield float(packet.pts * packet.time_base), packet
-        for packet in out.encode(None):
-            yield float(packet.pts * packet.time_base), packet
-
-    def mux_until(self, seconds: float, *, final: bool) -> None:
-        """Mux the audio packets that start before `seconds` (the video's time); `final`: the video's end."""
-        if self._output is None or self._failed:
-            return
-        try:
-            while True:
-                if self._pending is None:
-                    self._pending = next(self._packets, None)
-                    if self._pending is None:
-                        return
-                at, packet = self._pending
-                if at >= seconds:
-                    return
-                self._output.mux(packet)
-                self._pending = None
-        except Exception as exc:  # a corrupt audio packet: the rest of the audio is left out, the video is not
-            self._failed = True
-            logger.warning("the audio stopped early: %s", exc)
-        finally:
-            if final:
-                self.close()
-
-    def close(self) -> None:
-        self._pending = None
-        self._packets = iter(())
-        if self._input is not None:
-            try:
-                self._input.close()
-            finally:
-                self._input = None
+    return round(seconds / float(time_base))

@@ -16,15 +16,24 @@ from inference.engine import Engine, EngineConfig, FaceMode, FaceSelection
 from inference.errors import (
     InvalidFaceSelection,
     InvalidOutputFormat,
+    InvalidProcessors,
     ModelContractError,
     ModelNotFound,
     NoMatchingFace,
     NoReferenceFace,
     NoSourceFace,
     NoTargetFace,
+    ProcessorUnavailable,
     ProviderUnavailable,
 )
-from inference.models import draw_demo_face, write_demo_models
+from inference.models import (
+    DETECTOR_FILE,
+    ENHANCER_FILE,
+    RECOGNIZER_FILE,
+    SWAPPER_FILE,
+    draw_demo_face,
+    write_demo_models,
+)
 from inference.providers import CUDA, ProviderChoice, available_providers
 
 Face = tuple[int, int, int, int]  # x, y, size, identity
@@ -299,3 +308,60 @@ def test_region_paste_keeps_the_source_identity_as_well_as_stock_paste_back(engi
     ours = decode(engine.swap(png(SOURCE), png(target)).image)
     source = embed(SOURCE)
     assert float(embed(ours) @ source) >= float(embed(stock) @ source) - 0.01
+
+
+class TestProcessors:
+    TARGET: list[Face] = [(500, 200, 300, 1)]
+
+    def test_the_engine_lists_the_enhancer_when_its_model_is_there(self, engine: Engine) -> None:
+        assert engine.processors == ("face_swapper", "face_enhancer")
+        assert engine._enhancer is not None
+        assert engine.providers == ["CPUExecutionProvider"]  # its session passed the provider check too
+
+    def test_the_enhancer_changes_the_swapped_face_only(self, engine: Engine) -> None:
+        target = picture(1280, 720, self.TARGET)
+        plain = engine.swap(png(SOURCE), png(target))
+        enhanced = engine.swap(png(SOURCE), png(target), processors="face_swapper,face_enhancer")
+        assert plain.processors == ("face_swapper",)
+        assert enhanced.processors == ("face_swapper", "face_enhancer")
+        assert "enhance" in enhanced.timings_ms
+        assert "enhance" not in plain.timings_ms
+        a, b = decode(plain.image), decode(enhanced.image)
+        assert changed_inside(a, b, self.TARGET[0])
+        assert unchanged_outside(a, b, self.TARGET, margin=0.5)
+
+    def test_processors_in_any_order_run_in_pipeline_order(self, engine: Engine) -> None:
+        target = png(picture(640, 480, [(200, 100, 200, 1)]))
+        one = engine.swap(png(SOURCE), target, processors=["face_enhancer", "face_swapper"])
+        other = engine.swap(png(SOURCE), target, processors="face_swapper, FACE_ENHANCER")
+        assert one.processors == other.processors == ("face_swapper", "face_enhancer")
+        assert one.image == other.image
+
+    @pytest.mark.parametrize("processors", ["face_enhancer", "face_swapper,face_swapper", "face_swapper,upscaler", ""])
+    def test_invalid_processors_are_refused_before_any_work(self, engine: Engine, processors: str) -> None:
+        with pytest.raises(InvalidProcessors) as info:
+            engine.swap(b"not decoded", b"not decoded", processors=processors)
+        assert info.value.code == "invalid_processors"
+
+    def test_the_enhancer_without_its_model_is_unavailable(self, models_dir: Path, tmp_path: Path) -> None:
+        for file in (DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE):
+            shutil.copy(models_dir / file, tmp_path / file)
+        engine = Engine.load(EngineConfig(models_dir=tmp_path, provider=ProviderChoice.cpu))
+        assert engine.processors == ("face_swapper",)
+        target = png(picture(640, 480, [(200, 100, 200, 1)]))
+        assert engine.swap(png(SOURCE), target).faces_swapped == 1
+        with pytest.raises(ProcessorUnavailable) as info:
+            engine.swap(png(SOURCE), target, processors="face_swapper,face_enhancer")
+        assert (info.value.status_code, info.value.input_error) == (503, False)
+
+    def test_a_real_enhancer_beside_demo_models_is_refused(self, models_dir: Path, tmp_path: Path) -> None:
+        import onnx
+
+        for file in (DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE):
+            shutil.copy(models_dir / file, tmp_path / file)
+        enhancer = onnx.load(str(models_dir / ENHANCER_FILE))
+        del enhancer.metadata_props[:]  # no demo marker: it reads as a real model
+        onnx.save(enhancer, str(tmp_path / ENHANCER_FILE))
+        with pytest.raises(ModelContractError) as info:
+            Engine.load(EngineConfig(models_dir=tmp_path, provider=ProviderChoice.cpu))
+        assert info.value.extra["models"]["enhancer"] == "real"

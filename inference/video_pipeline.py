@@ -26,8 +26,8 @@ last video frame, also in a partial file. Colours: `inference.video_color`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -114,10 +114,10 @@ class _End:
 _END: Final = _End()
 
 
-def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
-    """Put, waking up to give up when `stop` is set (the reader may be gone)."""
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event, consumer: threading.Thread | None = None) -> None:
+    """Put, waking up to give up (`_Stop`) when `stop` is set or the `consumer` thread has ended."""
     while True:
-        if stop.is_set():
+        if stop.is_set() or (consumer is not None and not consumer.is_alive()):
             raise _Stop
         try:
             q.put(item, timeout=_POLL_SECONDS)
@@ -171,15 +171,13 @@ def run_pipeline(
     try:
         run.start(batch_frames)
         stats = _process(run, work, threads, frames_total, progress, checkpoint)
+        run.finish()
     except _Interrupted as interrupted:
         run.abort(keep=True)
         raise interrupted.original from None
-    except BaseException as exc:
+    except BaseException:
         run.abort(keep=False)
-        if isinstance(exc, EngineError | MemoryError | KeyboardInterrupt | SystemExit):
-            raise
-        raise InvalidVideo("The video could not be processed.", reason=f"{type(exc).__name__}: {exc}"[:300]) from exc
-    run.finish()
+        raise
     frames_done = run.frames_encoded
     if frames_done != frames_total and progress is not None:
         progress(frames_done, frames_done)  # the decoder found fewer (or more) frames than the packets promised
@@ -261,6 +259,8 @@ def _process(
 
 def _count_frames(target: Path, container: str, trim: Trim, max_pixels: int) -> int:
     """The frames whose timestamps fall in the trim, from the packets (demuxed, not decoded)."""
+    import av
+
     with open_video(target, container, max_pixels=max_pixels) as opened:
         stream = video_stream(opened)
         origin, time_base = _origin(stream), stream.time_base or Fraction(1, 1000)
@@ -270,7 +270,7 @@ def _count_frames(target: Path, container: str, trim: Trim, max_pixels: int) -> 
                 if packet.size and packet.pts is not None and not packet.is_discard:
                     seconds = float((packet.pts - origin) * time_base)
                     count += 1 if trim.start - 1e-6 <= seconds < trim.end - 1e-6 else 0
-        except Exception as exc:
+        except av.FFmpegError as exc:
             raise InvalidVideo("The video is corrupt or truncated.", reason=str(exc)[:300]) from exc
     if count == 0:
         raise InvalidTrim(f"No frame of the video lies between {trim.start:g} s and {trim.end:g} s.")
@@ -357,6 +357,14 @@ class _Run:
         return out
 
     def _decode(self, stream: Any, batch_frames: int) -> None:
+        import av
+
+        try:
+            self._decode_frames(stream, batch_frames)
+        except av.FFmpegError as exc:  # the input's data: corrupt, truncated, undecodable
+            raise InvalidVideo("The video could not be decoded: it is corrupt or truncated.", reason=str(exc)) from exc
+
+    def _decode_frames(self, stream: Any, batch_frames: int) -> None:
         origin, time_base = _origin(stream), self.time_base
         self.origin_seconds = float(origin * time_base)
         start = _ticks(self.trim.start, time_base) + origin
@@ -409,7 +417,7 @@ class _Run:
                 self._raise_thread_errors()
                 if not self._decoder.is_alive() and self.decoded.empty():
                     self._raise_thread_errors()
-                    raise InvalidVideo("The decoder stopped without finishing.") from None
+                    raise EngineError("The video decoder stopped without finishing.") from None
                 continue
             if item is _END:
                 return
@@ -417,21 +425,32 @@ class _Run:
             yield item
 
     def _raise_thread_errors(self) -> None:
+        """Re-raise, in the caller's thread, what ended the decoder or the encoder: InvalidVideo for the input's
+        data, an EngineError (not the input's fault) for the encoder, or whatever else happened (disk full)."""
         for thread in (self._decoder, self._encoder):
             if thread is not None and thread.error is not None:
-                error = thread.error
-                if isinstance(error, EngineError | MemoryError):
-                    raise error
-                raise InvalidVideo("The video could not be processed.", reason=f"{type(error).__name__}: {error}"[:300])
+                raise thread.error
 
     # The encoder side.
 
     def encode(self, batch: list[_Decoded]) -> None:
         """Hand a processed batch to the encoder thread (blocks while the encoder is a batch behind)."""
         self._raise_thread_errors()
-        _put(self.to_encode, batch, self.stop)
+        try:
+            _put(self.to_encode, batch, self.stop, consumer=self._encoder)
+        except _Stop:
+            self._raise_thread_errors()
+            raise EngineError("The video encoder stopped without finishing.") from None
 
     def _encode_loop(self) -> None:
+        import av
+
+        try:
+            self._encode_batches()
+        except av.FFmpegError as exc:  # the encoder or the muxer (not the input's fault)
+            raise EngineError(f"The output video could not be encoded: {exc}") from exc
+
+    def _encode_batches(self) -> None:
         last_pts = -1
         while True:
             try:
@@ -455,7 +474,9 @@ class _Run:
         clock = time.perf_counter()
         self._mux_video(self._video_out.encode(None))
         assert self.audio is not None
-        self.audio.mux_until(math.inf if self.frames_encoded == 0 else self.seconds_encoded, final=True)
+        if self.frames_encoded:
+            self.audio.mux_until(self.seconds_encoded, final=True)
+        self.audio.close()
         self.encode_ms += (time.perf_counter() - clock) * 1000
 
     def _audio_window(self) -> AudioWindow:
@@ -476,29 +497,33 @@ class _Run:
     # Ending.
 
     def finish(self) -> None:
-        """Every frame handed over is encoded: flush, close, join."""
-        assert self._encoder is not None
-        _put(self.to_encode, _END, self.stop)
-        self._encoder.join()
+        """Every frame handed over is encoded: flush, close, join (an encoder's error is raised)."""
+        self._end_encoding()
         self._raise_thread_errors()
         self.stop.set()
+        if self._decoder is not None:
+            self._decoder.join()
         self._close(keep=True)
 
     def abort(self, *, keep: bool) -> None:
-        """Stop the decoder; when `keep`, finish encoding what was handed over and close a playable file; else
-        delete it."""
-        if keep and self._encoder is not None and self._encoder.is_alive():
-            try:
-                _put(self.to_encode, _END, self.stop)
-                self._encoder.join()
-            except _Stop:
-                pass
-            keep = self._encoder.error is None and self.frames_encoded > 0
+        """Stop the decoder; when `keep`, finish encoding what was handed over and close a playable file (none
+        when no frame was encoded); else delete it."""
+        if keep:
+            self._end_encoding()
+        keep = keep and self.frames_encoded > 0 and (self._encoder is None or self._encoder.error is None)
         self.stop.set()
         for thread in (self._decoder, self._encoder):
             if thread is not None:
                 thread.join()
         self._close(keep=keep)
+
+    def _end_encoding(self) -> None:
+        """Tell the encoder thread that no more batches come, and wait for it to flush."""
+        if self._encoder is None:
+            return
+        with contextlib.suppress(_Stop):  # it has already ended (its error, if any, is kept)
+            _put(self.to_encode, _END, self.stop, consumer=self._encoder)
+        self._encoder.join()
 
     def _close(self, *, keep: bool) -> None:
         for name in ("_output", "_input"):

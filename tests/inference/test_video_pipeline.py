@@ -17,7 +17,7 @@ import pytest
 from numpy.typing import NDArray
 
 from inference.engine import Engine, EngineConfig, VideoResult
-from inference.errors import InvalidTrim, NoMatchingFace, NoTargetFace, ProcessorUnavailable
+from inference.errors import EngineError, InvalidTrim, NoMatchingFace, NoTargetFace, ProcessorUnavailable
 from inference.models import ENHANCER_FILE, write_demo_models
 from inference.providers import ProviderChoice
 from inference.video import Trim, probe_video
@@ -327,4 +327,46 @@ def test_the_enhancer_needs_its_model(models_dir: Path, source: bytes, tmp_path:
     with pytest.raises(ProcessorUnavailable) as info:
         swap(engine, source, clip, tmp_path / "out.mp4", processors=["face_swapper", "face_enhancer"])
     assert info.value.status_code == 503
+    assert not info.value.input_error
+
+
+# --- failures --------------------------------------------------------------------------------------------------
+
+
+def test_a_failing_progress_callback_stops_the_run_with_its_own_error(
+    engine: Engine, source: bytes, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "in.mp4", frames=20)
+
+    def progress(done: int, total: int) -> None:
+        raise ConnectionError("the progress store is gone")
+
+    with pytest.raises(ConnectionError):  # not an input error: the caller retries
+        swap(engine, source, clip, tmp_path / "out.mp4", batch_frames=4, progress=progress)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_failing_frame_stops_the_run_with_its_own_error(
+    engine: Engine, source: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = make_clip(tmp_path / "in.mp4", frames=20)
+    real = engine._swapper.get
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("the GPU fell off the bus")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine._swapper, "get", flaky)
+    with pytest.raises(RuntimeError, match="fell off"):
+        swap(engine, source, clip, tmp_path / "out.mp4", batch_frames=4)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_an_unwritable_output_is_not_the_inputs_fault(engine: Engine, source: bytes, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "in.mp4", frames=5)
+    with pytest.raises(EngineError) as info:
+        swap(engine, source, clip, tmp_path / "missing-directory" / "out.mp4")
     assert not info.value.input_error

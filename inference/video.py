@@ -284,6 +284,8 @@ def _probe_open(opened: InputContainer, container: str, size: int, limits: Video
     if rate is not None:
         _check_fps(float(rate), limits)
 
+    # The first frame is decoded below: its decoder refuses any frame over the limit (an in-band SPS too).
+    context.options = {"max_pixels": str(limits.max_pixels_per_frame)}
     packets = _scan_packets(opened, stream, limits)
     if stream.frames and packets.count < stream.frames:
         raise InvalidVideo(

@@ -56,6 +56,9 @@ ENCODER_PRESET: Final = "veryfast"
 _QUEUE_BATCHES: Final = 1
 _IN_FLIGHT_BATCHES: Final = 2
 _POLL_SECONDS: Final = 0.1
+# Frames decoded past the packets' count before the decoder stops anyway (a decoder never makes many more frames
+# than packets; a stream that does is not decoded further than its packets promised).
+_FRAME_SLACK: Final = 16
 _ROTATE: Final = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
 Frame = NDArray[np.uint8]
@@ -168,6 +171,7 @@ def run_pipeline(
     container = probe.container
     frames_total = _count_frames(target, container, trim, max_pixels)
     run = _Run(target=target, output=output, probe=probe, trim=trim, crf=crf, max_pixels=max_pixels)
+    run.max_frames = frames_total + _FRAME_SLACK
     try:
         run.start(batch_frames)
         stats = _process(run, work, threads, frames_total, progress, checkpoint)
@@ -293,6 +297,7 @@ class _Run:
         upright = probe.rotation in (90, 270)
         self.width = (probe.height if upright else probe.width) // 2 * 2
         self.height = (probe.width if upright else probe.height) // 2 * 2
+        self.max_frames = probe.frame_count + _FRAME_SLACK
         self.decode_ms = 0.0
         self.encode_ms = 0.0
         self.frames_encoded = 0
@@ -376,6 +381,7 @@ class _Run:
         batch: list[_Decoded] = []
         rotate = _ROTATE.get(self.probe.rotation)
         expected = (self.probe.width, self.probe.height)
+        decoded = 0
         clock = time.perf_counter()
         for frame in self._input.decode(stream):
             if self.stop.is_set():
@@ -384,6 +390,10 @@ class _Run:
             if pts is None or pts < start - margin:
                 continue
             if pts >= end - margin:
+                break
+            decoded += 1
+            if decoded > self.max_frames:
+                logger.warning("the decoder made more frames than the video has packets; stopping at %d", decoded)
                 break
             if (frame.width, frame.height) != expected:
                 raise InvalidVideo(

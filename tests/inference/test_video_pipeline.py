@@ -370,3 +370,10 @@ def test_an_unwritable_output_is_not_the_inputs_fault(engine: Engine, source: by
     with pytest.raises(EngineError) as info:
         swap(engine, source, clip, tmp_path / "missing-directory" / "out.mp4")
     assert not info.value.input_error
+
+
+def test_an_odd_frame_size_loses_its_last_row_and_column(engine: Engine, source: bytes, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "in.webm", container="webm", codec="libvpx-vp9", size=(193, 145), frames=5)
+    result = swap(engine, source, clip, tmp_path / "out.mp4")
+    assert (result.width, result.height, result.frames_swapped) == (192, 144, 5)
+    assert (probe_video(tmp_path / "out.mp4").width, probe_video(tmp_path / "out.mp4").height) == (192, 144)

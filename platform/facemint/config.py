@@ -94,6 +94,20 @@ class Settings(BaseSettings):
     engine_det_size: int = Field(default=640, ge=128, le=1280, multiple_of=32)
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+    # Video targets (MP4, MOV, WebM, MKV): streamed to a file as they upload, refused past `max_video_bytes`, and
+    # probed before anything is held: each bound below is its own 4xx.
+    max_video_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    video_max_duration_seconds: float = Field(default=600.0, gt=0, le=86400)
+    video_max_pixels: int = Field(default=3840 * 2160, ge=10_000)
+    video_max_fps: float = Field(default=60.0, gt=0, le=1000)
+    video_max_frames: int = Field(default=36_000, ge=1)
+    # H.264 CRF of a video result when the request names none (lower: better and larger; 18-23 is the usual range).
+    video_crf: int = Field(default=20, ge=0, le=51)
+    # A video job's deadline (and its hold's lifetime) is `job_deadline_seconds` plus this much per second of
+    # (trimmed) video. 60: a CPU worker with real-size models takes about 0.4 s a frame to swap and 1 s more to
+    # enhance, so 30 fps with the enhancer (or 60 fps without) needs some 40 s per second of video; the rest is
+    # headroom for a retry after a worker dies. A 10-minute clip may then stay held up to about 10 hours.
+    video_deadline_seconds_per_second: float = Field(default=60.0, gt=0, le=3600)
 
     # Metered jobs. A job's hold lives at most `job_deadline_seconds`; the sweeper fails and releases it by then
     # (plus one sweep interval): that is the bound on how long any token stays held.

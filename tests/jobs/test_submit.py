@@ -332,7 +332,7 @@ def test_reference_mode_with_a_reference_is_accepted(
 class TestOversized:
     @pytest.fixture
     def small_client(self, job_settings: Settings) -> Any:
-        settings = job_settings.model_copy(update={"max_image_bytes": 2048})
+        settings = job_settings.model_copy(update={"max_image_bytes": 2048, "max_video_bytes": 4096})
         with TestClient(create_app(settings)) as client:
             yield client
 

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -15,6 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
 from facemint import slots
@@ -26,17 +28,19 @@ from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, 
 from facemint.jobs import files, forms, queue, submission, waiting
 from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
-from facemint.jobs.errors import InvalidSwapRequest, ResultGone
+from facemint.jobs.errors import InvalidSwapRequest, ResultGone, ResultRangeNotSatisfiable
 from facemint.jobs.orm import TERMINAL_STATUSES
-from facemint.jobs.schemas import JobRead, UsageRead, UsageRow
+from facemint.jobs.schemas import JobRead, UsageRead, UsageRow, has_result
 from facemint.pagination import Page, PageParams, make_page
-from facemint.storage import Storage
+from facemint.storage import Storage, input_prefix
 from facemint.timestamps import IsoDate, UtcDatetime
 from facemint.webhooks import service as webhook_service
 from facemint.webhooks.errors import InvalidWebhookUrl
 from facemint.webhooks.schemas import WebhookEventRead
 from facemint.webhooks.urls import DeadlineResolver, ResolveTimeout
 from inference import media
+from inference.errors import InvalidOutputFormat
+from inference.processors import parse_processors
 from inference.selection import FaceMode, FaceSelection
 
 router = APIRouter(prefix="/v1", tags=["swaps"])
@@ -50,8 +54,9 @@ SWAPS_PATH = "/v1/swaps"
 
 
 def swap_body_limit(settings: Settings) -> int:
-    """The most a swap upload may stream: three images and the form around them."""
-    return 3 * settings.max_image_bytes + _MULTIPART_OVERHEAD
+    """The most a swap upload may stream: a video target, the source and reference images and the form around
+    them (each file is also refused on its own as soon as it passes its limit)."""
+    return settings.max_video_bytes + 2 * settings.max_image_bytes + _MULTIPART_OVERHEAD
 
 
 async def get_storage(request: Request) -> Storage:
@@ -86,17 +91,32 @@ async def submit_swap(
     storage: StorageDep,
 ) -> Response:
     """Submit a face swap. The form (multipart/form-data) is read only after the caller is authenticated and
-    allowed to submit: `source` and `target` images, `reference` with `faces=reference`, and the options below.
-    Nothing else is accepted."""
+    allowed to submit: a `source` image, a `target` image or video (MP4, MOV, WebM or MKV), `reference` with
+    `faces=reference`, and the options below. Nothing else is accepted. A video is probed before anything is held
+    and priced per started second of its (trimmed) duration."""
     wait = waiting.requested_wait(request.headers.get("prefer"), settings)
     lease: slots.Lease | None = None
     if wait and principal.tenant_id is not None:
         lease = await waiting.take_wait_slot(
             request.app.state.async_redis, settings, tenant_id=principal.tenant_id, seconds=wait
         )
+    public_id = jobs.new_public_id()
+    staged = False
+
+    def stage() -> Path:
+        nonlocal staged
+        staged = True
+        return storage.staging_path(f"{input_prefix(public_id)}/{submission.VIDEO_FIELD}")
+
     try:
-        upload = await forms.read_swap_upload(request, max_file_bytes=settings.max_image_bytes)
-        swap = await _checked_submission(upload, settings, principal.tenant_id)
+        if session.in_transaction():
+            # The caller is authenticated: its reads (and its key's last-use stamp) commit now, so no transaction,
+            # connection or row lock is held while the body streams in, which may take minutes for a video.
+            await run_in_threadpool(session.commit)
+        upload = await forms.read_swap_upload(
+            request, max_image_bytes=settings.max_image_bytes, max_video_bytes=settings.max_video_bytes, stage=stage
+        )
+        swap = await _checked_submission(upload, settings, principal.tenant_id, public_id)
         submitted = await run_in_threadpool(
             submission.submit_swap,
             session,
@@ -109,6 +129,8 @@ async def submit_swap(
             swap=swap,
         )
     except BaseException:
+        if staged:  # nothing was committed: what this request staged or stored goes (the boundary's rollback
+            storage.delete_prefix(input_prefix(public_id))  # does the same for what the submit stored)
         if lease is not None:
             await slots.release_async(request.app.state.async_redis, lease)
         raise
@@ -133,29 +155,53 @@ def _checked_webhook_url(url: str, settings: Settings, tenant_id: int | None) ->
         raise InvalidWebhookUrl(f"the webhook host could not be resolved in {WEBHOOK_LOOKUP_SECONDS:g} s") from exc
 
 
+# Options that only a video takes: refused on an image rather than ignored.
+_VIDEO_ONLY = ("trim_start", "trim_end", "crf", "progress_webhooks")
+
+
 async def _checked_submission(
-    upload: forms.SwapUpload, settings: Settings, tenant_id: int | None
+    upload: forms.SwapUpload, settings: Settings, tenant_id: int | None, public_id: str
 ) -> submission.SwapSubmission:
     options = upload.options
     selection = FaceSelection.parse(options.faces, threshold=options.threshold)
-    fmt = media.output_format(options.output_format, options.quality)
+    processors = parse_processors(options.processors)
     if selection.mode is FaceMode.reference and "reference" not in upload.files:
         raise InvalidSwapRequest("faces=reference needs a `reference` image", field="reference")
     if selection.mode is not FaceMode.reference and "reference" in upload.files:
         raise InvalidSwapRequest("a reference image is only used with faces=reference", field="reference")
+    checked: dict[str, Any] = {
+        "faces": options.faces.strip().lower(),
+        "threshold": options.threshold,
+        "has_reference": "reference" in upload.files,
+        "processors": list(processors),
+    }
+    requested = (options.output_format or "").strip().lower()
+    if upload.video is None:
+        for name in _VIDEO_ONLY:
+            if name in options.model_fields_set:
+                raise InvalidSwapRequest(f"`{name}` applies to a video target only", field=name)
+        if requested == "mp4":
+            raise InvalidOutputFormat("mp4 is for a video target: an image's result is png, jpeg or webp")
+        checked |= {
+            "output_format": media.output_format(requested or "png", options.quality),
+            "quality": options.quality,
+        }
+    else:
+        if requested not in ("", "mp4"):
+            raise InvalidOutputFormat(f"a video's result is mp4, not {requested[:10]!r}: send mp4 or leave it out")
+        if options.progress_webhooks and not options.webhook_url:
+            raise InvalidSwapRequest("`progress_webhooks` needs a `webhook_url`", field="progress_webhooks")
+        checked |= {
+            "output_format": "mp4",
+            "trim": {"start": options.trim_start, "end": options.trim_end},
+            "crf": settings.video_crf if options.crf is None else options.crf,
+            "progress_webhooks": options.progress_webhooks,
+        }
     webhook_url = options.webhook_url
     if webhook_url:
         webhook_url = await run_in_threadpool(_checked_webhook_url, webhook_url, settings, tenant_id)
     return submission.SwapSubmission(
-        files=upload.files,
-        options={
-            "faces": options.faces.strip().lower(),
-            "threshold": options.threshold,
-            "output_format": fmt,
-            "quality": options.quality,
-            "has_reference": "reference" in upload.files,
-        },
-        webhook_url=webhook_url,
+        public_id=public_id, files=upload.files, video=upload.video, options=checked, webhook_url=webhook_url
     )
 
 
@@ -283,21 +329,49 @@ def _notify_finished(redis: Redis, public_id: str, job_status: str) -> None:
         queue.notify_finished(redis, public_id=public_id, status=job_status)
 
 
+class ResultFileResponse(FileResponse):
+    """Starlette's file response (ranges: 206 with Content-Range, several as multipart/byteranges, If-Range),
+    with its refusals in the API's terms: a range that starts past the end is a 416 problem with `Content-Range:
+    bytes */<size>`; a malformed Range header is ignored and the whole file sent, as RFC 9110 allows."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []
+        except RangeNotSatisfiable:
+            raise ResultRangeNotSatisfiable(
+                f"no range of {http_range[:100]!r} starts within the result's {file_size} bytes",
+                headers={"Content-Range": f"bytes */{file_size}"},
+                size_bytes=file_size,
+            ) from None
+
+
 @router.get(
     "/jobs/{job_id}/result",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 410: {}},
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "video/mp4": {}}},
+        206: {"description": "the ranges asked for (`Range: bytes=...`; several as multipart/byteranges)"},
+        410: {},
+        416: {"description": "no range asked for starts within the result"},
+    },
 )
 def get_result(job_id: str, session: SessionDep, principal: Reader, storage: StorageDep) -> Any:
+    """The job's result: the swapped image, or the video (MP4, with range requests for players). A succeeded job
+    has one until it expires or is deleted; so does a video canceled while running, with the part it processed."""
     job = _own_job(session, principal, job_id)
-    if job.status != "succeeded":
+    if not has_result(job):
         jobs.ensure_finished(job)
-        raise ResultGone(f"the job {job.status}: it has no result", status=job.status)
-    path = storage.path(job.result_location) if job.files_deleted_at is None else None
+        if job.result_location is None:
+            raise ResultGone(f"the job {job.status}: it has no result", status=job.status)
+        raise ResultGone("the result was deleted or has expired")
+    path = storage.path(job.result_location)
     if path is None:
         raise ResultGone("the result was deleted or has expired")
     extension = job.result_location.rsplit(".", 1)[-1]
-    return FileResponse(
+    return ResultFileResponse(
         path,
         media_type=job.result_content_type,
         filename=f"{job.public_id}.{extension}",

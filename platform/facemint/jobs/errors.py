@@ -59,3 +59,19 @@ class TooManyActiveJobs(RateLimited):
 class TooManyWaits(RateLimited):
     code = "too_many_waits"
     title = "Too many requests waiting"
+
+
+class ResultRangeNotSatisfiable(FacemintError):
+    """A Range request none of whose ranges starts within the result (RFC 9110: 416, `Content-Range: */size`)."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+    title = "Range not satisfiable"
+
+
+class ThumbnailNotFound(FacemintError):
+    """The job's result is a video: previews are made of images only (a video is never decoded to preview it)."""
+
+    status_code = 404
+    code = "thumbnail_not_found"
+    title = "No thumbnail for this result"

@@ -9,13 +9,77 @@ from facemint.webhooks.schemas import WebhookEventRead
 
 
 def has_result(job: Any) -> bool:
-    """Whether a job's result is there to download or preview (succeeded, its files not deleted)."""
-    return job.status == "succeeded" and job.files_deleted_at is None and job.result_location is not None
+    """Whether a job's result is there to download or preview: a result was settled (a success's, or the part a
+    video canceled while running processed) and its files were not deleted. Expiry purges it later (then the
+    download answers 410)."""
+    return job.result_location is not None and job.files_deleted_at is None
+
+
+def is_video(job: Any) -> bool:
+    return bool((job.options or {}).get("media") == "video")
 
 
 class JobError(BaseModel):
     code: str
     detail: str | None
+
+
+class PriceLine(BaseModel):
+    """One price book line a job is priced by, at the version it was held at."""
+
+    operation: str
+    version: int
+    tokens_per_unit: int
+
+
+class JobVideo(BaseModel):
+    """A video target as probed before anything was held, the part of it swapped, and the seconds billed."""
+
+    duration_seconds: float
+    fps: float
+    variable_frame_rate: bool
+    frame_count: int
+    width: int
+    height: int
+    rotation: int = Field(description="degrees the frames are turned for display (0, 90, 180 or 270)")
+    has_audio: bool
+    trim_start: float = Field(description="seconds from the start the swap begins at")
+    trim_end: float = Field(description="seconds from the start the swap ends at")
+    billed_seconds: int = Field(description="started seconds of trim_end - trim_start: the units held for")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], *, units: int) -> JobVideo:
+        probe, trim = options["probe"], options["trim"]
+        return cls(
+            duration_seconds=probe["duration_seconds"],
+            fps=probe["fps"],
+            variable_frame_rate=probe.get("variable_frame_rate", False),
+            frame_count=probe["frame_count"],
+            width=probe["width"],
+            height=probe["height"],
+            rotation=probe.get("rotation", 0),
+            has_audio=probe.get("has_audio", False),
+            trim_start=trim["start"],
+            trim_end=trim["end"],
+            billed_seconds=units,
+        )
+
+
+class JobProgress(BaseModel):
+    """A video's frames swapped so far (the running attempt's; the last attempt's once finished)."""
+
+    frames_done: int
+    frames_total: int
+    percent: float = Field(description="frames_done / frames_total, 0 to 100, one decimal")
+    updated_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> JobProgress | None:
+        if row.frames_total is None:
+            return None
+        done, total = row.frames_done or 0, row.frames_total
+        percent = round(min(100.0, 100.0 * done / total), 1) if total > 0 else 0.0
+        return cls(frames_done=done, frames_total=total, percent=percent, updated_at=row.progress_at)
 
 
 class JobRead(BaseModel):
@@ -26,11 +90,18 @@ class JobRead(BaseModel):
     operation: str
     status: Literal["queued", "running", "succeeded", "failed", "canceled"]
     tokens_held: int = Field(description="tokens held for this job at submit (released or captured at the end)")
-    tokens_captured: int | None = Field(description="tokens charged; set only when the job succeeded")
-    price_version: int
-    tokens_per_unit: int
-    units: int
+    tokens_captured: int | None = Field(
+        description="tokens charged: set when the job succeeded, or when a video canceled while running was "
+        "charged for the seconds it processed"
+    )
+    price_version: int = Field(description="the first price line's version")
+    tokens_per_unit: int = Field(description="the sum of the price lines' tokens per unit")
+    price_lines: list[PriceLine] = Field(description="what the job is priced by, per unit (image or started second)")
+    units: int = Field(description="1 for an image; a video's started seconds (trimmed)")
+    processors: list[str]
     options: dict[str, Any]
+    media: JobVideo | None = Field(description="a video target's probe, trim and billed seconds; null for an image")
+    progress: JobProgress | None = Field(description="a video's frames done of its total; null for an image")
     webhook_url: str | None
     error: JobError | None
     attempts: int
@@ -56,8 +127,13 @@ class JobRead(BaseModel):
             tokens_captured=row.tokens_captured,
             price_version=row.price_version,
             tokens_per_unit=row.tokens_per_unit,
+            price_lines=row.price_lines
+            or [{"operation": row.operation, "version": row.price_version, "tokens_per_unit": row.tokens_per_unit}],
             units=row.units,
+            processors=(row.options or {}).get("processors") or ["face_swapper"],
             options=row.options,
+            media=JobVideo.from_options(row.options, units=row.units) if is_video(row) else None,
+            progress=JobProgress.from_row(row),
             webhook_url=row.webhook_url,
             error=JobError(code=row.error_code, detail=row.error_detail) if row.error_code else None,
             attempts=row.attempts,
@@ -137,7 +213,9 @@ class AdminJobRead(JobRead):
     deadline_at: datetime
     inputs_deleted_at: datetime | None
     durations_ms: JobDurations
-    thumbnail_url: str | None = Field(description="a small preview of the result (needs jobs:admin-results)")
+    thumbnail_url: str | None = Field(
+        description="a small preview of an image result (needs jobs:admin-results); a video's has none"
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> AdminJobRead:
@@ -162,7 +240,10 @@ class AdminJobRead(JobRead):
                 running=_ms(row.started_at, row.finished_at),
                 total=_ms(row.created_at, row.finished_at),
             ),
-            thumbnail_url=f"/admin/v1/jobs/{row.public_id}/thumbnail" if has_result(row) else None,
+            # A video's result has no thumbnail (the API does not decode videos to preview them).
+            thumbnail_url=f"/admin/v1/jobs/{row.public_id}/thumbnail"
+            if has_result(row) and not is_video(row)
+            else None,
         )
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from facemint.jobs.errors import ResultGone
-from facemint.jobs.schemas import has_result
+from facemint.jobs.errors import ResultGone, ThumbnailNotFound
+from facemint.jobs.schemas import has_result, is_video
 from facemint.storage import ObjectMissing, Storage
 
 MAX_SIDE = 256
@@ -27,9 +27,12 @@ class Thumbnail:
 
 def result_thumbnail(storage: Storage, job: Any, *, max_side: int = MAX_SIDE) -> Thumbnail:
     """The job's result at most `max_side` pixels a side: JPEG, or PNG where the image has transparency.
-    410 `result_gone` when the job has no result (not succeeded, deleted, expired or purged)."""
+    410 `result_gone` when the job has no result (not succeeded, deleted, expired or purged); 404
+    `thumbnail_not_found` for a video's result, which has none."""
     if not has_result(job):
-        raise ResultGone("the job has no result to show" if job.status != "succeeded" else "the result was deleted")
+        raise ResultGone("the job has no result to show" if job.result_location is None else "the result was deleted")
+    if is_video(job):
+        raise ThumbnailNotFound("a video's result has no thumbnail: its owner downloads it from /v1/jobs/{id}/result")
     try:
         data = storage.get(job.result_location)
     except ObjectMissing:

@@ -341,9 +341,7 @@ class _Run:
 
     def _add_video_stream(self, source: Any) -> Any:
         rate = source.average_rate or Fraction(round(self.probe.fps * 1000), 1000)
-        out = self._output.add_stream(
-            "libx264", rate=rate, options={"crf": str(self.crf), "preset": ENCODER_PRESET, "movflags": "+faststart"}
-        )
+        out = self._output.add_stream("libx264", rate=rate, options={"crf": str(self.crf), "preset": ENCODER_PRESET})
         out.width, out.height, out.pix_fmt = self.width, self.height, "yuv420p"
         # The input's own time base: every frame keeps its timestamp, whatever the rate (VFR included).
         self.time_base = source.time_base or Fraction(1, 90000)

@@ -28,6 +28,8 @@ from inference.models import (
     draw_demo_face,
     write_demo_models,
 )
+from inference.video import probe_video
+from tests.inference.video_helpers import make_clip
 
 MODEL_FILES = (DETECTOR_FILE, RECOGNIZER_FILE, SWAPPER_FILE)
 BACKGROUND = 30  # a dark grey: the demo detector's background rule (channel mean <= 85)
@@ -52,6 +54,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str | None]]:
         "FACEMINT_ENGINE_DET_SIZE": None,
         "FACEMINT_MAX_IMAGE_BYTES": None,
         "FACEMINT_MAX_IMAGE_PIXELS": None,
+        "FACEMINT_VIDEO_CRF": None,
         "HTTP_PROXY": None,
         "HTTPS_PROXY": None,
         "ALL_PROXY": None,
@@ -411,6 +414,85 @@ def test_swap_with_a_corrupt_model_file_fails_with_one_error_line(
     (corrupt / SWAPPER_FILE).write_bytes(b"not an onnx model")
     result = run("swap", images["source"], images["target"], "-o", tmp_path / "out.png", "--models", corrupt)
     assert_one_error(result, SWAPPER_FILE)
+
+
+# --- swap: processors and videos -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-second 10 fps MP4 with AAC audio: identity 2's face in every frame but the last five."""
+    path = tmp_path_factory.mktemp("clips") / "clip.mov"  # the name says MOV; the content (MP4) decides
+    return make_clip(path, frames=20, audio="aac", faces=lambda i: [] if i >= 15 else [(60, 40, 64, 2)]).path
+
+
+def test_swap_with_the_enhancer(run: Any, images: dict[str, Path], models: Path, tmp_path: Path) -> None:
+    plain, enhanced = tmp_path / "plain.png", tmp_path / "enhanced.png"
+    assert swap(run, images, models, plain, "--provider", "cpu").exit_code == 0
+    result = swap(run, images, models, enhanced, "--provider", "cpu", "--processors", "face_swapper,face_enhancer")
+    assert result.exit_code == 0, result.output
+    assert "swapped and enhanced 1 of 2 face(s)" in result.stderr
+    assert not np.array_equal(cv2.imread(str(plain)), cv2.imread(str(enhanced)))
+
+
+def test_swap_a_video_writes_an_mp4_and_reports_progress(
+    run: Any, images: dict[str, Path], models: Path, clip: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.mp4"
+    result = run("swap", images["source"], clip, "-o", output, "--models", models, "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    progress, summary = result.stderr.rstrip("\n").split("\n")  # the progress line is rewritten with \r
+    assert progress.split("\r")[-1].strip() == "20/20 frames (100%)"
+    assert summary.startswith(f"{output}: 20 frames, 15 with a face swapped (face_swapper), in ")
+    assert summary.endswith("on CPUExecutionProvider (demo models); audio copied")
+    probe = probe_video(output)
+    assert (probe.container, probe.video_codec, probe.frame_count, probe.audio_codec) == ("mp4", "h264", 20, "aac")
+
+
+def test_swap_a_video_with_a_trim_a_crf_and_the_enhancer(
+    run: Any, images: dict[str, Path], models: Path, clip: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.mp4"
+    result = run(
+        "swap", images["source"], clip, "-o", output, "--models", models, "--provider", "cpu",
+        "--trim-start", "0.5", "--trim-end", "1.2", "--crf", "30", "--processors", "face_swapper,face_enhancer",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "7 frames, 7 with a face swapped (face_swapper, face_enhancer)" in result.stderr
+    assert probe_video(output).frame_count == 7
+
+
+@pytest.mark.parametrize(
+    ("extra", "output_name", "code"),
+    [
+        (["--trim-start", "5"], "out.mp4", "invalid_trim"),
+        (["--processors", "face_swapper,upscaler"], "out.mp4", "invalid_processors"),
+        ([], "out.png", "name the output .mp4"),
+        (["--format", "webp"], "out.mp4", "name the output .mp4"),
+    ],
+)
+def test_swap_a_video_with_bad_options_fails_with_one_error_line(
+    run: Any,
+    images: dict[str, Path],
+    models: Path,
+    clip: Path,
+    tmp_path: Path,
+    extra: list[str],
+    output_name: str,
+    code: str,
+) -> None:
+    output = tmp_path / output_name
+    result = run("swap", images["source"], clip, "-o", output, "--models", models, "--provider", "cpu", *extra)
+    assert_one_error(result, code)
+    assert not output.exists()
+
+
+def test_video_options_with_an_image_target_fail_with_one_error_line(
+    run: Any, images: dict[str, Path], models: Path, tmp_path: Path
+) -> None:
+    result = swap(run, images, models, tmp_path / "out.png", "--provider", "cpu", "--crf", "18")
+    assert_one_error(result, "video targets only")
 
 
 # --- models verify ----------------------------------------------------------------------------------------------

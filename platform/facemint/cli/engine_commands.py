@@ -51,18 +51,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _models_note(model_set: str) -> str:
+    return {"demo": " (demo models)", "standin": " (stand-in models)"}.get(model_set, "")
+
+
+def _trim(target: Path, engine: Any, start: float | None, end: float | None) -> Any:
+    """The trim asked for, checked against the probed video (None: the whole video)."""
+    from inference.video import probe_video, resolve_trim
+
+    if start is None and end is None:
+        return None
+    probe = probe_video(target, limits=engine.config.video_limits)
+    return resolve_trim(probe, trim_start=start, trim_end=end)
+
+
 def engine_config(settings: Settings, *, models: Path | None = None, provider: str | None = None) -> EngineConfig:
     from inference.engine import EngineConfig
     from inference.media import MediaLimits
     from inference.providers import ProviderChoice
+    from inference.video import VideoLimits
 
     return EngineConfig(
         models_dir=models or settings.resolved_models_dir,
         provider=ProviderChoice(provider or settings.engine_provider),
         det_size=settings.engine_det_size,
         limits=MediaLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+        video_limits=VideoLimits(
+            max_bytes=settings.max_video_bytes,
+            max_duration_seconds=settings.video_max_duration_seconds,
+            max_pixels_per_frame=settings.video_max_pixels,
+            max_fps=settings.video_max_fps,
+            max_frames=settings.video_max_frames,
+        ),
         cache_dir=settings.data_dir / "trt-cache",
     )
+
+
+class _VideoProgress:
+    """`facemint swap`'s progress on stderr for a video: one line rewritten in place, at most once a percent."""
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = done * 100 // total if total else 100
+        if percent != self.shown:
+            self.shown = percent
+            click.echo(f"\r  {done}/{total} frames ({percent}%)", nl=False, err=True)
+
+    def end(self) -> None:
+        if self.shown >= 0:
+            click.echo("", err=True)
 
 
 def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
@@ -77,8 +116,12 @@ def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
     @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
     @click.option("--provider", type=PROVIDERS, default=None, help="default: FACEMINT_ENGINE_PROVIDER (auto)")
     @click.option("--models", type=click.Path(file_okay=False, path_type=Path), default=None)
-    @click.option("--format", "output_format", default=None, help="png | jpeg | webp (default: from -o)")
+    @click.option("--format", "output_format", default=None, help="png | jpeg | webp (default: from -o); mp4")
     @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
+    @click.option("--processors", default="face_swapper", show_default=True, help="face_swapper[,face_enhancer]")
+    @click.option("--trim-start", type=click.FloatRange(min=0), default=None, help="video: from this second")
+    @click.option("--trim-end", type=click.FloatRange(min=0), default=None, help="video: up to this second")
+    @click.option("--crf", type=click.IntRange(0, 51), default=None, help="video: H.264 CRF (FACEMINT_VIDEO_CRF)")
     def swap(
         source: Path,
         target: Path,
@@ -90,37 +133,84 @@ def register(cli: click.Group, load_settings: Callable[[], Settings]) -> None:
         models: Path | None,
         output_format: str | None,
         quality: int,
+        processors: str,
+        trim_start: float | None,
+        trim_end: float | None,
+        crf: int | None,
     ) -> None:
-        """Put the SOURCE face on the TARGET image's faces, locally; writes OUTPUT."""
+        """Put the SOURCE face on the faces of TARGET, an image or a video (MP4, MOV, WebM, MKV: recognised by
+        content, written as MP4 with its audio), locally; writes OUTPUT."""
         from inference.engine import Engine, FaceSelection
         from inference.errors import EngineError
+        from inference.video import detect_video_container
 
         settings = load_settings()
-        suffix_formats = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-        fmt = output_format or suffix_formats.get(output.suffix.lower())
-        if fmt is None:
-            _fail(f"cannot tell the output format from {output.name!r}: use .png, .jpg or .webp, or --format")
         try:
-            inputs = [p.read_bytes() for p in (source, target)]
+            with target.open("rb") as handle:
+                video = detect_video_container(handle.read(64)) is not None
+            source_bytes = source.read_bytes()
             reference_bytes = reference.read_bytes() if reference else None
         except OSError as exc:
             _fail(f"cannot read {exc.filename}: {exc.strerror}")
+        if video:
+            if (output_format or "mp4").lower() != "mp4" or output.suffix.lower() not in (".mp4", ""):
+                _fail(f"a video target is written as MP4: name the output .mp4, not {output.name!r}")
+        elif trim_start is not None or trim_end is not None or crf is not None:
+            _fail("--trim-start, --trim-end and --crf apply to video targets only")
+        suffix_formats = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+        fmt = output_format or suffix_formats.get(output.suffix.lower())
+        if fmt is None and not video:
+            _fail(f"cannot tell the output format from {output.name!r}: use .png, .jpg or .webp, or --format")
+        progress = _VideoProgress()
         try:
             selection = FaceSelection.parse(faces, threshold=threshold)
             engine = Engine.load(engine_config(settings, models=models, provider=provider))
-            result = engine.swap(
-                inputs[0], inputs[1], faces=selection, reference=reference_bytes, output_format=fmt, quality=quality
-            )
+            if video:
+                clip = engine.swap_video(
+                    source_bytes,
+                    target,
+                    output,
+                    faces=selection,
+                    reference=reference_bytes,
+                    trim=_trim(target, engine, trim_start, trim_end),
+                    processors=processors,
+                    crf=settings.video_crf if crf is None else crf,
+                    progress=progress,
+                )
+            else:
+                result = engine.swap(
+                    source_bytes,
+                    target.read_bytes(),
+                    faces=selection,
+                    reference=reference_bytes,
+                    output_format=fmt or "png",
+                    quality=quality,
+                    processors=processors,
+                )
         except EngineError as exc:
+            progress.end()
             _fail(f"{exc.code}: {exc.detail}")
+        except OSError as exc:
+            progress.end()
+            _fail(f"cannot read {exc.filename}: {exc.strerror}")
+        progress.end()
+        if video:
+            seconds = clip.timings_ms["total"] / 1000
+            click.echo(
+                f"{output}: {clip.frames_done} frames, {clip.frames_swapped} with a face swapped "
+                f"({', '.join(clip.processors)}), in {seconds:.1f} s ({clip.frames_done / seconds:.1f} frames/s) "
+                f"on {', '.join(clip.providers)}{_models_note(clip.model_set)}; audio {clip.audio}",
+                err=True,
+            )
+            return
         try:
             output.write_bytes(result.image)
         except OSError as exc:
             _fail(f"cannot write {output}: {exc.strerror}")
-        models_note = " (demo models)" if result.model_set == "demo" else ""
+        enhanced = " and enhanced" if "face_enhancer" in result.processors else ""
         click.echo(
-            f"{output}: swapped {result.faces_swapped} of {result.faces_detected} face(s) in "
-            f"{result.timings_ms['total']:.0f} ms on {', '.join(result.providers)}{models_note}",
+            f"{output}: swapped{enhanced} {result.faces_swapped} of {result.faces_detected} face(s) in "
+            f"{result.timings_ms['total']:.0f} ms on {', '.join(result.providers)}{_models_note(result.model_set)}",
             err=True,
         )
 

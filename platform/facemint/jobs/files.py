@@ -10,7 +10,8 @@
   removed by the orphan sweep once it is older than `orphan_file_grace_seconds`.
 
 Result keys are derived from the job (`results/<job>-a<attempt>.<ext>`), so every attempt's file can be named
-without listing the storage."""
+without listing the storage; so is the file a video attempt encodes into before it is stored (the storage's
+staging file for that key), which a worker killed mid-video leaves behind."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any
 
 from facemint.storage import Storage, input_prefix, result_key
 
-_RESULT_KEY = re.compile(r"^results/(job_[0-9a-f]+)-a(\d+)\.[a-z]+$")
+STAGING_SUFFIX = ".staging"  # LocalStorage.staging_path(key) is the key plus this
+_RESULT_KEY = re.compile(r"^results/(job_[0-9a-f]+)-a(\d+)\.[a-z0-9]+(\.staging)?$")
 _INPUT_KEY = re.compile(r"^inputs/(job_[0-9a-f]+)/")
 
 
@@ -33,9 +35,15 @@ def attempt_result_key(public_id: str, attempt: int, output_format: str) -> str:
 
 
 def stray_result_keys(job: Any, *, keep: str | None) -> list[str]:
-    """The result keys every attempt of `job` may have written, but `keep` (the settled result)."""
-    output_format = (job.options or {}).get("output_format", "png")
-    keys = [attempt_result_key(job.public_id, attempt, output_format) for attempt in range(1, job.attempts + 1)]
+    """The result keys every attempt of `job` may have written, but `keep` (the settled result); a video's
+    attempts' staging files too."""
+    options = job.options or {}
+    keys = [
+        attempt_result_key(job.public_id, attempt, options.get("output_format", "png"))
+        for attempt in range(1, job.attempts + 1)
+    ]
+    if options.get("media") == "video":  # what `Storage.staging_path` names for each key
+        keys += [f"{key}{STAGING_SUFFIX}" for key in keys]
     return [key for key in keys if key != keep]
 
 

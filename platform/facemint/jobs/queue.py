@@ -3,6 +3,7 @@ notification a worker publishes when a job reaches a terminal state (for `Prefer
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,15 @@ from rq.job import JobStatus as RQStatus
 
 TASK = "facemint.worker.tasks.run_job"
 _LIVE = {RQStatus.QUEUED, RQStatus.STARTED, RQStatus.SCHEDULED, RQStatus.DEFERRED, RQStatus.CREATED}
+# RQ stops a run this long after its job's deadline: the sweeper fails the job at the deadline (and the worker
+# learns it from its heartbeat), so RQ's timeout is only the backstop for a run that never reaches a checkpoint.
+RUN_TIMEOUT_MARGIN_SECONDS = 60
+
+
+def run_timeout(seconds_left: float) -> int:
+    """RQ's `job_timeout` for a run that may start now: the seconds left to the job's own deadline (which scales
+    with a video's duration) plus the margin."""
+    return max(1, math.ceil(seconds_left)) + RUN_TIMEOUT_MARGIN_SECONDS
 
 
 def enqueue(redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: int) -> None:

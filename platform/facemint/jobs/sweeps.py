@@ -82,13 +82,14 @@ def fail_past_deadline(session: Session, *, limit: int = 100) -> list[str]:
 
 def due_for_dispatch(session: Session, *, redispatch_after_seconds: float, limit: int = 200) -> list[Row[Any]]:
     """Queued jobs with no queue entry (recorded but never queued, or taken back by the sweeper), and queued jobs
-    whose queue entry is older than `redispatch_after_seconds` (the entry may be lost: Redis restarted empty).
-    Locked until the caller commits; the caller queues them and marks them dispatched."""
+    whose queue entry is older than `redispatch_after_seconds` (the entry may be lost: Redis restarted empty),
+    each with the seconds left to its deadline. Locked until the caller commits; the caller queues them and marks
+    them dispatched."""
     return list(
         session.execute(
             text(
                 """
-                SELECT id, public_id, queue FROM jobs
+                SELECT id, public_id, queue, extract(epoch FROM deadline_at - now()) AS seconds_left FROM jobs
                 WHERE status = 'queued' AND deadline_at > now()
                   AND (dispatched_at IS NULL AND created_at < now() - interval '1 second'
                        OR dispatched_at < now() - make_interval(secs => :after))
@@ -126,11 +127,12 @@ def finished_with_files(session: Session, *, limit: int = 200) -> list[Row[Any]]
 
 
 def mark_inputs_purged(session: Session, *, job_ids: Sequence[int]) -> None:
-    """Inputs and stray results are gone; a job that never had a result has nothing left at all."""
+    """Inputs and stray results are gone; a job that never had a result has nothing left at all. A settled result
+    (a success's, or a canceled video's partial one) stays until it is deleted or expires."""
     session.execute(
         text(
             "UPDATE jobs SET inputs_deleted_at = coalesce(inputs_deleted_at, now()), "
-            "result_purged_at = CASE WHEN status = 'succeeded' THEN result_purged_at "
+            "result_purged_at = CASE WHEN result_location IS NOT NULL THEN result_purged_at "
             "ELSE coalesce(result_purged_at, now()) END "
             "WHERE id = ANY(:ids)"
         ),
@@ -139,7 +141,7 @@ def mark_inputs_purged(session: Session, *, job_ids: Sequence[int]) -> None:
 
 
 def results_to_purge(session: Session, *, limit: int = 200) -> list[Row[Any]]:
-    """Succeeded jobs whose result was deleted by the caller or has expired, and is not purged yet."""
+    """Jobs whose result was deleted by the caller or has expired, and is not purged yet."""
     return list(
         session.execute(
             text(

@@ -96,7 +96,7 @@ def dispatch(context: WorkerContext) -> list[str]:
                     context.redis,
                     queue_name=row.queue,
                     public_id=row.public_id,
-                    timeout_seconds=context.settings.job_deadline_seconds,
+                    timeout_seconds=queue.run_timeout(row.seconds_left),
                 )
             except RedisError:
                 logger.warning("queue unavailable: %d jobs wait for the next sweep", len(due) - len(done))

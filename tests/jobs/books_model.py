@@ -56,6 +56,7 @@ class Job:
     cancel_requested: bool = False
     past_deadline: bool = False
     hold_status: str = "held"
+    video: bool = False  # a cancel mid-run charges a video the seconds it processed; an image, nothing
 
     @property
     def active(self) -> bool:

@@ -3,8 +3,9 @@
 A Hypothesis state machine drives the real services on the real test Postgres, each step one unit of work as a
 request or a worker would run it: recharges (single and batch, some held for four-eyes approval), approvals,
 rejections and their expiry, adjustments, reversals, job submits (and idempotent replays), worker claims,
-heartbeats, completions, failures, retries, worker deaths (a claim never settled, then the stale sweep), cancels,
-deadlines passing and the deadline sweep, and ledger holds with their expiry. After every step it checks:
+heartbeats, completions, failures, retries, worker deaths (a claim never settled, then the stale sweep), cancels
+(a video's stopping mid-run with the seconds it processed charged), deadlines passing and the deadline sweep, and
+ledger holds with their expiry. After every step it checks:
 
 - the product's own reconciliation (`reconcile_all`: I1-I3 and the job/hold checks) reports nothing;
 - I4: no hold is still held for a finished job (and `assert_no_hold_outlives_its_job` whenever no deadline was
@@ -51,7 +52,7 @@ class BooksMachine(MoneyRules):
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
-    def _submit(self, payer: str, units: int, key: str) -> tuple[Any, Exception | None]:
+    def _submit(self, payer: str, units: int, key: str, video: bool) -> tuple[Any, Exception | None]:
         actor = self.actors[payer]
         request = jobs.SubmitRequest(
             public_id=jobs.new_public_id(),
@@ -63,8 +64,10 @@ class BooksMachine(MoneyRules):
             queue="state-machine",
             units=units,
             idempotency_key=key,
-            request_hash=ledger.request_hash({"units": units}),
-            options={},
+            request_hash=ledger.request_hash({"units": units, "video": video}),
+            # Priced as an image job throughout (the model has one price): `media` is what the partial-cancel
+            # transition looks at.
+            options={"media": "video"} if video else {},
             input_location="inputs/state-machine",
             webhook_url=None,
             max_attempts=MAX_ATTEMPTS,
@@ -79,10 +82,10 @@ class BooksMachine(MoneyRules):
 
         return self._run(submit)
 
-    @rule(payer=st.sampled_from(PAYERS), units=st.integers(1, 12))
-    def submit(self, payer: str, units: int) -> None:
+    @rule(payer=st.sampled_from(PAYERS), units=st.integers(1, 12), video=st.booleans())
+    def submit(self, payer: str, units: int, video: bool) -> None:
         key = self._key("job")
-        outcome, error = self._submit(payer, units, key)
+        outcome, error = self._submit(payer, units, key, video)
         books = self.books
         tokens = self.price * units
         account = self._account(payer)
@@ -99,7 +102,17 @@ class BooksMachine(MoneyRules):
         assert outcome.available == books.accounts[account].available
         event("job submitted")
         books.jobs[row.public_id] = Job(
-            row.public_id, row.id, payer, TENANT_OF[payer], account, row.hold_id, tokens, units, key, MAX_ATTEMPTS
+            row.public_id,
+            row.id,
+            payer,
+            TENANT_OF[payer],
+            account,
+            row.hold_id,
+            tokens,
+            units,
+            key,
+            MAX_ATTEMPTS,
+            video=video,
         )
 
     def _job(self, data: st.DataObject) -> Job:
@@ -110,7 +123,7 @@ class BooksMachine(MoneyRules):
     @rule(data=st.data(), same=st.booleans())
     def replay_submit(self, data: st.DataObject, same: bool) -> None:
         job = self._job(data)
-        outcome, error = self._submit(job.user, job.units if same else job.units + 1, job.key)
+        outcome, error = self._submit(job.user, job.units if same else job.units + 1, job.key, job.video)
         if not same:
             self._expect(error, "IdempotencyKeyReused")
             return
@@ -166,6 +179,18 @@ class BooksMachine(MoneyRules):
         elif ending == "retry":
             self._retry(job, job.attempts)
 
+    @precondition(lambda self: any(j.status == "queued" and j.video for j in self.books.jobs.values()))
+    @rule(data=st.data(), seconds=st.integers(1, 14))
+    def video_canceled_partway(self, data: st.DataObject, seconds: int) -> None:
+        """A worker claims a queued video, its caller cancels it, and the worker stops after `seconds` of it
+        (three units of work)."""
+        queued = [p for p, j in self.books.jobs.items() if j.status == "queued" and j.video]
+        job = self.books.jobs[data.draw(st.sampled_from(queued))]
+        if not self._claim(job):
+            return
+        self._cancel(job)
+        self._cancel_partway(job, job.attempts, seconds)
+
     def _attempt(self, job: Job, stale: bool) -> int:
         """The attempt a worker settles: the current one, or (a worker taken for dead, back) the one before."""
         return job.attempts - 1 if stale else job.attempts
@@ -209,7 +234,7 @@ class BooksMachine(MoneyRules):
         row, capture = outcome
         if not (self._owns(job, attempt) and not job.cancel_requested):
             assert row is None, (job, row)
-            assert (capture is None) == (job.status != "succeeded")
+            assert (capture is None) == (job.hold_status != "captured")
             return
         assert row is not None, job
         assert (row.status, row.tokens_captured) == ("succeeded", job.tokens)
@@ -229,6 +254,50 @@ class BooksMachine(MoneyRules):
         assert row.status == status.value
         self.books.finish_uncharged(job, status.value)
         event(f"job {status.value} by its worker")
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(data=st.data(), stale=st.booleans(), seconds=st.integers(1, 14))
+    def cancel_partway(self, data: st.DataObject, stale: bool, seconds: int) -> None:
+        """A video's worker stopped by its cancel after `seconds` of processing: canceled, charged for those seconds
+        (at most its units), the rest released. An image, a job not asked to cancel, or an attempt not running:
+        nothing changes."""
+        job = self._job(data)
+        self._cancel_partway(job, self._attempt(job, stale), seconds)
+
+    def _cancel_partway(self, job: Job, attempt: int, seconds: int) -> None:
+        def call(s: Session) -> Any:
+            row = jobs.cancel_with_partial_result(
+                s,
+                job_id=job.id,
+                attempt=attempt,
+                seconds=seconds,
+                frames_done=min(seconds, job.units),  # a frame a second: the transition caps the seconds itself
+                frames_total=job.units,
+                result_location=f"results/{job.public_id}-a{attempt}.mp4",
+                content_type="video/mp4",
+                size_bytes=1,
+                timings_ms={},
+                result_ttl_seconds=3600,
+            )
+            capture = s.execute(
+                text("SELECT id FROM ledger_transactions WHERE hold_id = :hold AND kind = 'capture'"),
+                {"hold": job.hold_id},
+            ).scalar_one_or_none()
+            return row, capture
+
+        outcome, error = self._run(call)
+        self._expect(error, None)
+        row, capture = outcome
+        if not (self._owns(job, attempt) and job.cancel_requested and job.video):
+            assert row is None, (job, row)
+            assert (capture is None) == (job.hold_status != "captured")
+            return
+        charged = min(seconds, job.units) * self.price
+        assert row is not None, job
+        assert (row.status, row.tokens_captured) == ("canceled", charged)
+        job.status, job.hold_status = "canceled", "captured"
+        self.books.capture(capture, job.account_id, job.tokens, charged)
+        event("video canceled mid-run: the seconds processed charged")
 
     def _retry(self, job: Job, attempt: int) -> None:
         row, error = self._run(lambda s: jobs.retry(s, job_id=job.id, attempt=attempt, code="worker_error", detail="x"))
@@ -250,8 +319,9 @@ class BooksMachine(MoneyRules):
     @precondition(lambda self: self.books.jobs)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        job = self._job(data)
+        self._cancel(self._job(data))
 
+    def _cancel(self, job: Job) -> None:
         def call(s: Session) -> Any:
             current = queries.get_by_id(s, job_id=job.id)
             assert current is not None

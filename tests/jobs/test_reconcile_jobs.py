@@ -28,7 +28,7 @@ def test_a_healthy_job_passes_every_job_check(job_client: Any, make_payer: Any, 
         "job_hold_state",
         "job_hold_terms",
         "job_capture_count",
-        "captured_hold_without_succeeded_job",
+        "captured_hold_without_charged_job",
         "job_hold_without_job",
     } <= set(report.checks_run)
     assert report.balanced
@@ -68,4 +68,4 @@ def test_a_job_charged_other_than_its_hold_is_reported(
         conn.execute(
             text("UPDATE jobs SET status = 'failed', tokens_captured = NULL WHERE public_id = :id"), {"id": public_id}
         )
-    assert {"job_hold_state", "job_capture_count", "captured_hold_without_succeeded_job"} <= _failing_checks(engine)
+    assert {"job_hold_state", "job_capture_count", "captured_hold_without_charged_job"} <= _failing_checks(engine)

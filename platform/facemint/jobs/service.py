@@ -2,11 +2,15 @@
 
 submit   (request)  record the job and reserve its hold together; the queue entry is made after commit
 claim    (worker)   queued -> running, attempt + 1; losing the race means someone else has it
+progress (worker)   the running attempt's frames done of total (a video), at most once a second; `job.progress`
+                    webhooks at 10 % steps when asked for
 complete (worker)   running (this attempt) -> succeeded, and capture the hold
 fail     (worker)   running (this attempt) -> failed, and release the hold
 retry    (worker)   running (this attempt) -> queued, within the attempt budget
 cancel   (request)  queued -> canceled + release; running -> cancel requested (the worker stops at the next stage);
                     an admin's cancel is the same, audited
+partial  (worker)   a running video whose cancel stopped it -> canceled with what it processed as its result,
+                    capturing the seconds processed and releasing the rest
 sweep    (any)      stale running jobs back to queued or failed; past-deadline jobs failed (jobs/sweeps.py)
 
 Reads are in jobs/queries.py.
@@ -39,6 +43,7 @@ from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNo
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.jobs.queries import JOB_COLUMNS
 from facemint.jobs.schemas import JobRead
+from facemint.jobs.video_metering import PROGRESS_STEPS, progress_step
 from facemint.webhooks import service as webhooks
 
 # A hold outlives its job's deadline by this margin, so the job path (which records why) always settles it
@@ -210,12 +215,14 @@ def mark_undispatched(session: Session, *, job_id: int) -> None:
 
 def claim(session: Session, *, public_id: str, worker_id: str) -> Row[Any] | None:
     """queued -> running for one more attempt; None when the job is not (or no longer) this worker's to run
-    (already running elsewhere, finished, canceled, out of attempts or past its deadline)."""
+    (already running elsewhere, finished, canceled, out of attempts or past its deadline). A retry starts from
+    the start, so an earlier attempt's progress is cleared."""
     return session.execute(
         text(
             f"""
             UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = clock_timestamp(),
-                            heartbeat_at = now(), worker_id = :worker_id
+                            heartbeat_at = now(), worker_id = :worker_id,
+                            frames_done = NULL, frames_total = NULL, progress_at = NULL
             WHERE public_id = :id AND status = 'queued' AND attempts < max_attempts AND deadline_at > now()
               AND cancel_requested_at IS NULL
             RETURNING {JOB_COLUMNS}
@@ -247,9 +254,12 @@ def complete(
     size_bytes: int,
     timings_ms: dict[str, float],
     result_ttl_seconds: int,
+    frames_done: int | None = None,
+    frames_total: int | None = None,
 ) -> Row[Any] | None:
-    """running (this attempt) -> succeeded, capturing the hold in the same transaction. None: the job is no
-    longer this attempt's (swept, canceled or settled by a duplicate run) and nothing was charged."""
+    """running (this attempt) -> succeeded, capturing the hold in the same transaction (a video's final progress
+    with it). None: the job is no longer this attempt's (swept, canceled or settled by a duplicate run) and
+    nothing was charged."""
     row = session.execute(
         text(
             f"""
@@ -257,7 +267,7 @@ def complete(
                             result_location = :location, result_content_type = :content_type,
                             result_size_bytes = :size, timings_ms = CAST(:timings AS jsonb),
                             result_expires_at = now() + make_interval(secs => :ttl),
-                            error_code = NULL, error_detail = NULL
+                            error_code = NULL, error_detail = NULL, {_FINAL_PROGRESS}
             WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested_at IS NULL
             RETURNING {JOB_COLUMNS}
             """
@@ -270,6 +280,8 @@ def complete(
             "size": size_bytes,
             "timings": _json(timings_ms),
             "ttl": result_ttl_seconds,
+            "done": frames_done,
+            "total": frames_total,
         },
     ).one_or_none()
     if row is None:
@@ -320,6 +332,108 @@ def retry(session: Session, *, job_id: int, attempt: int, code: str, detail: str
     if row is not None:
         return row
     return fail(session, job_id=job_id, attempt=attempt, code=code, detail=detail)
+
+
+# A settlement writes the final progress (frames_done, frames_total: NULL for an image), whatever the throttle
+# left unwritten.
+_FINAL_PROGRESS = """
+    frames_done = coalesce(CAST(:done AS integer), frames_done),
+    frames_total = coalesce(CAST(:total AS integer), frames_total),
+    progress_at = CASE WHEN CAST(:done AS integer) IS NULL THEN progress_at ELSE now() END
+"""
+
+
+def cancel_with_partial_result(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    seconds: int,
+    frames_done: int,
+    frames_total: int,
+    result_location: str,
+    content_type: str,
+    size_bytes: int,
+    timings_ms: dict[str, float],
+    result_ttl_seconds: int,
+) -> Row[Any] | None:
+    """A video's running attempt stopped by its cancel -> canceled, keeping what the attempt processed as the
+    job's result and capturing `seconds` (at least 1, at most its units) of the hold's per-second price; the rest
+    is released by the same capture. One `job.canceled` webhook. None: not this attempt's, not asked to cancel or
+    not a video (an image canceled while running is never charged), and nothing was charged."""
+    if seconds < 1:
+        raise ValueError("a cancel that processed nothing is released in full (`fail`), not captured")
+    row = session.execute(
+        text(
+            f"""
+            UPDATE jobs SET status = 'canceled', tokens_captured = least(units, :seconds) * tokens_per_unit,
+                            finished_at = now(), result_location = :location, result_content_type = :content_type,
+                            result_size_bytes = :size, timings_ms = CAST(:timings AS jsonb),
+                            result_expires_at = now() + make_interval(secs => :ttl),
+                            error_code = 'canceled',
+                            error_detail = 'canceled by the caller; charged for the ' || least(units, :seconds)
+                                           || ' of ' || units || ' seconds processed',
+                            {_FINAL_PROGRESS}
+            WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested_at IS NOT NULL
+              AND options ->> 'media' = 'video'
+            RETURNING {JOB_COLUMNS}
+            """
+        ),
+        {
+            "id": job_id,
+            "attempt": attempt,
+            "seconds": seconds,
+            "location": result_location,
+            "content_type": content_type,
+            "size": size_bytes,
+            "timings": _json(timings_ms),
+            "ttl": result_ttl_seconds,
+            "done": frames_done,
+            "total": frames_total,
+        },
+    ).one_or_none()
+    if row is None:
+        return None
+    ledger_holds.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
+    _record_webhook(session, row)
+    return row
+
+
+_LAST_PROGRESS_STEP = text(
+    f"""
+    SELECT coalesce(max(least({PROGRESS_STEPS - 1},
+                    CAST(payload #>> '{{data,progress,frames_done}}' AS bigint) * {PROGRESS_STEPS}
+                    / nullif(CAST(payload #>> '{{data,progress,frames_total}}' AS bigint), 0))), 0)
+    FROM webhook_events WHERE job_id = :id AND event_type = 'job.progress'
+    """
+)
+
+
+def record_progress(
+    session: Session, *, job_id: int, attempt: int, frames_done: int, frames_total: int
+) -> Row[Any] | None:
+    """The running attempt's progress, and its `job.progress` webhook when the job asked for them
+    (`options.progress_webhooks`) and this write reaches a new 10 % step. None: the attempt is not running any
+    more (settled, swept), and nothing was written, so no progress event ever follows the terminal one."""
+    row = session.execute(
+        text(
+            f"""
+            UPDATE jobs SET frames_done = :done, frames_total = :total, progress_at = now()
+            WHERE id = :id AND status = 'running' AND attempts = :attempt
+            RETURNING {JOB_COLUMNS}
+            """
+        ),
+        {"id": job_id, "attempt": attempt, "done": frames_done, "total": frames_total},
+    ).one_or_none()
+    if row is None or not row.webhook_url or not (row.options or {}).get("progress_webhooks"):
+        return row
+    step = progress_step(frames_done, frames_total)
+    # The job's row stays locked until this commits, so two writes never both take the same step. Events this
+    # transaction recorded count too (the outbox adds them through the ORM: flushed first).
+    session.flush()
+    if step > 0 and step > session.execute(_LAST_PROGRESS_STEP, {"id": row.id}).scalar_one():
+        _record_webhook(session, row, progress=True)
+    return row
 
 
 def mark_inputs_deleted(session: Session, *, job_ids: Sequence[int]) -> None:
@@ -449,16 +563,22 @@ def finish_uncharged(
     return rows
 
 
-def _record_webhook(session: Session, row: Row[Any]) -> None:
+def _record_webhook(session: Session, row: Row[Any], *, progress: bool = False) -> None:
+    """The job's event in the outbox: its terminal one (`job.<status>`, at `finished_at`), or with `progress` a
+    `job.progress` (at the progress' `updated_at`)."""
     if not row.webhook_url:
         return
     data = JobRead.from_row(row).model_dump(mode="json")
-    event_type = f"job.{row.status}"
+    event_type = "job.progress" if progress else f"job.{row.status}"
     webhooks.record_event(
         session,
         job_id=row.id,
         tenant_id=row.tenant_id,
         url=row.webhook_url,
         event_type=event_type,
-        payload={"type": event_type, "timestamp": data["finished_at"], "data": data},
+        payload={
+            "type": event_type,
+            "timestamp": data["progress"]["updated_at"] if progress else data["finished_at"],
+            "data": data,
+        },
     )

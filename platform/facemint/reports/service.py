@@ -30,13 +30,14 @@ _TRY_SEALER_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 JOB_CHECKS: dict[str, tuple[str, str]] = {
     "job_hold_state": (
-        "a succeeded job's hold is captured for what the job charged; a failed or canceled job's hold is released; "
-        "a queued or running job's hold is still held",
+        "a charged job's hold (a success, or a video canceled mid-run) is captured for what the job charged; any "
+        "other failed or canceled job's hold is released; a queued or running job's hold is still held",
         """
         SELECT j.id, j.status || '/' || h.status AS detail FROM jobs j JOIN holds h ON h.id = j.hold_id
-        WHERE (j.status = 'succeeded'
+        WHERE (j.tokens_captured IS NOT NULL
                AND (h.status <> 'captured' OR h.captured_amount IS DISTINCT FROM j.tokens_captured))
-           OR (j.status IN ('failed', 'canceled') AND h.status NOT IN ('released', 'expired'))
+           OR (j.tokens_captured IS NULL AND j.status IN ('failed', 'canceled')
+               AND h.status NOT IN ('released', 'expired'))
            OR (j.status IN ('queued', 'running') AND h.status <> 'held')
         """,
     ),
@@ -49,20 +50,26 @@ JOB_CHECKS: dict[str, tuple[str, str]] = {
         """,
     ),
     "job_capture_count": (
-        "a succeeded job was charged by exactly one capture transaction, any other job by none",
+        "a succeeded job, or a video canceled mid-run that charged the seconds it processed, was charged by exactly "
+        "one capture transaction, any other job by none",
         """
         SELECT j.id, count(t.id) AS detail FROM jobs j
         LEFT JOIN ledger_transactions t ON t.hold_id = j.hold_id AND t.kind = 'capture'
-        GROUP BY j.id, j.status
-        HAVING count(t.id) <> CASE WHEN j.status = 'succeeded' THEN 1 ELSE 0 END
+        GROUP BY j.id, j.status, j.tokens_captured
+        HAVING count(t.id) <> CASE WHEN j.status = 'succeeded' OR j.tokens_captured IS NOT NULL THEN 1 ELSE 0 END
         """,
     ),
-    "captured_hold_without_succeeded_job": (
-        "every captured job hold belongs to a succeeded job",
+    "captured_hold_without_charged_job": (
+        "every captured job hold belongs to a job that charged: a succeeded one, or a canceled one that kept the "
+        "part it processed (its charge a whole number of units, and a result)",
         """
         SELECT h.id, coalesce(j.status, 'no job') AS detail FROM holds h
         LEFT JOIN jobs j ON j.hold_id = h.id
-        WHERE h.status = 'captured' AND h.reference LIKE 'job:%' AND (j.id IS NULL OR j.status <> 'succeeded')
+        WHERE h.status = 'captured' AND h.reference LIKE 'job:%'
+          AND (j.id IS NULL OR j.tokens_captured IS NULL
+               OR j.status NOT IN ('succeeded', 'canceled')
+               OR (j.status = 'canceled' AND (j.tokens_captured % j.tokens_per_unit <> 0
+                                              OR j.result_location IS NULL)))
         """,
     ),
     "hold_held_past_its_bound": (

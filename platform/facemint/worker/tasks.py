@@ -2,7 +2,12 @@
 comes from Postgres, which decides (a claim) whether this run may happen at all.
 
 The engine and connections live in a process-wide `WorkerContext` installed once by the worker at start-up
-(`install`), so a job never loads models: the worker is long-lived and warm."""
+(`install`), so a job never loads models: the worker is long-lived and warm.
+
+A video job (`options.media == "video"`) streams its target from storage through `engine.swap_video` into the
+storage's staging file for its result, reporting progress (worker.progress). A cancel stops it at the next
+batch: the engine closes a playable MP4 of the frames done, which becomes the job's result, and the job is
+charged for the started seconds it processed (`jobs.cancel_with_partial_result`; none processed: released)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -22,13 +28,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from facemint import metrics
 from facemint.config import Settings
 from facemint.db import unit_of_work
-from facemint.jobs import files, queue
+from facemint.jobs import files, queue, video_metering
 from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.storage import ObjectMissing, Storage
+from facemint.worker.progress import Progress
 from inference.errors import EngineError
 from inference.selection import FaceSelection
+from inference.video import Trim
 
 logger = logging.getLogger("facemint.worker")
 T = TypeVar("T")
@@ -40,7 +48,7 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     redis: Redis
     storage: Storage
-    engine: Any  # inference.engine.Engine, or anything with the same `swap`
+    engine: Any  # inference.engine.Engine, or anything with the same `swap` and `swap_video`
     worker_id: str
     orphans_swept_at: float = float("-inf")  # time.monotonic() of the last orphan sweep (see worker.sweeper)
 
@@ -73,6 +81,7 @@ class Heartbeat(threading.Thread):
         self.attempt = attempt
         self.stop_requested = threading.Event()
         self.should_abort = threading.Event()
+        self.cancel_requested = threading.Event()  # what should_abort is for: a cancel (else: not ours any more)
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -84,6 +93,8 @@ class Heartbeat(threading.Thread):
             except Exception:  # a database blip: the next beat tries again; the sweeper waits for several misses
                 logger.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
                 continue
+            if ours and cancel:
+                self.cancel_requested.set()
             if not ours or cancel:
                 self.should_abort.set()
 
@@ -99,13 +110,16 @@ def run_job(public_id: str) -> str:
         logger.info("job %s is not claimable (already running, finished or canceled): skipped", public_id)
         return "skipped"
     attempt = job.attempts
+    video = VideoRun(context, job, attempt) if job.options.get("media") == "video" else None
     heartbeat = Heartbeat(context, job_id=job.id, attempt=attempt)
     heartbeat.start()
     delay = context.settings.debug_job_delay_seconds
 
     def checkpoint(stage: str) -> None:
         nonlocal delay
-        if delay:
+        # The test aid's pause: at the first stage boundary; a video's at the first batch boundary after frames
+        # were done, so a test can cancel or kill it mid-video.
+        if delay and (video is None or video.progress.frames_done > 0):
             until = time.monotonic() + delay
             delay = 0.0
             while time.monotonic() < until and not heartbeat.should_abort.is_set():
@@ -114,7 +128,7 @@ def run_job(public_id: str) -> str:
             raise StopJob(stage)
 
     try:
-        outcome = _run(context, job, attempt, checkpoint)
+        outcome = _run(context, job, attempt, checkpoint, heartbeat, video)
     finally:
         heartbeat.finish()
     _after_settlement(context, job, outcome)
@@ -141,23 +155,32 @@ def _claim(context: WorkerContext, public_id: str) -> Any:
     return _with_retry(context, claim, what="claim")
 
 
-def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[str], None]) -> str:
-    options = job.options
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What an attempt produced, stored under `key` and not settled yet."""
+
+    key: str
+    content_type: str
+    size_bytes: int
+    timings_ms: dict[str, float]
+    frames_done: int | None = None  # a video's
+    frames_total: int | None = None
+
+
+def _run(
+    context: WorkerContext,
+    job: Any,
+    attempt: int,
+    checkpoint: Callable[[str], None],
+    heartbeat: Heartbeat,
+    video: VideoRun | None,
+) -> str:
     failure: tuple[str, str, str] | None = None  # (how, code, detail)
     try:
-        source = context.storage.get(f"{job.input_location}/source")
-        target = context.storage.get(f"{job.input_location}/target")
-        reference = context.storage.get(f"{job.input_location}/reference") if options.get("has_reference") else None
-        result = context.engine.swap(
-            source,
-            target,
-            faces=FaceSelection.parse(options["faces"], threshold=options.get("threshold", 0.5)),
-            reference=reference,
-            output_format=options["output_format"],
-            quality=options["quality"],
-            checkpoint=checkpoint,
-        )
+        output = video.swap(checkpoint) if video is not None else _swap_image(context, job, attempt, checkpoint)
     except StopJob as stop:
+        if video is not None and heartbeat.cancel_requested.is_set():
+            return video.settle_cancel()
         failure = ("cancel", "canceled", f"canceled by the caller; stopped before the {stop} stage")
     except ObjectMissing:
         # Inputs are deleted only once a job is finished: a missing input means this run is stale.
@@ -169,6 +192,9 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
         # Only the kind of failure reaches the customer (job, webhook): the message may name server paths; the
         # log above has it whole.
         failure = ("retry", "worker_error", f"the worker failed ({type(exc).__name__}); retried within the budget")
+    finally:
+        if video is not None:
+            video.discard_staging()
     if failure is not None:
         how, code, detail = failure
         if how == "retry":
@@ -181,8 +207,6 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
         )
         return status.value if settled is not None else "lost"
 
-    key = files.attempt_result_key(job.public_id, attempt, result.format)
-    context.storage.put(key, result.image)
     if context.settings.debug_pause_before_settle_seconds:  # test aid (refused in prod): a window to kill us in
         time.sleep(context.settings.debug_pause_before_settle_seconds)
     settled = _with_retry(
@@ -191,44 +215,193 @@ def _run(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[s
             s,
             job_id=job.id,
             attempt=attempt,
-            result_location=key,
-            content_type=result.content_type,
-            size_bytes=len(result.image),
-            timings_ms=result.timings_ms,
+            result_location=output.key,
+            content_type=output.content_type,
+            size_bytes=output.size_bytes,
+            timings_ms=output.timings_ms,
             result_ttl_seconds=context.settings.result_ttl_seconds,
+            frames_done=output.frames_done,
+            frames_total=output.frames_total,
         ),
         what="capture",
     )
-    _record_timings(context, result.timings_ms)
-    if settled is None:
-        # Not ours any more (swept, canceled meanwhile, or a commit whose answer was lost): keep the file only if
-        # the job did end with it.
-        final = _with_retry(context, lambda s: job_queries.get_by_id(s, job_id=job.id), what="read")
-        if final is None or final.result_location != key:
-            context.storage.delete(key)
-            if (
-                final is not None
-                and final.status == "running"
-                and final.attempts == attempt
-                and final.cancel_requested_at is not None
-            ):
-                # Still this attempt's: the capture refused it because a cancel arrived after the last stage
-                # boundary. Settle it canceled now (never charged) rather than leave it for the sweeper.
-                canceled = _with_retry(
-                    context,
-                    lambda s: jobs.fail(
-                        s,
-                        job_id=job.id,
-                        attempt=attempt,
-                        code="canceled",
-                        detail="canceled by the caller; stopped before the capture",
-                        status=JobStatus.canceled,
-                    ),
-                    what="cancel",
-                )
-                return "canceled" if canceled is not None else "lost"
-            return "lost"
-    return "succeeded"
+    _record_timings(context, output.timings_ms)
+    if settled is not None:
+        return "succeeded"
+    # Not ours any more (swept, canceled meanwhile, or a commit whose answer was lost).
+    final = _with_retry(context, lambda s: job_queries.get_by_id(s, job_id=job.id), what="read")
+    if final is not None and final.status == "running" and final.attempts == attempt and final.cancel_requested_at:
+        # Still this attempt's: the capture refused it because a cancel arrived after the last stage boundary.
+        # Settle it canceled now rather than leave it for the sweeper: an image is never charged; a video was
+        # processed whole, so the cancel rule charges every second of it and keeps the result.
+        if video is not None:
+            return video.settle_cancel_after_finish(output)
+        context.storage.delete(output.key)
+        canceled = _with_retry(
+            context,
+            lambda s: jobs.fail(
+                s,
+                job_id=job.id,
+                attempt=attempt,
+                code="canceled",
+                detail="canceled by the caller; stopped before the capture",
+                status=JobStatus.canceled,
+            ),
+            what="cancel",
+        )
+        return "canceled" if canceled is not None else "lost"
+    if final is None or final.result_location != output.key:  # keep the file only if the job did end with it
+        context.storage.delete(output.key)
+    return "lost"
+
+
+def _swap_image(context: WorkerContext, job: Any, attempt: int, checkpoint: Callable[[str], None]) -> Output:
+    options = job.options
+    source = context.storage.get(f"{job.input_location}/source")
+    target = context.storage.get(f"{job.input_location}/target")
+    reference = context.storage.get(f"{job.input_location}/reference") if options.get("has_reference") else None
+    result = context.engine.swap(
+        source,
+        target,
+        faces=_faces(options),
+        reference=reference,
+        output_format=options["output_format"],
+        quality=options["quality"],
+        processors=_processors(options),
+        checkpoint=checkpoint,
+    )
+    key = files.attempt_result_key(job.public_id, attempt, result.format)
+    context.storage.put(key, result.image)
+    return Output(key=key, content_type=result.content_type, size_bytes=len(result.image), timings_ms=result.timings_ms)
+
+
+def _faces(options: dict[str, Any]) -> FaceSelection:
+    return FaceSelection.parse(options["faces"], threshold=options.get("threshold", 0.5))
+
+
+def _processors(options: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(options.get("processors") or ("face_swapper",))  # jobs from before processors: the swap alone
+
+
+class VideoRun:
+    """One attempt at a video job: the swap into the result's staging file, and the settlements only a video has
+    (a cancel that charges the seconds processed)."""
+
+    def __init__(self, context: WorkerContext, job: Any, attempt: int) -> None:
+        self.context = context
+        self.job = job
+        self.attempt = attempt
+        self.key = files.attempt_result_key(job.public_id, attempt, job.options.get("output_format", "mp4"))
+        self.progress = Progress(context.sessions, job_id=job.id, attempt=attempt)
+        self.staging: Path | None = None
+
+    def swap(self, checkpoint: Callable[[str], None]) -> Output:
+        options, storage = self.job.options, self.context.storage
+        source = storage.get(f"{self.job.input_location}/source")
+        target = storage.path(f"{self.job.input_location}/target")
+        if target is None:
+            raise ObjectMissing(f"{self.job.input_location}/target")
+        reference = storage.get(f"{self.job.input_location}/reference") if options.get("has_reference") else None
+        self.staging = storage.staging_path(self.key)
+        result = self.context.engine.swap_video(
+            source,
+            target,
+            self.staging,
+            faces=_faces(options),
+            reference=reference,
+            trim=Trim(start=options["trim"]["start"], end=options["trim"]["end"]),
+            processors=_processors(options),
+            crf=options.get("crf", self.context.settings.video_crf),
+            progress=self.progress,
+            checkpoint=checkpoint,
+        )
+        self._store()
+        return Output(
+            key=self.key,
+            content_type=result.content_type,
+            size_bytes=result.size_bytes,
+            timings_ms=result.timings_ms,
+            frames_done=result.frames_done,
+            frames_total=result.frames_total,
+        )
+
+    def _store(self) -> None:
+        assert self.staging is not None
+        self.context.storage.put_file(self.key, self.staging)
+        self.staging = None
+
+    def discard_staging(self) -> None:
+        """The staging file of a run that stored nothing (failed, or stopped before a frame)."""
+        if self.staging is not None:
+            self.staging.unlink(missing_ok=True)
+            self.staging = None
+
+    def seconds_done(self, frames_done: int, frames_total: int) -> int:
+        trim = self.job.options["trim"]
+        return video_metering.processed_seconds(
+            frames_done=frames_done,
+            frames_total=frames_total,
+            seconds_total=float(trim["end"]) - float(trim["start"]),
+            units=self.job.units,
+        )
+
+    def settle_cancel(self) -> str:
+        """The cancel stopped the engine between batches, and the engine closed the staging file as a playable MP4
+        of the frames done (as of the last progress report). That is the result, charged by the second; with no
+        frame done, the job is canceled and released in full."""
+        done, total = self.progress.frames_done, self.progress.frames_total
+        seconds = self.seconds_done(done, total)
+        if seconds == 0 or self.staging is None or not self.staging.is_file():
+            self.discard_staging()
+            canceled = _with_retry(
+                self.context,
+                lambda s: jobs.fail(
+                    s,
+                    job_id=self.job.id,
+                    attempt=self.attempt,
+                    code="canceled",
+                    detail="canceled by the caller before any frame was processed; nothing charged",
+                    status=JobStatus.canceled,
+                ),
+                what="cancel",
+            )
+            return "canceled" if canceled is not None else "lost"
+        size = self.staging.stat().st_size
+        self._store()
+        output = Output(
+            key=self.key, content_type="video/mp4", size_bytes=size, timings_ms={}, frames_done=done, frames_total=total
+        )
+        return self._settle_partial(output, seconds)
+
+    def settle_cancel_after_finish(self, output: Output) -> str:
+        """A cancel that arrived after the last batch: every frame was processed, so every second is charged."""
+        done = output.frames_done or 0
+        return self._settle_partial(output, self.seconds_done(done, output.frames_total or done))
+
+    def _settle_partial(self, output: Output, seconds: int) -> str:
+        settled = _with_retry(
+            self.context,
+            lambda s: jobs.cancel_with_partial_result(
+                s,
+                job_id=self.job.id,
+                attempt=self.attempt,
+                seconds=seconds,
+                frames_done=output.frames_done or 0,
+                frames_total=output.frames_total or 0,
+                result_location=output.key,
+                content_type=output.content_type,
+                size_bytes=output.size_bytes,
+                timings_ms=output.timings_ms,
+                result_ttl_seconds=self.context.settings.result_ttl_seconds,
+            ),
+            what="capture",
+        )
+        if settled is not None:
+            return "canceled"
+        final = _with_retry(self.context, lambda s: job_queries.get_by_id(s, job_id=self.job.id), what="read")
+        if final is None or final.result_location != output.key:
+            self.context.storage.delete(output.key)
+        return "lost"
 
 
 def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str, detail: str) -> str:

@@ -1,6 +1,6 @@
 """Jobs for the admin and console tests, made through the services exactly as a submit and a worker make them,
-without a worker: a queued job (its hold reserved), a succeeded one (its result stored, its hold captured), and a
-webhook attempt recorded by the sender's own code."""
+without a worker: a queued job (its hold reserved), a succeeded one (its result stored, its hold captured), a
+running video, and a webhook attempt recorded by the sender's own code."""
 
 from __future__ import annotations
 
@@ -88,3 +88,57 @@ def failed_webhook_attempt(session: Session, settings: Settings, *, status: int 
             session, claim, Outcome(response_status=status, error=None, duration_ms=7.0), settings=settings
         )
     session.commit()
+
+
+VIDEO_PROBE = {
+    "container": "mp4",
+    "duration_seconds": 3.0,
+    "fps": 10.0,
+    "variable_frame_rate": False,
+    "frame_count": 30,
+    "width": 192,
+    "height": 144,
+    "rotation": 0,
+    "video_codec": "h264",
+    "pixel_format": "yuv420p",
+    "has_audio": True,
+    "audio_codec": "aac",
+    "size_bytes": 40_000,
+}
+
+
+def running_video_job(session: Session, settings: Settings, owner: User) -> Any:
+    """A 3-second video job a worker claimed (its hold of 3 seconds reserved), committed, with no progress yet."""
+    assert owner.tenant_id is not None
+    public_id = jobs.new_public_id()
+    jobs.submit(
+        session,
+        request=jobs.SubmitRequest(
+            public_id=public_id,
+            tenant_id=owner.tenant_id,
+            user_id=owner.id,
+            api_key_id=None,
+            account_id=owner.account_id,
+            operations=("swap.video",),
+            queue=settings.queue_name,
+            units=3,
+            idempotency_key=f"admin-test-{uuid.uuid4().hex}",
+            request_hash=b"admin-test",
+            options={
+                "media": "video",
+                "output_format": "mp4",
+                "probe": VIDEO_PROBE,
+                "trim": {"start": 0.0, "end": 3.0},
+                "processors": ["face_swapper"],
+                "faces": "largest",
+            },
+            input_location=f"inputs/{public_id}",
+            webhook_url=None,
+            max_attempts=2,
+            deadline_seconds=settings.job_deadline_seconds,
+        ),
+    )
+    running = jobs.claim(session, public_id=public_id, worker_id="admin-test-worker")
+    assert running is not None
+    session.commit()
+    return running

@@ -1,5 +1,6 @@
 """The console's jobs screens over httpx: the list and its filters, a job's page (tokens, timings, webhook
-attempts, thumbnail), the thumbnail route and cancel, for each role as /admin/v1/jobs answers it."""
+attempts, thumbnail; a video's media and live progress), the thumbnail route and cancel, for each role as
+/admin/v1/jobs answers it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from sqlalchemy.orm import Session
 
 from facemint.config import Settings
 from facemint.errors import Unprocessable
+from facemint.jobs import files
+from facemint.jobs import service as jobs
 from facemint.users.orm import Role
 from tests.factories import create_tenant, create_user, fund
-from tests.jobs.admin_job_factory import failed_webhook_attempt, queued_job, succeeded_job
+from tests.jobs.admin_job_factory import failed_webhook_attempt, queued_job, running_video_job, succeeded_job
 from tests.jobs.conftest import balance
 from tests.platform.console.conftest import MakeConsoleUser
 from tests.platform.console.console_helpers import console_post, htmx_get, next_page_url
@@ -192,3 +195,67 @@ def test_a_tenant_admin_reaching_for_another_tenants_job_gets_404(
     cancel = console_post(admin.client, f"/admin/jobs/{waiting.public_id}/cancel", admin.csrf)
     assert cancel.status_code == 404
     assert balance(engine, stranger.account_id)[1] == waiting.tokens_held
+
+
+def test_a_video_jobs_page_shows_its_media_and_progress_polled_until_it_ends(
+    app: FastAPI, session: Session, settings: Settings, engine: Engine, console_user: MakeConsoleUser
+) -> None:
+    member = create_user(session)
+    fund(session, account_id=member.account_id, amount=50)
+    job = running_video_job(session, settings, member)
+    operator = console_user(Role.operator)
+    waiting = operator.client.get(f"/admin/jobs/{job.public_id}")
+    assert "Starting (attempt 1)" in waiting.text
+    jobs.record_progress(session, job_id=job.id, attempt=1, frames_done=12, frames_total=30)
+    session.commit()
+
+    page = operator.client.get(f"/admin/jobs/{job.public_id}")
+    assert page.status_code == 200, page.text
+    assert 'data-field="billed-seconds">3 s' in page.text
+    assert "192 × 144" in page.text
+    assert "10 fps" in page.text
+    assert "swap.video v1: 10 tokens per second" in page.text
+    assert "12 of 30 frames (40.0%)" in page.text
+    assert '<progress id="progress-bar" max="100" value="40.0">' in page.text
+    assert 'hx-trigger="every 1s"' in page.text  # running: the page's live part is fetched again every second
+    polled = htmx_get(operator.client, f"/admin/jobs/{job.public_id}")
+    assert 'id="job"' in polled.text
+    assert "12 of 30 frames" in polled.text
+    listed_page = operator.client.get("/admin/jobs")
+    assert "swap.video" in listed_page.text
+    assert "40.0%" in listed_page.text
+
+    asked = console_post(operator.client, f"/admin/jobs/{job.public_id}/cancel", operator.csrf)
+    assert asked.headers["location"] == f"/admin/jobs/{job.public_id}?done=requested"
+    assert (
+        "the seconds already processed are kept as the result and charged"
+        in operator.client.get(asked.headers["location"]).text
+    )
+    # The worker stops at its next batch with 18 of 30 frames done: 2 started seconds charged.
+    stopped = jobs.cancel_with_partial_result(
+        session,
+        job_id=job.id,
+        attempt=1,
+        seconds=2,
+        frames_done=18,
+        frames_total=30,
+        result_location=files.attempt_result_key(job.public_id, 1, "mp4"),
+        content_type="video/mp4",
+        size_bytes=1234,
+        timings_ms={},
+        result_ttl_seconds=3600,
+    )
+    assert stopped is not None
+    session.commit()
+    final = operator.client.get(f"/admin/jobs/{job.public_id}")
+    assert "hx-trigger" not in final.text  # finished: the polling stops
+    assert "badge-canceled" in final.text
+    assert "18 of 30 frames (60.0%)" in final.text
+    assert "Stopped by the cancel" in final.text
+    captured = re.search(r'data-field="captured"><span class="num">([\d,]+)', final.text)
+    released = re.search(r'data-field="released"><span class="num">([\d,]+)', final.text)
+    assert captured
+    assert released
+    assert (captured.group(1), released.group(1)) == ("20", "10")
+    assert "video/mp4" in final.text
+    assert balance(engine, member.account_id) == (30, 0)

@@ -1,5 +1,6 @@
 """The jobs screens in a real browser: filter the list (htmx swaps it in place), open a finished job and see
-its thumbnail drawn, cancel a queued job (confirming the prompt) and see its tokens released."""
+its thumbnail drawn, cancel a queued job (confirming the prompt) and see its tokens released, watch a running
+video's progress move without reloading the page."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from facemint.config import Settings
+from facemint.jobs import service as jobs
 from facemint.storage import LocalStorage
 from facemint.users.orm import Role
 from tests.factories import create_tenant, create_user, fund
-from tests.jobs.admin_job_factory import queued_job, succeeded_job
+from tests.jobs.admin_job_factory import queued_job, running_video_job, succeeded_job
 from tests.jobs.conftest import balance
 from tests.platform.console.browser.browser_helpers import sign_in
 from tests.platform.console.browser.conftest import LiveServer
@@ -66,3 +68,24 @@ def test_filter_open_a_thumbnail_and_cancel_a_queued_job(
     expect(page.locator("[data-field=released]")).to_have_text(str(waiting.tokens_held))
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
     assert balance(engine, member.account_id) == (20 - done.tokens_held, 0)
+
+
+def test_a_running_videos_progress_moves_without_a_reload(
+    page: Page, live_server: LiveServer, session: Session, settings: Settings
+) -> None:
+    member = create_user(session)
+    fund(session, account_id=member.account_id, amount=50)
+    job = running_video_job(session, settings, member)
+    jobs.record_progress(session, job_id=job.id, attempt=1, frames_done=6, frames_total=30)
+    session.commit()
+    operator = create_user(session, role=Role.operator)
+
+    sign_in(page, operator.email, path=f"/admin/jobs/{job.public_id}")
+    label = page.locator("[data-field=progress]")
+    expect(label).to_have_text("6 of 30 frames (20.0%)")
+    page.evaluate("window.notReloaded = true")
+    jobs.record_progress(session, job_id=job.id, attempt=1, frames_done=24, frames_total=30)
+    session.commit()
+    expect(label).to_have_text("24 of 30 frames (80.0%)")  # htmx fetched the live part again
+    expect(page.locator("#progress-bar")).to_have_attribute("value", "80.0")
+    assert page.evaluate("window.notReloaded === true")

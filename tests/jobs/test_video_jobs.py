@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,21 +110,20 @@ def test_progress_shows_while_running_and_is_written_at_most_once_a_second(
     assert all(0 < p["percent"] < 100 for p in running)
     done_counts = [p["frames_done"] for p in seen]
     assert done_counts == sorted(done_counts)  # never backwards within an attempt
-    # Each write stamps progress_at; distinct stamps seen while running are at least a second apart.
-    stamps = sorted({p["updated_at"] for p in seen})
-    times = [_epoch(stamp) for stamp in stamps]
-    assert all(b - a >= 0.95 for a, b in zip(times, times[1:], strict=False)), stamps
-    # 8 batches in about 2.4 s: at most 4 writes while running, not one per batch.
-    assert 1 <= len(stamps) <= 4, stamps
+    # Each write stamps progress_at: the ones seen while running are a second apart (the worker's throttle runs on
+    # its own clock, the stamp is the transaction's start: a little slack), so there are at most about as many as
+    # the seconds the job ran, whatever the number of batches (8 here).
+    times = sorted({_epoch(p["updated_at"]) for p in seen})
+    assert all(b - a >= 0.8 for a, b in zip(times, times[1:], strict=False)), times
     final = get_job(job_client, payer, job_id)
     assert final["status"] == "succeeded"
+    ran = _epoch(final["finished_at"]) - _epoch(final["started_at"])
+    assert 1 <= len(times) <= ran + 1, (times, ran)
     assert final["progress"]["frames_done"] == 6 * FPS  # the settlement writes what the throttle held back
 
 
 def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def test_progress_webhooks_one_per_step_in_order_and_none_after_the_end(
@@ -172,7 +172,7 @@ def test_a_cancel_mid_video_charges_the_seconds_processed_and_keeps_them_as_the_
     assert balance(engine, payer.account_id) == (100, 60)
 
     def cancel_mid_video(_: threading.Event) -> None:
-        wait_for(lambda: (job_row(engine, job_id).frames_done or 0) >= 16, timeout=30)
+        wait_for(lambda: job_row(engine, job_id).frames_done, timeout=30)  # the first batch is done
         response = job_client.post(f"/v1/jobs/{job_id}/cancel", headers=payer.headers)
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "running"
@@ -182,7 +182,7 @@ def test_a_cancel_mid_video_charges_the_seconds_processed_and_keeps_them_as_the_
     done = get_job(job_client, payer, job_id)
     assert done["status"] == "canceled", done
     frames = done["progress"]["frames_done"]
-    assert 16 <= frames < 6 * FPS
+    assert 8 <= frames < 6 * FPS
     seconds = math.ceil(frames / FPS)
     assert done["tokens_captured"] == seconds * SWAP_PER_SECOND
     assert done["error"]["code"] == "canceled"

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from redis import Redis
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm import Session
 
+from facemint import metrics
 from facemint.config import Settings
 from facemint.jobs.video_metering import progress_step
 from facemint.reports.service import reconcile_all
@@ -54,6 +56,7 @@ def test_a_video_runs_end_to_end_and_is_charged_per_second(
     make_payer: Callable[..., Payer],
     drain: Callable[..., None],
     engine: DbEngine,
+    redis_client: Redis,
     job_settings: Settings,
     tmp_path: Path,
 ) -> None:
@@ -81,6 +84,10 @@ def test_a_video_runs_end_to_end_and_is_charged_per_second(
     # The inputs and the staging file the result was encoded into are gone; only the result stays.
     storage = job_settings.resolved_storage_dir
     assert sorted(p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file()) == [row.result_location]
+    # The engine's stage timings go to series of their own (a video's are not an image's).
+    stages = {stage.decode() for stage in redis_client.smembers(metrics.ENGINE_STAGES_KEY)}
+    assert {"video_total", "video_encode"} <= stages
+    assert "total" not in stages
     assert_reconciles(engine)
 
 

@@ -225,7 +225,11 @@ def _run(
         ),
         what="capture",
     )
-    _record_timings(context, output.timings_ms)
+    # A video's stages (whole seconds of work, or sums over its frames) get series of their own: mixed into the
+    # images' histograms they would drown them.
+    _record_timings(
+        context, output.timings_ms if video is None else {f"video_{k}": v for k, v in output.timings_ms.items()}
+    )
     if settled is not None:
         return "succeeded"
     # Not ours any more (swept, canceled meanwhile, or a commit whose answer was lost).

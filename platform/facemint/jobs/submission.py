@@ -16,6 +16,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,18 +205,21 @@ def submit_swap(
     if job.status == "queued":
         # A replay queues too: if the first request's commit landed but its reply was lost, it never queued the
         # job. The queue entry is unique per job, so a job already queued is not queued twice.
-        after_commit(session, lambda: _enqueue(settings, redis, sessions, job))
+        after_commit(session, lambda: _enqueue(redis, sessions, job))
     available = outcome.available
     if available is None:
         available = ledger.get_balance(session, account_id=principal.account_id).available
     return SwapSubmitted(job=job, replayed=outcome.replayed, available=available)
 
 
-def _enqueue(settings: Settings, redis: Redis, sessions: sessionmaker[Session], job: Any) -> None:
+def _run_timeout(job: Any) -> int:
+    """RQ's limit for the job's run: up to its own deadline (a video's grows with its duration), plus a margin."""
+    return queue.run_timeout((job.deadline_at - datetime.now(UTC)).total_seconds())
+
+
+def _enqueue(redis: Redis, sessions: sessionmaker[Session], job: Any) -> None:
     try:
-        queue.enqueue(
-            redis, queue_name=job.queue, public_id=job.public_id, timeout_seconds=settings.job_deadline_seconds
-        )
+        queue.enqueue(redis, queue_name=job.queue, public_id=job.public_id, timeout_seconds=_run_timeout(job))
     except RedisError:
         # Recorded and held, but not queued: the dispatcher queues it as soon as Redis answers again, or the
         # sweeper fails it and releases its tokens at its deadline. Either way the tokens are accounted for.

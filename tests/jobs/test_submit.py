@@ -431,3 +431,34 @@ class TestPriceBook:
         )
         assert response.status_code in (404, 422), response.text
         assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_plain_image_swap_hashes_as_before_videos_existed() -> None:
+    """A client that retries across the deploy that added videos and processors, with the same Idempotency-Key,
+    gets its replay: the request hash of a plain image swap is the one the earlier release computed."""
+    import hashlib
+
+    from billing.ledger.service import request_hash
+    from facemint.jobs.submission import SwapSubmission
+
+    files = {"source": SOURCE, "target": TARGET}
+    before = {"faces": "largest", "threshold": 0.5, "has_reference": False, "output_format": "png", "quality": 90}
+    now = SwapSubmission(
+        public_id="job_0", files=files, options={**before, "processors": ["face_swapper"]}, webhook_url=None
+    )
+    earlier = request_hash(
+        {
+            "operation": "swap.image",
+            "options": before,
+            "webhook_url": None,
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+        }
+    )
+    assert now.request_hash == earlier
+    enhanced = SwapSubmission(
+        public_id="job_0",
+        files=files,
+        options={**before, "processors": ["face_swapper", "face_enhancer"]},
+        webhook_url=None,
+    )
+    assert enhanced.request_hash != earlier

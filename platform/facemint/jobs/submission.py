@@ -84,6 +84,18 @@ class SwapSubmission:
         hashes = {name: hashlib.sha256(data).hexdigest() for name, data in self.files.items()}
         if self.video is not None:
             hashes[VIDEO_FIELD] = self.video.sha256
+        if self.operations == (SWAP_OPERATION,):
+            # A plain image swap hashes as it did before videos and processors existed, so a client retrying
+            # across the deploy with the same Idempotency-Key gets its replay, not a 409.
+            legacy = {k: v for k, v in self.options.items() if k not in ("processors", "media")}
+            return request_hash(
+                {
+                    "operation": SWAP_OPERATION,
+                    "options": legacy,
+                    "webhook_url": self.webhook_url,
+                    "files": dict(sorted(hashes.items())),
+                }
+            )
         return request_hash(
             {
                 "operation": self.operations[0],

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 from insightface.app.common import Face
@@ -202,9 +202,7 @@ class Engine:
         if enhancer_path.is_file():
             paths = {**paths, "enhancer": enhancer_path}
             with quiet_loading():
-                # ONNX Runtime takes (name, options) pairs as well as names, as the other models are given them.
-                requested = cast(Sequence[str], provider_plan.requested)
-                enhancer = FaceEnhancer.load(enhancer_path, providers=requested, sess_options=options)
+                enhancer = FaceEnhancer.load(enhancer_path, providers=provider_plan.requested, sess_options=options)
         kinds = {name: model_kind(path) for name, path in paths.items()}
         if len(set(kinds.values())) != 1:
             raise ModelContractError(

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from inference.errors import ModelContractError, ModelNotFound
 from inference.models.demo import ENHANCER_FILE
 from inference.paste import box_mask, paste_face
+from inference.providers import ProviderSpec
 
 __all__ = ["DEFAULT_BLEND", "ENHANCER_FILE", "ENHANCER_SIZE", "FFHQ_512", "MASK_BLUR", "FaceEnhancer", "align"]
 
@@ -123,7 +124,7 @@ class FaceEnhancer:
 
     @classmethod
     def load(
-        cls, path: Path, *, providers: Sequence[str], sess_options: Any = None, blend: float = DEFAULT_BLEND
+        cls, path: Path, *, providers: Sequence[ProviderSpec], sess_options: Any = None, blend: float = DEFAULT_BLEND
     ) -> FaceEnhancer:
         """Open the model at `path` with these ONNX Runtime `providers` and `sess_options` and check its contract.
 

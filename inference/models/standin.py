@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inference.models.demo import (
     DETECTOR_FILE,
+    ENHANCER_FILE,
     RECOGNIZER_FILE,
     SWAPPER_FILE,
     build_detector,
@@ -67,7 +68,7 @@ STANDIN_FILES: Final[Mapping[str, str]] = {
     "detector": DETECTOR_FILE,
     "recognizer": RECOGNIZER_FILE,
     "swapper": SWAPPER_FILE,
-    "enhancer": "gfpgan_1.4.onnx",
+    "enhancer": ENHANCER_FILE,
 }
 DEFAULT_DET_SIZE: Final = (640, 640)
 

@@ -1,6 +1,7 @@
 """Run every benchmark, one after the other, each in its own process with its own servers.
 
-    .venv/bin/python bench/run_all.py           # the full set (about 3 minutes on 2 cores, plus engine.py)
+    .venv/bin/python bench/run_all.py           # the full set (about 3 minutes on 2 cores, plus the engine
+                                                # benchmarks: engine, engine_standin and video, about 12 minutes)
     .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 1.5 minutes)
     .venv/bin/python bench/run_all.py --only holds
 
@@ -23,6 +24,11 @@ BENCHMARKS = {
     "batch_phases": ([], ["--runs", "1"]),
     "holds": ([], ["--runs", "1", "--seconds", "5"]),
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
+    # The engine on stand-in models (real compute): per-stage times at 720p/1080p/4K; --quick: 1080p, one run.
+    "engine_standin": ([], ["--quick"]),
+    # Video: Engine.swap_video against a plain frame loop, peak RSS short vs long clip; --quick: 3 s and 12 s clips,
+    # no stand-ins.
+    "video": ([], ["--quick"]),
     "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
     "sealing": ([], ["--entries", "200000", "--seconds", "4", "--runs", "1", "--no-index-cost"]),

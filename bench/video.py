@@ -55,10 +55,8 @@ import numpy as np
 from engine import background, cpu_model, jpeg, peak_rss_mib, section, source_image, versions
 
 from inference.engine import Engine, EngineConfig
-from inference.media import decode_image
 from inference.models import draw_demo_face, write_demo_models, write_standin_models
 from inference.providers import ProviderChoice
-from inference.selection import FaceSelection
 from inference.video import Trim
 from inference.video_color import bgr_to_frame, frame_to_bgr, supported_colorspace
 from inference.video_pipeline import ENCODER_PRESET
@@ -199,11 +197,8 @@ def models(kind: str) -> Path:
 
 def frame_step(engine: Engine, source: bytes, processors: str) -> Callable[[np.ndarray], Any]:
     """What swap_video hands its pool for each frame (detect, choose, swap, paste, enhance), with the source face
-    and embedding computed once, as swap_video does (the engine has no public per-frame method)."""
-    image = decode_image(source, limits=engine.config.limits)
-    faces = engine._detect(image.pixels)
-    job = engine._plan(image, faces, FaceSelection(), None, [], engine._processors(processors))
-    return lambda pixels: engine._video_frame(job, pixels)
+    and embedding computed once, as swap_video does."""
+    return engine.frame_swapper(source, processors=processors)
 
 
 def pipeline_job(engine: Engine, source: bytes, clip: Path, output: Path, frames: int, processors: str) -> dict:

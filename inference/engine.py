@@ -373,15 +373,7 @@ class Engine:
             probe, trim_start=trim.start if trim else None, trim_end=trim.end if trim else None
         )  # a trim resolved on another probe is checked against this one
         prepare_clock = time.perf_counter()
-        source_image = decode_image(source, limits=self.config.limits)
-        reference_image = None
-        if selection.mode is FaceMode.reference and reference is not None:
-            reference_image = decode_image(reference, limits=self.config.limits)
-        source_faces = self._detect(source_image.pixels)
-        if not source_faces:
-            raise NoSourceFace("no face was found in the source image")
-        reference_faces = self._detect(reference_image.pixels) if reference_image is not None else []
-        job = self._plan(source_image, source_faces, selection, reference_image, reference_faces, pipeline)
+        work = self.frame_swapper(source, faces=selection, reference=reference, processors=pipeline)
         prepare_ms = (time.perf_counter() - prepare_clock) * 1000
 
         outcome = run_pipeline(
@@ -389,7 +381,7 @@ class Engine:
             Path(output),
             probe=probe,
             trim=span,
-            work=lambda pixels: self._video_frame(job, pixels),
+            work=work,
             crf=crf,
             batch_frames=batch_frames,
             threads=workers,
@@ -436,6 +428,30 @@ class Engine:
         )
 
     # --- the per-frame step --------------------------------------------------------------------------
+
+    def frame_swapper(
+        self,
+        source: bytes,
+        *,
+        faces: FaceSelection | str = FaceSelection(),
+        reference: bytes | None = None,
+        processors: str | Sequence[str] = DEFAULT_PROCESSORS,
+    ) -> Callable[[NDArray[np.uint8]], FrameReport]:
+        """The per-frame step of a video (detect, choose, swap, paste, enhance, in place on a BGR frame), with the
+        source face and embedding (and the reference's) computed once, here. `swap_video` hands it to its pool;
+        a plain frame loop (the benchmark's baseline) calls it frame by frame. Thread-safe."""
+        selection = self._selection(faces, reference)
+        pipeline = self._processors(processors)
+        source_image = decode_image(source, limits=self.config.limits)
+        reference_image = None
+        if selection.mode is FaceMode.reference and reference is not None:
+            reference_image = decode_image(reference, limits=self.config.limits)
+        source_faces = self._detect(source_image.pixels)
+        if not source_faces:
+            raise NoSourceFace("no face was found in the source image")
+        reference_faces = self._detect(reference_image.pixels) if reference_image is not None else []
+        job = self._plan(source_image, source_faces, selection, reference_image, reference_faces, pipeline)
+        return lambda pixels: self._video_frame(job, pixels)
 
     def _selection(self, faces: FaceSelection | str, reference: bytes | None) -> FaceSelection:
         selection = FaceSelection.parse(faces) if isinstance(faces, str) else faces

@@ -254,8 +254,15 @@ def _run(
             what="cancel",
         )
         return "canceled" if canceled is not None else "lost"
-    if final is None or final.result_location != output.key:  # keep the file only if the job did end with it
-        context.storage.delete(output.key)
+    return _kept_if_settled(context, final, output.key)
+
+
+def _kept_if_settled(context: WorkerContext, final: Any, key: str) -> str:
+    """After a settlement that changed nothing: the job's status if it did end with this result (the settlement's
+    commit landed and only its reply was lost; the file stays), else "lost" (the file goes)."""
+    if final is not None and final.result_location == key:
+        return str(final.status)
+    context.storage.delete(key)
     return "lost"
 
 
@@ -403,9 +410,7 @@ class VideoRun:
         if settled is not None:
             return "canceled"
         final = _with_retry(self.context, lambda s: job_queries.get_by_id(s, job_id=self.job.id), what="read")
-        if final is None or final.result_location != output.key:
-            self.context.storage.delete(output.key)
-        return "lost"
+        return _kept_if_settled(self.context, final, output.key)
 
 
 def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str, detail: str) -> str:

@@ -144,6 +144,13 @@ def reconcile(
     """Run every check in one REPEATABLE READ snapshot when the caller's session allows it. `extra_checks` (same
     shape as CHECKS) lets the service add checks over its own tables, e.g. that jobs agree with their holds."""
     report = ReconciliationReport()
+    # Every check compares whole tables, which hash and merge joins do in one pass each. Right after a bulk load,
+    # before autovacuum has analysed it, the planner can take a 100,000-row table for a few rows and nest a
+    # per-account aggregate inside a loop over the accounts: quadratic, minutes instead of a fraction of a
+    # second. So nested loops are off for the checks, and the transaction's own setting comes back after them (a
+    # check that fails aborts the transaction, which undoes the setting anyway).
+    previous = session.execute(text("SELECT current_setting('enable_nestloop')")).scalar_one()
+    session.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
     for name, (description, query) in {**CHECKS, **(extra_checks or {})}.items():
         rows = session.execute(text(f"SELECT * FROM ({query}) q ORDER BY 1 LIMIT :n"), {"n": sample}).all()
         report.checks_run.append(name)
@@ -153,6 +160,7 @@ def reconcile(
                     check=name, description=description, ids=[r[0] for r in rows], details=[_plain(r[1]) for r in rows]
                 )
             )
+    session.execute(text("SELECT set_config('enable_nestloop', :value, true)"), {"value": previous})
     totals = session.execute(
         text(
             """

@@ -187,12 +187,13 @@ _JOBS_WEBHOOKS_AUDIT_SQL = [
     ) ev
     ORDER BY at
     """,
-    # Later price versions (a new operation's price book) for the prices screen.
+    # Later price versions for the prices screen, after the versions the migrations seed.
     """
     INSERT INTO prices (operation, version, tokens_per_unit, actor, note, created_at)
-    VALUES ('swap.video', 1, 12, 'user:' || :platform_admin, 'video launch', CAST(:start AS timestamptz)),
-           ('swap.video', 2, 10, 'user:' || :platform_admin, 'volume discount',
-            CAST(:start AS timestamptz) + interval '30 days')
+    SELECT 'swap.video', seeded.version + v.step, v.tokens, 'user:' || :platform_admin, v.note,
+           CAST(:start AS timestamptz) + v.days * interval '1 day'
+    FROM (SELECT coalesce(max(version), 0) AS version FROM prices WHERE operation = 'swap.video') seeded,
+         (VALUES (1, 12, 'video launch', 0), (2, 10, 'volume discount', 30)) AS v(step, tokens, note, days)
     """,
 ]
 

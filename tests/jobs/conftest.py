@@ -30,6 +30,7 @@ from inference.models import write_demo_models
 from inference.models.demo import draw_demo_face
 from tests.conftest import make_settings
 from tests.factories import bearer, create_user, fund, issue_key
+from tests.inference.video_helpers import claim_duration, claim_frame_size, make_audio_only, make_clip, refer_to_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -402,3 +403,52 @@ def postgres_control(database_url: str) -> Iterator[PostgresControl]:
     info = control.server._postmaster_info
     if info is None or not info.is_running():  # a failed test must not leave the other tests without a database
         control.start()
+
+
+# --- video submits (tests/jobs/test_video_*.py) ---------------------------------------------------------------
+
+MP4 = "video/mp4"
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Tiny clips (192x144, 10 fps) made once for the module."""
+    folder = tmp_path_factory.mktemp("clips")
+
+    def clip(name: str, **options: Any) -> bytes:
+        return make_clip(folder / name, **options).path.read_bytes()
+
+    base = clip("base.mp4", frames=24)  # 2.4 s
+    return {
+        "base": base,
+        "other": clip("other.mp4", frames=24, faces=lambda i: [(50, 30, 64, 3)]),
+        "mov": clip("c.mov", container="mov", frames=10),
+        "mkv": clip("c.mkv", container="matroska", frames=10),
+        "webm": clip("c.webm", container="webm", codec="libvpx-vp9", frames=10),
+        "phone": clip("phone.mp4", frames=10, rotation=90, audio="aac"),
+        "variable": clip("vfr.mp4", frames=10, frame_seconds=lambda i: 0.05 if i % 2 else 0.15),
+        "fast": clip("fast.mp4", fps=100, frames=5),
+        "many_frames": clip("many.mp4", frames=40),  # 4 s: over the refusal app's 30 frames
+        "audio_only": make_audio_only(folder / "audio.mp4").read_bytes(),
+        "huge_frames": claim_frame_size(base, 100_000, 100_000, in_container=True),
+        "ten_hours": claim_duration(base, 36_000.0),
+        "elsewhere": refer_to_file(base, "file:///etc/passwd"),
+    }
+
+
+def send_video(
+    client: TestClient,
+    payer: Payer,
+    video: bytes,
+    *,
+    key: str | None = None,
+    data: dict[str, str] | None = None,
+    filename: str = "t.mp4",
+    content_type: str = MP4,
+) -> Any:
+    return client.post(
+        "/v1/swaps",
+        headers={**payer.headers, "Idempotency-Key": key or os.urandom(8).hex()},
+        files={"source": ("s.png", SOURCE, "image/png"), "target": (filename, video, content_type)},
+        data=data or {},
+    )

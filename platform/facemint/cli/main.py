@@ -20,7 +20,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from facemint.cli import engine_commands, finance_commands, ledger_commands
+from facemint.cli import backup_commands, engine_commands, finance_commands, ledger_commands
 from facemint.config import Environment, Settings, get_settings
 
 
@@ -483,6 +483,7 @@ def _fail(message: object) -> NoReturn:
 engine_commands.register(cli, _settings)
 ledger_commands.register(cli, _settings)
 finance_commands.register(cli, _settings)
+backup_commands.register(cli, _settings)
 
 if __name__ == "__main__":
     cli()

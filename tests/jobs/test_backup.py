@@ -174,3 +174,31 @@ def test_restore_refuses_an_object_that_does_not_match_the_manifest_and_writes_n
         assert connection.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar() == 0
     engine.dispose()
     assert not list(restored_dir.rglob("*.png"))
+
+
+def test_restore_of_a_backup_without_files_lists_the_objects_storage_lacks(
+    job_settings: Settings,
+    job_client: TestClient,
+    drain: Callable[..., None],
+    make_payer: Callable[..., Payer],
+    owner_url: str,
+    fresh_database: str,
+    tmp_path: Path,
+) -> None:
+    payer = make_payer(tokens=5)
+    (public_id,) = _succeeded_jobs(job_client, drain, payer, 1)
+    env = _env(job_settings, owner_url=owner_url, data_dir=job_settings.data_dir)
+    backup_dir = tmp_path / "backup"
+    made = _invoke(env, "backup", "--out", str(backup_dir), "--without-files")
+    assert made.exit_code == 0, made.output
+    assert not (backup_dir / "objects").exists()
+
+    restored_owner = _with_database(owner_url, fresh_database)
+    restored_env = {
+        **_env(job_settings, owner_url=restored_owner, data_dir=tmp_path / "restored"),
+        "FACEMINT_DATABASE_URL": _with_database(job_settings.database_url or "", fresh_database),
+    }
+    restored = _invoke(restored_env, "restore", "--from", str(backup_dir))
+    assert restored.exit_code == 3, restored.output
+    assert "object(s) in the manifest are not in storage" in restored.output
+    assert f"results/{public_id}" in restored.output

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, sqlalchemy_url
 from tests.invariants import assert_ledger_invariants, assert_no_hold_outlives_its_job
+from tests.storage_servers import S3Server, run_s3_server
 
 
 def _worker_index(worker_id: str) -> int:
@@ -78,6 +79,24 @@ def servers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterato
     for stop in reversed(stoppers):
         with contextlib.suppress(Exception):  # a server that is already gone needs no stopping
             stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server on loopback for this worker (started only by the tests that ask for it), with the
+    bucket `facemint-test`; each test keeps to its own key prefix (see `tests.storage_servers.s3_settings`)."""
+    import boto3
+
+    with run_s3_server(Path(tmp_path_factory.mktemp("s3"))) as server:
+        client = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name=server.region,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+        )
+        client.create_bucket(Bucket=server.bucket)
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,19 @@ class Settings(BaseSettings):
     # Queued plus running jobs per tenant, by plan (429 beyond): one tenant cannot fill every GPU.
     plan_max_active_jobs: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PLAN_MAX_ACTIVE_JOBS))
     storage_dir: Path | None = None  # default: <data dir>/storage
+    # "s3": inputs and results in an S3 bucket (credentials from boto3's standard chain: AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY, a profile, an instance role); uploads and results still stage on local disk first.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""  # prepended to every key ("facemint/"), so one bucket can hold several deployments
+    s3_endpoint_url: str | None = None  # another S3 server (SeaweedFS, MinIO); AWS when unset
+    s3_region: str | None = None
+    # Objects at least this large are uploaded in parts (streamed from the staged file, several parts at a time).
+    s3_multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # How a result leaves S3: "stream" (through the API, ranges passed on to S3) or "presigned" (a 307 to a
+    # presigned URL valid `s3_presigned_ttl_seconds`, so the bytes skip the API).
+    storage_result_delivery: Literal["stream", "presigned"] = "stream"
+    s3_presigned_ttl_seconds: int = Field(default=300, ge=1, le=7 * 86400)
     queue_name: str = "swaps"
     # Test and benchmark aid (refused in prod): each job pauses this long at its first stage boundary.
     debug_job_delay_seconds: float = Field(default=0.0, ge=0, le=600)

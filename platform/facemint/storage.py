@@ -4,19 +4,21 @@ raises, so the caller (the sweeper) keeps the job marked as still holding files 
 
 Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text. Large
 uploads (videos) never pass through memory: they stream into `staging_path(key)` and are stored with `put_file`;
-results are read as files (`path`) where the backend has them."""
+results are read as files (`path`) where the backend has them, through `local_copy` where it may not. The S3
+backend is `facemint.storage_s3`."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from facemint.config import Settings
@@ -34,15 +36,45 @@ class StoredObject:
     modified_at: float  # seconds since the epoch
 
 
+class RangeNotSatisfiable(ValueError):
+    """No byte of the range asked for lies within the object (`size` bytes)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"no range starts within the object's {size} bytes")
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRange:
+    """An open read of bytes `first`..`last` (inclusive) of an object of `size` bytes; `partial` when a range was
+    served rather than the whole object. `close` releases the connection once the chunks are read (or not)."""
+
+    chunks: Iterator[bytes]
+    first: int
+    last: int
+    size: int
+    partial: bool
+    close: Callable[[], None]
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
     def staging_path(self, key: str) -> Path: ...
     def put_file(self, key: str, source: Path, *, durable: bool = True) -> None: ...
     def get(self, key: str) -> bytes: ...
     def path(self, key: str) -> Path | None: ...
+    def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+
+@runtime_checkable
+class RemoteStorage(Protocol):
+    """A backend without local files (S3): results leave it as a ranged stream or a presigned URL."""
+
+    def open_range(self, key: str, byte_range: str | None = None) -> ObjectRange: ...
+    def presigned_url(self, key: str, ttl_seconds: int, *, filename: str | None = None) -> str: ...
 
 
 class LocalStorage:
@@ -123,6 +155,14 @@ class LocalStorage:
         target = self._resolve(key)
         return target if target.is_file() else None
 
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """The object as a local file while the block runs: here the stored file itself (no copy)."""
+        target = self.path(key)
+        if target is None:
+            raise ObjectMissing(key)
+        yield target
+
     def delete(self, key: str) -> None:
         self._resolve(key).unlink(missing_ok=True)
 
@@ -171,4 +211,16 @@ def result_key(public_id: str, extension: str) -> str:
 
 
 def make_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        from facemint.storage_s3 import S3Storage  # boto3 loads only where S3 is used
+
+        # Staging files (uploads as they stream, results as they are encoded) stay on local disk: S3 has no paths.
+        return S3Storage(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            staging_dir=settings.data_dir / "staging",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            multipart_threshold=settings.s3_multipart_threshold_bytes,
+        )
     return LocalStorage(settings.resolved_storage_dir)

@@ -1,0 +1,185 @@
+"""The S3 backend of `Storage` (boto3): objects in one bucket under an optional prefix, for deployments where the
+API and the workers run on different machines. S3 has no local files, so what LocalStorage does with a path is done
+here with local staging files and streams:
+
+- uploads (and video results) are written to `staging_path(key)`, a file under a local staging folder, then
+  `put_file` sends it with boto3's managed transfer (multipart above the threshold, read from the file part by
+  part, never whole into memory) and removes it;
+- `path()` is None; the worker reads a video input through `local_copy` (downloaded to a staging file, streamed),
+  and the API serves a result with `open_range` (S3's ranged GET, so players can seek) or `presigned_url`.
+
+Deleting is by key and by prefix (list, then batch delete), independent of any bucket lifecycle rule: the sweeper
+decides when a file goes, as it does on local disk. Credentials come from boto3's standard chain (environment,
+profile, instance role), never from the settings."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from facemint.storage import _KEY, ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject
+
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
+_CHUNK = 1024 * 1024
+
+
+class S3Storage:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        staging_dir: Path,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        multipart_threshold: int = 16 * 1024 * 1024,
+        client: Any = None,
+    ) -> None:
+        if not bucket:
+            raise ValueError("the S3 backend needs a bucket (FACEMINT_S3_BUCKET)")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.staging_dir = staging_dir
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        # Path-style addressing: S3-compatible servers on a host:port (SeaweedFS, MinIO) have no bucket subdomains.
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4", retries={"mode": "standard"}),
+        )
+        # Parts the size of the threshold: a 512 MiB video is 32 parts, 4 in flight, so at most ~64 MiB buffered.
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_threshold,
+            max_concurrency=4,
+        )
+
+    def _key(self, key: str) -> str:
+        if not _KEY.fullmatch(key) or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.prefix + key
+
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """One PUT: S3 acknowledges an object once it is stored whole, so `durable` needs nothing more here."""
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def staging_path(self, key: str) -> Path:
+        """A local file under the staging folder (`<staging>/<key>`), sent by `put_file`."""
+        self._key(key)
+        target = self.staging_dir / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def put_file(self, key: str, source: Path, *, durable: bool = True) -> None:
+        """Uploads `source` (multipart above the threshold, streamed from the file), then removes it. A failed
+        upload leaves `source` in place and aborts its parts (boto3's transfer manager does), then raises."""
+        self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer)
+        source.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise _missing_or(exc, key) from exc
+        body = response["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def path(self, key: str) -> Path | None:
+        return None  # no local files: see local_copy, open_range and presigned_url
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """The object as a local file for as long as the block runs (a video the decoder needs to seek in):
+        downloaded in ranged parts to a staging file, removed afterwards."""
+        self._key(key)
+        target = self.staging_dir / "downloads" / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(target), Config=self.transfer)
+        except ClientError as exc:
+            target.unlink(missing_ok=True)
+            raise _missing_or(exc, key) from exc
+        try:
+            yield target
+        finally:
+            target.unlink(missing_ok=True)
+
+    def size(self, key: str) -> int:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise _missing_or(exc, key) from exc
+        return int(response["ContentLength"])
+
+    def open_range(self, key: str, byte_range: str | None = None) -> ObjectRange:
+        """The object, or the one range `byte_range` asks for ("bytes=0-99", "bytes=100-", "bytes=-500"), as a
+        stream of chunks: one GET with the Range header passed on, so a player's seek costs S3 only those bytes.
+        A range that starts past the end raises RangeNotSatisfiable with the object's size."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if byte_range is not None:
+            request["Range"] = byte_range
+        try:
+            response = self.client.get_object(**request)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                raise RangeNotSatisfiable(self.size(key)) from exc
+            raise _missing_or(exc, key) from exc
+        length = int(response["ContentLength"])
+        content_range = response.get("ContentRange")  # "bytes 0-99/1234" when a range was served
+        if content_range:
+            span, _, total = content_range.removeprefix("bytes ").partition("/")
+            start_text, _, end_text = span.partition("-")
+            start, end, size, partial = int(start_text), int(end_text), int(total), True
+        else:
+            start, end, size, partial = 0, length - 1, length, False
+        body = response["Body"]
+        return ObjectRange(
+            chunks=body.iter_chunks(_CHUNK), first=start, last=end, size=size, partial=partial, close=body.close
+        )
+
+    def presigned_url(self, key: str, ttl_seconds: int, *, filename: str | None = None) -> str:
+        """A URL that GETs the object without credentials until `ttl_seconds` pass (signed locally: no request)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if filename is not None:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_seconds))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # S3 answers 204 for a missing key too
+
+    def delete_prefix(self, prefix: str) -> None:
+        """The object named `prefix` and every object under `prefix/`, in batches of 1000; any key S3 refuses to
+        delete raises, so the sweeper keeps the job marked and tries again."""
+        base = prefix.rstrip("/")
+        keys = [self._key(base)] + [self.prefix + stored.key for stored in self.list(base)]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
+            response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:
+                raise OSError(f"S3 refused to delete {len(errors)} objects, first {errors[0]}")
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix/` (a folder such as "results"), page by page, keys without the bucket prefix."""
+        folder = self._key(prefix.rstrip("/")) + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
+            for item in page.get("Contents", []):
+                yield StoredObject(key=item["Key"][len(self.prefix) :], modified_at=item["LastModified"].timestamp())
+
+
+def _missing_or(exc: ClientError, key: str) -> Exception:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return ObjectMissing(key) if code in _MISSING else exc

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
@@ -32,7 +34,8 @@ from facemint.jobs.errors import InvalidSwapRequest, ResultGone, ResultRangeNotS
 from facemint.jobs.orm import TERMINAL_STATUSES
 from facemint.jobs.schemas import JobRead, UsageRead, UsageRow, has_result
 from facemint.pagination import Page, PageParams, make_page
-from facemint.storage import Storage, input_prefix
+from facemint.storage import ObjectMissing, RemoteStorage, Storage, input_prefix
+from facemint.storage import RangeNotSatisfiable as StoredRangeNotSatisfiable
 from facemint.timestamps import IsoDate, UtcDatetime
 from facemint.webhooks import service as webhook_service
 from facemint.webhooks.errors import InvalidWebhookUrl
@@ -358,7 +361,9 @@ class ResultFileResponse(FileResponse):
         416: {"description": "no range asked for starts within the result"},
     },
 )
-def get_result(job_id: str, session: SessionDep, principal: Reader, storage: StorageDep) -> Any:
+def get_result(
+    job_id: str, request: Request, session: SessionDep, principal: Reader, storage: StorageDep, settings: SettingsDep
+) -> Any:
     """The job's result: the swapped image, or the video (MP4, with range requests for players). A succeeded job
     has one until it expires or is deleted; so does a video canceled while running, with the part it processed."""
     job = _own_job(session, principal, job_id)
@@ -367,16 +372,67 @@ def get_result(job_id: str, session: SessionDep, principal: Reader, storage: Sto
         if job.result_location is None:
             raise ResultGone(f"the job {job.status}: it has no result", status=job.status)
         raise ResultGone("the result was deleted or has expired")
+    extension = job.result_location.rsplit(".", 1)[-1]
+    if isinstance(storage, RemoteStorage):
+        return _remote_result(storage, settings, request, job, f"{job.public_id}.{extension}")
     path = storage.path(job.result_location)
     if path is None:
         raise ResultGone("the result was deleted or has expired")
-    extension = job.result_location.rsplit(".", 1)[-1]
     return ResultFileResponse(
         path,
         media_type=job.result_content_type,
         filename=f"{job.public_id}.{extension}",
         headers={"Cache-Control": "private, no-store"},
     )
+
+
+_SINGLE_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")
+
+
+def _remote_result(storage: RemoteStorage, settings: Settings, request: Request, job: Any, filename: str) -> Response:
+    """A result in S3: a 307 to a presigned URL (the bytes skip the API), or streamed through the API with one
+    range passed on to S3's ranged GET so players can seek. Several ranges, or a malformed header, get the whole
+    object (RFC 9110 lets a server ignore Range); the presigned URL serves ranges itself."""
+    key = job.result_location
+    if settings.storage_result_delivery == "presigned":
+        url = storage.presigned_url(key, settings.s3_presigned_ttl_seconds, filename=filename)
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT, headers=_NO_STORE)
+    asked = request.headers.get("range")
+    byte_range = asked.replace(" ", "") if asked and _SINGLE_RANGE.fullmatch(asked.replace(" ", "")) else None
+    try:
+        read = storage.open_range(key, byte_range)
+    except ObjectMissing:
+        raise ResultGone("the result was deleted or has expired") from None
+    except StoredRangeNotSatisfiable as exc:
+        raise ResultRangeNotSatisfiable(
+            f"no range of {byte_range!r} starts within the result's {exc.size} bytes",
+            headers={"Content-Range": f"bytes */{exc.size}"},
+            size_bytes=exc.size,
+        ) from None
+    headers = {
+        **_NO_STORE,
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(read.last - read.first + 1),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if read.partial:
+        headers["Content-Range"] = f"bytes {read.first}-{read.last}/{read.size}"
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from read.chunks
+        finally:
+            read.close()
+
+    return StreamingResponse(
+        chunks(),
+        status_code=status.HTTP_206_PARTIAL_CONTENT if read.partial else status.HTTP_200_OK,
+        media_type=job.result_content_type,
+        headers=headers,
+    )
+
+
+_NO_STORE = {"Cache-Control": "private, no-store"}
 
 
 @router.delete("/jobs/{job_id}", response_model=JobRead)

@@ -309,23 +309,23 @@ class VideoRun:
     def swap(self, checkpoint: Callable[[str], None]) -> Output:
         options, storage = self.job.options, self.context.storage
         source = storage.get(f"{self.job.input_location}/source")
-        target = storage.path(f"{self.job.input_location}/target")
-        if target is None:
-            raise ObjectMissing(f"{self.job.input_location}/target")
         reference = storage.get(f"{self.job.input_location}/reference") if options.get("has_reference") else None
         self.staging = storage.staging_path(self.key)
-        result = self.context.engine.swap_video(
-            source,
-            target,
-            self.staging,
-            faces=_faces(options),
-            reference=reference,
-            trim=Trim(start=options["trim"]["start"], end=options["trim"]["end"]),
-            processors=_processors(options),
-            crf=options.get("crf", self.context.settings.video_crf),
-            progress=self.progress,
-            checkpoint=checkpoint,
-        )
+        # The decoder seeks in the video, so it reads a local file: the stored one on disk, a download from S3
+        # (raises ObjectMissing when the input is gone).
+        with storage.local_copy(f"{self.job.input_location}/target") as target:
+            result = self.context.engine.swap_video(
+                source,
+                target,
+                self.staging,
+                faces=_faces(options),
+                reference=reference,
+                trim=Trim(start=options["trim"]["start"], end=options["trim"]["end"]),
+                processors=_processors(options),
+                crf=options.get("crf", self.context.settings.video_crf),
+                progress=self.progress,
+                checkpoint=checkpoint,
+            )
         self._store()
         return Output(
             key=self.key,

@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _require_a_bucket_for_s3(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:  # caught at start-up, not at the first upload
+            raise ValueError("FACEMINT_STORAGE_BACKEND=s3 needs FACEMINT_S3_BUCKET")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_default_secrets_in_prod(self) -> Settings:
         if self.env is Environment.prod:
             problems = []

@@ -357,6 +357,7 @@ class ResultFileResponse(FileResponse):
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "video/mp4": {}}},
         206: {"description": "the ranges asked for (`Range: bytes=...`; several as multipart/byteranges)"},
+        307: {"description": "with S3 storage and presigned delivery: the result at a short-lived presigned URL"},
         410: {},
         416: {"description": "no range asked for starts within the result"},
     },

@@ -15,6 +15,7 @@ profile, instance role), never from the settings."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from facemint.storage import _KEY, ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject
+from facemint.storage import _KEY, ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject, _ignore_missing
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
@@ -158,11 +159,20 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # S3 answers 204 for a missing key too
+        (self.staging_dir / key).unlink(missing_ok=True)  # and a staged file never sent
 
     def delete_prefix(self, prefix: str) -> None:
         """The object named `prefix` and every object under `prefix/`, in batches of 1000; any key S3 refuses to
         delete raises, so the sweeper keeps the job marked and tries again."""
         base = prefix.rstrip("/")
+        # Staged files under the prefix go too: a refused upload is staged locally and never reaches the bucket,
+        # and its submit cleans up with delete_prefix as it does on local disk.
+        self._key(base)
+        staged = self.staging_dir / base
+        if staged.is_dir():
+            shutil.rmtree(staged, onerror=_ignore_missing)
+        else:
+            staged.unlink(missing_ok=True)
         keys = [self._key(base)] + [self.prefix + stored.key for stored in self.list(base)]
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]

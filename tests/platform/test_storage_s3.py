@@ -55,6 +55,18 @@ def test_deleting_a_prefix_removes_every_object_under_it_and_no_other(storage: S
     storage.delete_prefix("inputs/job_never")  # nothing there: fine
 
 
+def test_a_staged_upload_never_sent_goes_with_its_prefix(storage: S3Storage) -> None:
+    """A refused video upload is staged locally and never reaches the bucket: the submit's clean-up removes it."""
+    staged = storage.staging_path("inputs/job_ab12/target")
+    staged.write_bytes(b"half an upload")
+    storage.delete_prefix("inputs/job_ab12")
+    assert not staged.exists()
+    result = storage.staging_path("results/job_ab12-a1.mp4")
+    result.write_bytes(b"encoded")
+    storage.delete("results/job_ab12-a1.mp4")
+    assert not result.exists()
+
+
 def test_deleting_an_object_twice_succeeds(storage: S3Storage) -> None:
     storage.put("results/job_ab12-a1.png", b"png")
     storage.delete("results/job_ab12-a1.png")

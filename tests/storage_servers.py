@@ -92,6 +92,11 @@ def run_s3_server(directory: Path, *, timeout: float = 60.0) -> Iterator[S3Serve
         f"-s3.port={s3}",
         f"-s3.port.grpc={s3_grpc}",
         f"-metricsPort={metrics}",
+        # Off: the Iceberg and Lance catalogs listen on fixed ports (8181, 9101), so a second server (the other test
+        # worker's, or another checkout's) would fail to start; the tests use S3 alone. No telemetry leaves the box.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
         f"-s3.config={config}",
         "-master.volumeSizeLimitMB=64",  # small volumes: the test machine's disk is shared
         "-volume.max=0",

@@ -6,10 +6,13 @@ import json
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from facemint.storage_crypto import Keyring
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
 DEV_API_KEY_PEPPER = "dev-only-api-key-pepper-change-me-0123456789"
@@ -139,6 +142,12 @@ class Settings(BaseSettings):
     # presigned URL valid `s3_presigned_ttl_seconds`, so the bytes skip the API).
     storage_result_delivery: Literal["stream", "presigned"] = "stream"
     s3_presigned_ttl_seconds: int = Field(default=300, ge=1, le=7 * 86400)
+    # Encryption at rest of inputs and results (facemint.storage_crypto), on either backend: key id -> base64 of a
+    # 32-byte AES-256 key (JSON in the environment), and the id new objects are sealed with. Unset: stored as is.
+    # Rotation: add a key under a new id and point the id at it; objects sealed under older ids stay readable
+    # while their key stays listed.
+    storage_encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    storage_encryption_key_id: str | None = None
     queue_name: str = "swaps"
     # Test and benchmark aid (refused in prod): each job pauses this long at its first stage boundary.
     debug_job_delay_seconds: float = Field(default=0.0, ge=0, le=600)
@@ -217,6 +226,27 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:  # caught at start-up, not at the first upload
             raise ValueError("FACEMINT_STORAGE_BACKEND=s3 needs FACEMINT_S3_BUCKET")
         return self
+
+    @model_validator(mode="after")
+    def _check_storage_encryption(self) -> Settings:
+        if self.storage_encryption_key_id is None:
+            if self.storage_encryption_keys:
+                raise ValueError("FACEMINT_STORAGE_ENCRYPTION_KEYS needs FACEMINT_STORAGE_ENCRYPTION_KEY_ID")
+            return self
+        self.storage_keyring()  # a missing, short or non-base64 key fails at start-up, not at the first upload
+        if self.storage_backend == "s3" and self.storage_result_delivery == "presigned":
+            # A presigned URL would hand the client the ciphertext: encrypted results stream through the API.
+            raise ValueError("FACEMINT_STORAGE_RESULT_DELIVERY=presigned cannot serve encrypted results")
+        return self
+
+    def storage_keyring(self) -> Keyring | None:
+        """The keys that seal stored objects, or None when storage is not encrypted."""
+        if self.storage_encryption_key_id is None:
+            return None
+        from facemint.storage_crypto import Keyring  # cryptography loads only where storage is encrypted
+
+        keys = {key_id: value.get_secret_value() for key_id, value in self.storage_encryption_keys.items()}
+        return Keyring.from_base64(keys, self.storage_encryption_key_id)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_prod(self) -> Settings:

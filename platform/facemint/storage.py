@@ -5,7 +5,7 @@ raises, so the caller (the sweeper) keeps the job marked as still holding files 
 Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text. Large
 uploads (videos) never pass through memory: they stream into `staging_path(key)` and are stored with `put_file`;
 results are read as files (`path`) where the backend has them, through `local_copy` where it may not. The S3
-backend is `facemint.storage_s3`."""
+backend is `facemint.storage_s3`; `facemint.storage_crypto` wraps either to encrypt objects at rest."""
 
 from __future__ import annotations
 
@@ -211,6 +211,16 @@ def result_key(public_id: str, extension: str) -> str:
 
 
 def make_storage(settings: Settings) -> Storage:
+    inner = _backend(settings)
+    keyring = settings.storage_keyring()
+    if keyring is None:
+        return inner
+    from facemint.storage_crypto import EncryptedStorage
+
+    return EncryptedStorage(inner, keyring)
+
+
+def _backend(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         from facemint.storage_s3 import S3Storage  # boto3 loads only where S3 is used
 

@@ -32,6 +32,7 @@ last video frame, also in a partial file. Colours: `inference.video_color`."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -139,16 +140,19 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event, consumer: thread
 
 
 class _Thread(threading.Thread):
-    """A pipeline thread that keeps its exception for the caller."""
+    """A pipeline thread that keeps its exception for the caller, and runs in a copy of the caller's context (a
+    thread starts with an empty one): whatever the caller's logging keeps in context variables (a job's ids) is on
+    this thread's lines too."""
 
     def __init__(self, name: str, target: Callable[[], None]) -> None:
         super().__init__(name=name, daemon=True)
         self._body = target
+        self._context = contextvars.copy_context()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self._body()
+            self._context.run(self._body)
         except _Stop:
             pass
         except BaseException as exc:  # handed to the caller's thread, which re-raises it

@@ -3,11 +3,13 @@ statements and rows, RQ, httpx, the app's own loggers): sign-ins (one with a wro
 API keys, the webhook secret read and rotated, single and batch recharges with distinctive reasons, a swap with
 distinctive image bytes run by an in-process worker, its webhook delivered, and a request that fails on an
 unexpected database error (the path that logs a traceback). Then every captured record (message, arguments,
-extras, exception text) is searched for everything secret the workload created."""
+extras, exception text), and the same records as `log_format=json` writes them (with the request's and job's
+fields), are searched for everything secret the workload created."""
 
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from facemint import log_setup
 from facemint.app import create_app
 from facemint.config import Settings
 from facemint.users.orm import Role
@@ -149,6 +152,19 @@ def _from_the_service(record: logging.LogRecord) -> bool:
     return not (record.name == "httpx" and "http://testserver" in record.getMessage())
 
 
+@pytest.fixture
+def json_output(debug_logs: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
+    """The service's lines as the JSON handler (`log_format=json`) writes them."""
+    stream = io.StringIO()
+    handler = log_setup.json_handler(stream)
+    handler.addFilter(_from_the_service)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
 def test_no_secret_reaches_a_log_line(
     debug_logs: pytest.LogCaptureFixture,
     hygiene_settings: Settings,
@@ -156,6 +172,7 @@ def test_no_secret_reaches_a_log_line(
     session_factory: sessionmaker[Session],
     receiver: Receiver,
     forced_failures: ForcedFailures,
+    json_output: io.StringIO,
 ) -> None:
     secrets = Secrets()
     settings = hygiene_settings
@@ -289,6 +306,10 @@ def test_no_secret_reaches_a_log_line(
         if (found := secrets.found_in(_record_text(record)))
     }
     assert leaks == {}
+    json_lines = json_output.getvalue()
+    assert '"request_id"' in json_lines
+    assert '"job_id"' in json_lines
+    assert secrets.found_in(json_lines) == []
 
 
 def _run_worker(settings: Settings) -> None:

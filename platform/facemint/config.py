@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     database_app_role: str = Field(default="facemint_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str | None = None
     data_dir: Path = Path(".facemint")
+    # "json": one object per line with the request's or job's ids (facemint.log_setup); "text" for a terminal.
+    log_format: Literal["text", "json"] = "text"
 
     # JWT: HS256 pinned. `jwt_previous_keys` ({"kid": "secret"}) keeps tokens signed by a retired key valid.
     jwt_secret: SecretStr | None = None

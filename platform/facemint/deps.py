@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Query, Request
 from redis import Redis
 from sqlalchemy.orm import Session
 
+from facemint import log_setup
 from facemint.api_keys import keys
 from facemint.auth import service as auth_service
 from facemint.auth.errors import InsufficientScope
@@ -120,6 +121,8 @@ def authenticate(request: Request, session: SessionDep, settings: SettingsDep, r
             reason="too many failed attempts from this address",
         )
         raise
+    # Before the rate limit: a refused request's lines name its caller too.
+    log_setup.bind(tenant_id=principal.tenant_id, user_id=principal.user_id, api_key_id=principal.api_key_id)
     plan_limits = settings.plan_limits.get(principal.plan) or settings.plan_limits["free"]
     buckets = [(principal.rate_limit_subject, plan_limits["key"])]
     if principal.tenant_id is not None:

@@ -6,13 +6,16 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facemint.log_setup import log_scope
 from facemint.problems import BodyTooLarge, problem_response
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdMiddleware:
-    """Takes a well-formed X-Request-ID from the caller or makes one; echoes it on the response."""
+    """Takes a well-formed X-Request-ID from the caller or makes one; echoes it on the response. Every line logged
+    while the request is handled carries it (`facemint.log_setup`; uvicorn's access line too, logged as the
+    response starts)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,7 +33,8 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with log_scope(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:

@@ -377,3 +377,20 @@ def test_an_odd_frame_size_loses_its_last_row_and_column(engine: Engine, source:
     result = swap(engine, source, clip, tmp_path / "out.mp4")
     assert (result.width, result.height, result.frames_swapped) == (192, 144, 5)
     assert (probe_video(tmp_path / "out.mp4").width, probe_video(tmp_path / "out.mp4").height) == (192, 144)
+
+
+def test_pipeline_threads_run_in_a_copy_of_the_callers_context() -> None:
+    """What the caller keeps in context variables (the worker's log fields: a job's ids) reaches the decoder's and
+    encoder's lines; a plain thread would start with an empty context."""
+    import contextvars
+
+    from inference.video_pipeline import _Thread
+
+    probe: contextvars.ContextVar[str | None] = contextvars.ContextVar("probe", default=None)
+    probe.set("job-7")
+    seen: list[str | None] = []
+    thread = _Thread("probe", lambda: seen.append(probe.get()))
+    thread.start()
+    thread.join()
+    assert seen == ["job-7"]
+    assert thread.error is None

@@ -20,6 +20,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from facemint import log_setup
 from facemint.cli import backup_commands, engine_commands, finance_commands, ledger_commands
 from facemint.config import Environment, Settings, get_settings
 
@@ -85,14 +86,14 @@ class AccessPathOnly(logging.Filter):
         return True
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's own logging set-up, its access lines filtered by `AccessPathOnly`."""
+def uvicorn_log_config(log_format: log_setup.LogFormat = "text") -> dict[str, Any]:
+    """uvicorn's own logging set-up, its access lines filtered by `AccessPathOnly`; JSON lines when asked."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["path_only"] = {"()": f"{__name__}.AccessPathOnly"}
     config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
-    return config
+    return log_setup.uvicorn_config(config, log_format)
 
 
 def _is_loopback(host: str) -> bool:
@@ -180,7 +181,13 @@ def up(data_dir: Path | None, host: str | None, port: int | None, no_demo: bool)
         click.echo(f"  worker             pid {worker.pid} (engine warm, sweeper, webhooks)")
         click.echo(f"\nAPI on {api_url} (docs at {api_url}/docs). Ctrl-C stops everything started here.")
         try:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=uvicorn_log_config())
+            uvicorn.run(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="info",
+                log_config=uvicorn_log_config(settings.log_format),
+            )
         finally:
             worker.terminate()
             try:
@@ -204,6 +211,7 @@ def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
         "FACEMINT_DATABASE_URL": settings.database_url or "",
         "FACEMINT_REDIS_URL": settings.redis_url or "",
         "FACEMINT_DATA_DIR": str(settings.data_dir),
+        "FACEMINT_LOG_FORMAT": settings.log_format,
     }
     return subprocess.Popen([sys.executable, "-m", "facemint.cli.main", "worker"], env=env)
 
@@ -244,7 +252,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         host=host,
         port=port or settings.port,
         workers=workers,
-        log_config=uvicorn_log_config(),
+        log_config=uvicorn_log_config(settings.log_format),
     )
 
 
@@ -261,7 +269,7 @@ def worker(queues: tuple[str, ...], concurrency: int, burst: bool) -> None:
         settings.require_urls()
     except RuntimeError as exc:
         _fail(exc)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_setup.configure(settings.log_format)
     # httpx logs every request's URL at INFO: a webhook URL may carry its receiver's token in its path or query.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if concurrency > 1:

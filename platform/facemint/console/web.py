@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
+from facemint import log_setup
 from facemint.auth import service as auth_service
 from facemint.auth.errors import InsufficientScope
 from facemint.auth.principal import Principal
@@ -122,6 +123,7 @@ def current_viewer(request: Request, session: SessionDep, settings: SettingsDep,
         raise ConsoleSignInRequired("your session has ended; sign in again") from None
     if principal.role not in CONSOLE_ROLES:
         raise ConsoleNotForRole("the console is for platform staff and tenant admins")
+    log_setup.bind(tenant_id=principal.tenant_id, user_id=principal.user_id)
     # The same per-principal (and per-tenant) rate limits as the API.
     limiter: RateLimiter = request.app.state.limiter
     plan_limits = settings.plan_limits.get(principal.plan) or settings.plan_limits["free"]

@@ -12,6 +12,7 @@ charged for the started seconds it processed (`jobs.cancel_with_partial_result`;
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from facemint import metrics
+from facemint import log_setup, metrics
 from facemint.config import Settings
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, video_metering
@@ -83,8 +84,14 @@ class Heartbeat(threading.Thread):
         self.should_abort = threading.Event()
         self.cancel_requested = threading.Event()  # what should_abort is for: a cancel (else: not ours any more)
         self._done = threading.Event()
+        # A thread starts with an empty context: this one logs under the job's fields (log_setup), taken here, on
+        # the job's thread.
+        self._log_context = contextvars.copy_context()
 
     def run(self) -> None:
+        self._log_context.run(self._beat)
+
+    def _beat(self) -> None:
         interval = self.context.settings.job_heartbeat_seconds
         while not self._done.wait(interval):
             try:
@@ -103,13 +110,20 @@ class Heartbeat(threading.Thread):
 
 
 def run_job(public_id: str) -> str:
-    """Claim, run, settle. Returns what happened (RQ keeps no result: `result_ttl=0`)."""
+    """Claim, run, settle. Returns what happened (RQ keeps no result: `result_ttl=0`). Every line logged meanwhile
+    names the job (and, once claimed, the attempt, tenant and user)."""
+    with log_setup.log_scope(job_id=public_id):
+        return _claim_and_run(public_id)
+
+
+def _claim_and_run(public_id: str) -> str:
     context = current()
     job = _claim(context, public_id)
     if job is None:
         logger.info("job %s is not claimable (already running, finished or canceled): skipped", public_id)
         return "skipped"
     attempt = job.attempts
+    log_setup.bind(attempt=attempt, tenant_id=job.tenant_id, user_id=job.user_id)
     video = VideoRun(context, job, attempt) if job.options.get("media") == "video" else None
     heartbeat = Heartbeat(context, job_id=job.id, attempt=attempt)
     heartbeat.start()

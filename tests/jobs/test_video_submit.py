@@ -466,10 +466,16 @@ def test_no_transaction_is_held_while_a_video_streams_in(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
     )
+    # Visible once the server has authenticated the caller and committed: a new key's first use is stamped in the
+    # same transaction (facemint.auth.service), so it cannot be seen while that transaction stays open.
+    stamped = f"SELECT count(*) FROM api_keys WHERE user_id = {int(payer.user_id)} AND last_used_at IS NOT NULL"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         conn.sendall((head + "\r\n\r\n").encode() + f"{len(opening):x}\r\n".encode() + opening + b"\r\n")
-        time.sleep(1.0)  # the server has authenticated the caller and is waiting for more of the body
         with engine.connect() as db:
+            # Waited for, not slept on: on a loaded machine the server may take more than a second to get there.
+            wait_for(lambda: db.exec_driver_sql(stamped).scalar_one() > 0, timeout=20)
+            db.rollback()
+            time.sleep(0.5)  # the server is waiting for more of the body
             assert db.exec_driver_sql(idle_in_transaction).scalar_one() == 0
     # The client left mid-upload: what it sent is removed, and nothing was held.
     wait_for(lambda: stored_paths(settings) == [], timeout=10)

@@ -11,8 +11,8 @@ Threads and queues (each queue holds at most one batch, so memory is flat in the
     encoder thread      libx264 (its own threads), mux; the audio interleaved by time <- queue (1 batch)
 
 The decoder and the encoder are the serial stages, so they do nothing else: both colour conversions (some 10 ms
-each per 1080p frame) run on the pool. Moving them there took the 1080p demo-model pipeline from 1.25x to about
-1.6x the throughput of a plain frame loop on 2 vCPUs (`bench/video.py`).
+each per 1080p frame) run on the pool. Moving them there took the 1080p demo-model pipeline from 1.25x to 1.53x
+the throughput of a plain frame loop on 2 vCPUs (`bench/video.py`, 10 s clip; docs/benchmarks.md Part 6).
 
 At most six batches of frames exist at once (being decoded, decoded, two in flight, queued, being encoded): 8
 frames of 1080p BGR are 50 MB, so at most 300 MB for a 1080p video of any length at the default batch.

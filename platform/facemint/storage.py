@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from facemint.config import Settings
 
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+# LocalStorage.staging_path(key) is the key plus this: a staged file is itself a key the orphan sweep can name.
+STAGING_SUFFIX = ".staging"
+
+
+def checked_key(key: str) -> str:
+    """`key` if it is a key the service makes (relative, no `..`, plain characters); ValueError otherwise. Every
+    backend checks keys here, so a path never comes from anything else."""
+    if not _KEY.fullmatch(key) or ".." in key.split("/"):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
 
 
 class ObjectMissing(FileNotFoundError):
@@ -83,9 +93,7 @@ class LocalStorage:
         root.mkdir(parents=True, exist_ok=True)
 
     def _resolve(self, key: str) -> Path:
-        if not _KEY.fullmatch(key) or ".." in key.split("/"):
-            raise ValueError(f"invalid storage key {key!r}")
-        return self.root / key
+        return self.root / checked_key(key)
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Atomic: a reader sees the whole object or none (written to a temporary file, renamed). `durable`
@@ -111,7 +119,7 @@ class LocalStorage:
         """A local file to write the object for `key` into (an upload as it streams) before `put_file(key, it)`.
         Here: beside the object, so `put_file` is a rename, and itself a key under the same folder (`<key>.staging`),
         so a file left behind by a crash is found and removed by the orphan sweep like any other object."""
-        target = self._resolve(f"{key}.staging")
+        target = self._resolve(f"{key}{STAGING_SUFFIX}")
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -169,7 +177,7 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         target = self._resolve(prefix.rstrip("/"))
         if target.is_dir():
-            shutil.rmtree(target, onerror=_ignore_missing)  # onexc is 3.12+
+            shutil.rmtree(target, onerror=ignore_missing)  # onexc is 3.12+
         else:
             target.unlink(missing_ok=True)
 
@@ -197,7 +205,7 @@ def _sync_directory(path: Path) -> None:
         os.close(directory)
 
 
-def _ignore_missing(function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+def ignore_missing(function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
 

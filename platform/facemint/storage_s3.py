@@ -25,7 +25,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from facemint.storage import _KEY, ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject, _ignore_missing
+from facemint.storage import ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject, checked_key, ignore_missing
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
@@ -65,9 +65,7 @@ class S3Storage:
         )
 
     def _key(self, key: str) -> str:
-        if not _KEY.fullmatch(key) or ".." in key.split("/"):
-            raise ValueError(f"invalid storage key {key!r}")
-        return self.prefix + key
+        return self.prefix + checked_key(key)
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """One PUT: S3 acknowledges an object once it is stored whole, so `durable` needs nothing more here."""
@@ -170,7 +168,7 @@ class S3Storage:
         self._key(base)
         staged = self.staging_dir / base
         if staged.is_dir():
-            shutil.rmtree(staged, onerror=_ignore_missing)
+            shutil.rmtree(staged, onerror=ignore_missing)
         else:
             staged.unlink(missing_ok=True)
         keys = [self._key(base)] + [self.prefix + stored.key for stored in self.list(base)]

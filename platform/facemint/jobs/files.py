@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from facemint.storage import Storage, input_prefix, result_key
+from facemint.storage import STAGING_SUFFIX, Storage, input_prefix, result_key
 
-STAGING_SUFFIX = ".staging"  # LocalStorage.staging_path(key) is the key plus this
 _RESULT_KEY = re.compile(r"^results/(job_[0-9a-f]+)-a(\d+)\.[a-z0-9]+(\.staging)?$")
 _INPUT_KEY = re.compile(r"^inputs/(job_[0-9a-f]+)/")
 

@@ -125,12 +125,14 @@ legs AS (
     SELECT account_id, amount
     FROM unnest(CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[])) AS l(account_id, amount)
 ),
--- Lock the tracked accounts in id order so two postings over the same pair cannot deadlock.
+-- Lock the tracked accounts in id order so two postings over the same pair cannot deadlock. NO KEY UPDATE, the
+-- lock the balance update takes anyway: FOR UPDATE would also wait for every transaction holding a foreign-key
+-- share lock on the account (a batch that staged rows naming it), chaining a single recharge behind a batch.
 locked AS (
     SELECT a.id, a.balance - a.held AS available FROM ledger_accounts a
     WHERE a.id = ANY(CAST(:accounts AS bigint[])) AND a.balance_tracked AND EXISTS (SELECT 1 FROM txn)
     ORDER BY a.id
-    FOR UPDATE
+    FOR NO KEY UPDATE
 ),
 -- Every leg or none: a balance never moves without its entry (the database checks it), so one leg that would
 -- take its account below zero stops them all.

@@ -289,3 +289,33 @@ def test_a_twenty_thousand_row_batch(client: TestClient, session: Session, setti
     again = post_batch(client, operator, csv, key="big", mode="atomic")
     assert again.status_code == 200
     assert again.json() == body
+
+
+def test_a_single_recharge_does_not_wait_behind_a_batch_naming_its_pool(
+    client: TestClient, session: Session, settings: Settings, engine: Engine
+) -> None:
+    """A batch waiting for the batch lock has written its row, whose foreign key share-locks the pool's account. A
+    single recharge from that pool locks the account for a balance update only (NO KEY UPDATE), which that share
+    lock allows: were it FOR UPDATE, the single would queue behind the batch, and every later batch behind it."""
+    tenant = create_tenant(session)
+    fund_pool(session, tenant, 1_000)
+    (user_id, _, account), *_ = seed_users(session, tenant, 1, "keyshare")
+    admin = tenant_admin(session, settings, tenant)
+    with engine.connect() as batch_like:
+        batch_like.execute(
+            text("SELECT 1 FROM ledger_accounts WHERE id = :id FOR KEY SHARE"), {"id": tenant.pool_account_id}
+        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            single = pool.submit(
+                client.post,
+                SINGLE,
+                json={"user_id": user_id, "amount": 7, "reason": "single"},
+                headers=admin.headers("keyshare-single"),
+            )
+            try:
+                response = single.result(timeout=20)
+            finally:
+                batch_like.rollback()
+    assert response.status_code == 201, response.text
+    assert balance_of(session, account) == 7
+    assert balance_of(session, tenant.pool_account_id) == 993

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     job_stale_after_seconds: float = Field(default=30.0, gt=0, le=3600)
     # A queued job not started this long after it was queued is queued again (a lost queue entry).
     job_redispatch_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # The transactions that reserve (submit) and capture (settle) a job's hold commit without waiting for their WAL
+    # flush when false: an account's row lock is then held only for the statement, which is what one hot account
+    # needs (docs/benchmarks.md). Atomic either way, so tokens are never created or lost; a database crash may
+    # forget the last acknowledged submits and settlements whole (a submit's client retries with its idempotency
+    # key; a forgotten settlement leaves the job running, to be run again and settled once).
+    holds_synchronous_commit: bool = True
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     result_ttl_seconds: int = Field(default=86400, ge=60)
     prefer_wait_max_seconds: int = Field(default=60, ge=0, le=300)

@@ -5,12 +5,16 @@ the boundary once the commit has succeeded, never when it rolls back."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from billing.db import metadata
 
@@ -56,10 +60,37 @@ def _withhold_detail(context: ExceptionContext) -> None:
             exc.args = (exc.args[0].replace(detail, "(withheld: it may quote values)"), *exc.args[1:])
 
 
+# A connection idle for longer than this is pinged before use (a Postgres restart or a proxy's idle cut would
+# otherwise fail its first statement). One in steady use is not: a ping per checkout is a round trip per
+# transaction, as much as the hold's own statement. A connection that dies between two uses a moment apart fails
+# that one statement, as a dropped connection mid-transaction would; the error invalidates the whole pool, so it
+# happens once per process, and callers already retry it (503 with Retry-After; settlements back off and retry).
+PING_AFTER_IDLE_SECONDS = 5.0
+_IDLE_SINCE = "facemint_idle_since"
+
+
+def _mark_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(engine: Engine) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
+    def ping(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("connection lost while idle") from exc
+        if not alive:
+            raise DisconnectionError("connection lost while idle")
+
+    return ping
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     engine = create_engine(
         sqlalchemy_url(url),
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
         pool_recycle=1800,
@@ -68,6 +99,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         hide_parameters=True,
     )
     event.listen(engine, "handle_error", _withhold_detail)
+    event.listen(engine, "checkin", _mark_idle)
+    # Raising DisconnectionError at checkout makes the pool discard that connection and hand out a fresh one.
+    event.listen(engine, "checkout", _ping_if_idle(engine))
     return engine
 
 

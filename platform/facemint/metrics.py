@@ -1,8 +1,9 @@
 """`GET /metrics` in the Prometheus text exposition format (version 0.0.4), written by hand.
 
 The API and the workers are separate processes, so only what this API process sees itself is kept in memory
-(HTTP requests, by route template); everything shared is read at scrape time: jobs, tokens and pending webhook
-events from Postgres, queue depth and the engine's stage timings (recorded by the workers) from Redis.
+(HTTP requests, by route template); everything shared is read at scrape time: jobs, tokens, holds past their expiry,
+pending webhook events and the newest reconciliation run from Postgres; queue depth, the engine's stage timings
+and the workers' heartbeats (both recorded by the workers) from Redis.
 
 The HTTP series are per process: scrape each API process as its own target (with several uvicorn workers behind
 one address a scrape sees one of them at random). The Postgres and Redis series are the same from every process.
@@ -44,6 +45,12 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 ENGINE_KEY_PREFIX = "facemint:metrics:engine:"
 ENGINE_STAGES_KEY = ENGINE_KEY_PREFIX + "stages"  # a set: the stages seen so far, so a scrape knows what to read
+# A sorted set: worker id -> Unix time of its last heartbeat. A worker that stops cleanly removes itself; one that
+# died stays listed (its age growing, which is what the heartbeat alert sees) until this long after its last beat.
+WORKER_HEARTBEATS_KEY = "facemint:metrics:worker-heartbeats"
+WORKER_HEARTBEAT_RETENTION_SECONDS = 3600
+# A worker is counted alive until it has missed this many heartbeats.
+WORKER_ALIVE_BEATS = 3
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # Any other method is counted as "other": the method is the client's to choose, and labels must stay bounded.
@@ -237,6 +244,26 @@ def record_stage_timings(redis: Redis, timings_ms: Mapping[str, float]) -> None:
         logger.warning("could not record engine stage timings", exc_info=True)
 
 
+# --- worker heartbeats (written by the workers, in Redis) ----------------------------------------------------------
+
+
+def record_worker_heartbeat(redis: Redis, worker_id: str, *, now: float | None = None) -> None:
+    """Stamp this worker's heartbeat (Unix time, this machine's clock) and drop entries past the retention.
+
+    The workers' own heartbeat, not RQ's: RQ's SimpleWorker stamps its heartbeat only between jobs and when its
+    idle wait for a job (about 7 minutes) ends, so it cannot tell a busy or idle worker from a dead one."""
+    stamp = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(WORKER_HEARTBEATS_KEY, {worker_id: stamp})
+    pipe.zremrangebyscore(WORKER_HEARTBEATS_KEY, "-inf", stamp - WORKER_HEARTBEAT_RETENTION_SECONDS)
+    pipe.execute()
+
+
+def forget_worker(redis: Redis, worker_id: str) -> None:
+    """A worker that stops cleanly leaves the list at once: its silence is not a missing heartbeat."""
+    redis.zrem(WORKER_HEARTBEATS_KEY, worker_id)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -245,7 +272,12 @@ def _write_redis_metrics(out: _Exposition, redis: Redis, settings: Settings) -> 
     pipe = redis.pipeline(transaction=False)
     pipe.llen(Queue.redis_queue_namespace_prefix + settings.queue_name)
     pipe.smembers(ENGINE_STAGES_KEY)
-    depth, stage_members = pipe.execute()
+    pipe.zrange(WORKER_HEARTBEATS_KEY, 0, -1, withscores=True)
+    depth, stage_members, heartbeats = pipe.execute()
+    now = time.time()
+    # A worker's clock a little ahead of this one's reads as age 0, not a negative age.
+    ages = sorted((_text(worker), max(0.0, now - float(stamp))) for worker, stamp in heartbeats)
+    alive_within = WORKER_ALIVE_BEATS * settings.worker_heartbeat_seconds
     stages = sorted(_text(s) for s in stage_members)
     pipe = redis.pipeline(transaction=False)
     for stage in stages:
@@ -267,20 +299,45 @@ def _write_redis_metrics(out: _Exposition, redis: Redis, settings: Settings) -> 
             float(values.get("sum", 0.0)),
             count,
         )
+    out.family(
+        "facemint_workers_alive",
+        "gauge",
+        f"Workers that have missed fewer than {WORKER_ALIVE_BEATS} heartbeats.",
+    )
+    out.sample("facemint_workers_alive", (), sum(1 for _, age in ages if age <= alive_within))
+    out.family(
+        "facemint_worker_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since each worker's last heartbeat; a worker that stopped without saying so stays listed for "
+        f"{WORKER_HEARTBEAT_RETENTION_SECONDS} s.",
+    )
+    for worker, age in ages:
+        out.sample("facemint_worker_heartbeat_age_seconds", (("worker", worker),), age)
 
 
 # --- jobs, tokens and webhooks (Postgres) -----------------------------------------------------------------------
 
 _JOBS_SQL = text("SELECT status, count(*) FROM jobs GROUP BY status")
 # The single-valued series in one round trip. A captured hold releases what it did not capture, so released
-# counts that remainder too.
+# counts that remainder too. Holds still held past their own expiry are read through the partial index on open
+# holds' expiry: the cost is the overdue rows' (normally none), whatever the table's size.
 _TOTALS_SQL = text(
     """
 SELECT (SELECT coalesce(sum(held), 0) FROM ledger_accounts) AS held,
        coalesce(sum(captured_amount) FILTER (WHERE status = 'captured'), 0) AS captured,
        coalesce(sum(amount - coalesce(captured_amount, 0)) FILTER (WHERE status <> 'held'), 0) AS released,
-       (SELECT count(*) FROM webhook_events WHERE status = 'pending') AS webhooks_pending
+       (SELECT count(*) FROM webhook_events WHERE status = 'pending') AS webhooks_pending,
+       (SELECT count(*) FROM holds WHERE status = 'held' AND expires_at < now()) AS holds_overdue,
+       (SELECT coalesce(sum(amount), 0) FROM holds WHERE status = 'held' AND expires_at < now()) AS tokens_overdue
 FROM holds
+"""
+)
+# The newest reconciliation run (the primary key's last entry): the workers' periodic run, or one asked for from
+# the CLI, the console or the API.
+_RECONCILIATION_SQL = text(
+    """
+SELECT balanced, discrepancies, extract(epoch FROM ran_at)::float8 AS ran_at
+FROM reconciliation_runs ORDER BY id DESC LIMIT 1
 """
 )
 
@@ -291,6 +348,7 @@ def _write_database_metrics(out: _Exposition, session: Session) -> None:
     jobs = {status: 0 for status in JOB_STATUSES}
     jobs.update({str(status): int(count) for status, count in session.execute(_JOBS_SQL)})
     totals = session.execute(_TOTALS_SQL).one()
+    reconciliation = session.execute(_RECONCILIATION_SQL).one_or_none()
 
     out.family("facemint_jobs", "gauge", "Jobs by status.")
     for status, count in jobs.items():
@@ -305,8 +363,33 @@ def _write_database_metrics(out: _Exposition, session: Session) -> None:
         "Tokens returned from holds: released, expired, and the uncaptured rest of captured holds.",
     )
     out.sample("facemint_tokens_released_total", (), int(totals.released))
+    out.family(
+        "facemint_tokens_held_past_deadline",
+        "gauge",
+        "Tokens in holds still held after their own expiry (a job's deadline plus its margin), which the "
+        "sweepers release within one sweep.",
+    )
+    out.sample("facemint_tokens_held_past_deadline", (), int(totals.tokens_overdue))
+    out.family("facemint_holds_past_deadline", "gauge", "Holds still held after their own expiry.")
+    out.sample("facemint_holds_past_deadline", (), int(totals.holds_overdue))
     out.family("facemint_webhook_events_pending", "gauge", "Webhook events not yet delivered nor given up.")
     out.sample("facemint_webhook_events_pending", (), int(totals.webhooks_pending))
+    # Declared always; no samples until a first run is recorded (the staleness alert sees the timestamp absent).
+    newest: dict[str, float] = {}
+    if reconciliation is not None:
+        newest = {
+            "ok": int(reconciliation.balanced),
+            "discrepancies": int(reconciliation.discrepancies),
+            "last_run_timestamp_seconds": float(reconciliation.ran_at),
+        }
+    for suffix, help_text in (
+        ("ok", "Whether the newest reconciliation run balanced (1) or found discrepancies (0)."),
+        ("discrepancies", "Checks that failed in the newest reconciliation run."),
+        ("last_run_timestamp_seconds", "When the newest reconciliation run started (Unix time)."),
+    ):
+        out.family(f"facemint_reconciliation_{suffix}", "gauge", help_text)
+        if suffix in newest:
+            out.sample(f"facemint_reconciliation_{suffix}", (), newest[suffix])
 
 
 # --- the endpoint -----------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""`GET /metrics`: the Prometheus text format, request counts by route template, the engine's stage timings from
-Redis, the job, token and webhook series from Postgres, and who may read it."""
+"""`GET /metrics`: the Prometheus text format, request counts by route template, the engine's stage timings and the
+workers' heartbeats from Redis, the job, token, overdue-hold, webhook and reconciliation series from Postgres, and
+who may read it."""
 
 from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from billing.ledger import holds as ledger_holds
@@ -23,12 +25,17 @@ from facemint.db import make_engine, make_sessionmaker
 from facemint.metrics import (
     ENGINE_BUCKETS,
     HTTP_BUCKETS,
+    WORKER_HEARTBEAT_RETENTION_SECONDS,
     RequestMetrics,
     _Exposition,
     escape_label_value,
+    forget_worker,
     install_metrics,
     record_stage_timings,
+    record_worker_heartbeat,
 )
+from facemint.reports import service as reports
+from facemint.reports.orm import ReconciliationRun
 from facemint.users.orm import Role
 from tests.conftest import make_settings
 from tests.factories import create_user, fund
@@ -175,9 +182,16 @@ class TestFormat:
             "facemint_tokens_held": "gauge",
             "facemint_tokens_captured_total": "counter",
             "facemint_tokens_released_total": "counter",
+            "facemint_tokens_held_past_deadline": "gauge",
+            "facemint_holds_past_deadline": "gauge",
             "facemint_webhook_events_pending": "gauge",
+            "facemint_reconciliation_ok": "gauge",
+            "facemint_reconciliation_discrepancies": "gauge",
+            "facemint_reconciliation_last_run_timestamp_seconds": "gauge",
             "facemint_queue_depth": "gauge",
             "facemint_engine_stage_seconds": "histogram",
+            "facemint_workers_alive": "gauge",
+            "facemint_worker_heartbeat_age_seconds": "gauge",
             "facemint_metrics_source_up": "gauge",
         }
         assert result.value("facemint_metrics_source_up", source="postgres") == 1
@@ -293,6 +307,38 @@ class TestEngineTimings:
         assert result.find("facemint_jobs")
 
 
+# --- the workers' heartbeats (Redis) ----------------------------------------------------------------------------
+
+
+class TestWorkerHeartbeats:
+    def test_workers_alive_and_each_heartbeats_age(self, client: TestClient, redis_client: Redis) -> None:
+        result = scrape(client)
+        assert result.value("facemint_workers_alive") == 0
+        assert not result.find("facemint_worker_heartbeat_age_seconds")
+
+        now = time.time()
+        record_worker_heartbeat(redis_client, "host-a:11", now=now)
+        # Three missed heartbeats (5 s each by default) and then some: listed, but not alive.
+        record_worker_heartbeat(redis_client, "host-b:22", now=now - 100)
+
+        result = scrape(client)
+        assert result.value("facemint_workers_alive") == 1
+        assert result.value("facemint_worker_heartbeat_age_seconds", worker="host-a:11") < 100
+        assert 100 <= result.value("facemint_worker_heartbeat_age_seconds", worker="host-b:22") < 1000
+
+    def test_a_clean_stop_leaves_the_list_and_the_dead_age_out(self, client: TestClient, redis_client: Redis) -> None:
+        now = time.time()
+        record_worker_heartbeat(redis_client, "crashed:1", now=now - WORKER_HEARTBEAT_RETENTION_SECONDS - 1)
+        record_worker_heartbeat(redis_client, "stopping:2", now=now)  # a beat drops what is past the retention
+        assert {s.labels["worker"] for s in scrape(client).find("facemint_worker_heartbeat_age_seconds")} == {
+            "stopping:2"
+        }
+        forget_worker(redis_client, "stopping:2")
+        result = scrape(client)
+        assert not result.find("facemint_worker_heartbeat_age_seconds")
+        assert result.value("facemint_workers_alive") == 0
+
+
 # --- jobs, tokens and webhooks (Postgres) ----------------------------------------------------------------------
 
 
@@ -359,6 +405,46 @@ class TestDatabaseSeries:
         assert result.value("facemint_tokens_held") == 10
         assert result.value("facemint_tokens_captured_total") == 15
         assert result.value("facemint_tokens_released_total") == 5 + 30 + 7
+
+    def test_holds_still_held_past_their_expiry(self, client: TestClient, session: Session) -> None:
+        user = create_user(session)
+        fund(session, account_id=user.account_id, amount=100)
+        _hold(session, user.account_id, 10)  # expires in ten minutes
+        for amount in (3, 4):
+            ledger_holds.reserve(
+                session, account_id=user.account_id, amount=amount, reference=uuid.uuid4().hex, ttl_seconds=0
+            )
+        session.commit()
+
+        result = scrape(client)
+        assert result.value("facemint_tokens_held") == 17
+        assert result.value("facemint_tokens_held_past_deadline") == 7
+        assert result.value("facemint_holds_past_deadline") == 2
+
+        assert len(ledger_holds.expire_due_holds(session)) == 2  # what every sweeper does
+        session.commit()
+        result = scrape(client)
+        assert result.value("facemint_tokens_held_past_deadline") == 0
+        assert result.value("facemint_holds_past_deadline") == 0
+
+    def test_the_newest_reconciliation_run(self, client: TestClient, session: Session, engine: Engine) -> None:
+        names = ("ok", "discrepancies", "last_run_timestamp_seconds")
+        result = scrape(client)
+        assert all(not result.find(f"facemint_reconciliation_{name}") for name in names)  # none recorded yet
+
+        before = time.time()
+        reports.run_and_record(session, engine=engine, requested_by="test")
+        session.commit()
+        result = scrape(client)
+        assert result.value("facemint_reconciliation_ok") == 1
+        assert result.value("facemint_reconciliation_discrepancies") == 0
+        assert before - 5 <= result.value("facemint_reconciliation_last_run_timestamp_seconds") <= time.time() + 5
+
+        session.add(ReconciliationRun(balanced=False, discrepancies=2, summary={}, requested_by="test"))
+        session.commit()
+        result = scrape(client)
+        assert result.value("facemint_reconciliation_ok") == 0
+        assert result.value("facemint_reconciliation_discrepancies") == 2
 
     def test_jobs_by_status_and_pending_webhooks(self, client: TestClient, session: Session) -> None:
         user = create_user(session)

@@ -1,6 +1,6 @@
 """The reports API the console's dashboard stands on: GET /admin/v1/reports/dashboard, the recorded
-reconciliation runs (POST/GET /admin/v1/reconciliation/runs, and `facemint reconcile`'s own record), and the sealed
-books (GET/POST /admin/v1/ledger/seals), with who may do what."""
+reconciliation runs (POST/GET /admin/v1/reconciliation/runs, `facemint reconcile`'s own record, and the workers'
+periodic run), and the sealed books (GET/POST /admin/v1/ledger/seals), with who may do what."""
 
 from __future__ import annotations
 
@@ -134,6 +134,43 @@ class TestReconciliationRuns:
         assert client.post("/admin/v1/reconciliation/runs", headers=caller.headers).status_code == 403
         assert client.get("/admin/v1/reconciliation/runs", headers=caller.headers).status_code == 403
         assert session.execute(text("SELECT count(*) FROM reconciliation_runs")).scalar_one() == 0
+
+
+class TestPeriodicRun:
+    def _runs(self, session: Session) -> list[str]:
+        return list(session.scalars(text("SELECT requested_by FROM reconciliation_runs ORDER BY id")))
+
+    def test_runs_when_the_newest_run_is_as_old_as_the_interval(self, session: Session, engine: Engine) -> None:
+        from facemint.reports import service
+
+        first = service.reconcile_when_due(session, engine=engine, interval_seconds=900)
+        session.commit()
+        assert first is not None
+        assert first.balanced
+        assert service.reconcile_when_due(session, engine=engine, interval_seconds=900) is None
+        session.commit()
+        assert self._runs(session) == ["worker"]
+        assert service.reconcile_when_due(session, engine=engine, interval_seconds=0) is not None
+        session.commit()
+        assert self._runs(session) == ["worker", "worker"]
+
+    def test_a_run_asked_for_by_anyone_counts(self, session: Session, engine: Engine) -> None:
+        from facemint.reports import service
+
+        service.run_and_record(session, engine=engine, requested_by="cli")
+        session.commit()
+        assert service.reconcile_when_due(session, engine=engine, interval_seconds=900) is None
+        session.commit()
+        assert self._runs(session) == ["cli"]
+
+    def test_one_process_at_a_time(self, session: Session, engine: Engine) -> None:
+        from facemint.reports import service
+
+        with engine.connect() as other, other.begin():
+            other.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": service.PERIODIC_LOCK})
+            assert service.reconcile_when_due(session, engine=engine, interval_seconds=900) is None
+            session.commit()
+        assert self._runs(session) == []
 
 
 class TestSeals:

@@ -1,6 +1,7 @@
 """The reconciliation the product runs (`facemint reconcile`, the /admin/v1/reconciliation routes, the console's
 button, and the tests after every test): billing's checks over the ledger, plus the service's checks that jobs and
-their holds agree. Each run that is asked for (not the tests') is recorded in `reconciliation_runs`.
+their holds agree. Each run that is asked for (not the tests') is recorded in `reconciliation_runs`, and so is
+each of the workers' periodic runs (`reconcile_when_due`), which `GET /metrics` reports.
 
 Also the sealed books' status and a seal on request (`billing.sealing`), for the dashboard and its API."""
 
@@ -27,6 +28,14 @@ SUMMARY_IDS = 20
 # a larger backlog is the workers' periodic sealer's, or `facemint ledger seal`'s.
 REQUEST_SEAL_MAX_BATCHES = 4
 _TRY_SEALER_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+# The workers' periodic reconciliation (`reconcile_when_due`): its lock and its `requested_by`.
+PERIODIC_LOCK = "periodic-reconciliation"
+PERIODIC_REQUESTER = "worker"
+_TRY_PERIODIC_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0))")
+# Seconds since the newest run, by the database's clock (the newest id: the primary key, one index probe).
+_NEWEST_RUN_AGE = text(
+    "SELECT extract(epoch FROM now() - ran_at)::float8 FROM reconciliation_runs ORDER BY id DESC LIMIT 1"
+)
 
 JOB_CHECKS: dict[str, tuple[str, str]] = {
     "job_hold_state": (
@@ -127,6 +136,20 @@ def run_and_record(session: Session, *, engine: Engine, requested_by: str | None
     with snapshot_session(engine) as snapshot:
         report = reconcile_all(snapshot)
     return record_run(session, report=report, requested_by=requested_by)
+
+
+def reconcile_when_due(
+    session: Session, *, engine: Engine, interval_seconds: float, requested_by: str = PERIODIC_REQUESTER
+) -> ReconciliationRun | None:
+    """The workers' periodic run: reconcile and record when the newest recorded run (anyone's) is at least
+    `interval_seconds` old, else nothing. One process at a time: the others find the lock taken and skip, and the
+    lock is held until the run is committed, so the next one sees it and waits a whole interval."""
+    if not session.execute(_TRY_PERIODIC_LOCK, {"lock": PERIODIC_LOCK}).scalar_one():
+        return None
+    newest = session.execute(_NEWEST_RUN_AGE).scalar_one_or_none()
+    if newest is not None and newest < interval_seconds:
+        return None
+    return run_and_record(session, engine=engine, requested_by=requested_by)
 
 
 def latest_run(session: Session) -> ReconciliationRun | None:

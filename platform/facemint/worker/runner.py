@@ -2,8 +2,9 @@
 
 RQ's default worker forks a work-horse per job, which reloads the models and breaks CUDA contexts; a
 `SimpleWorker` runs each job in its own process instead. `--concurrency N` starts N such processes (each with
-its own warm engine) under a supervisor that restarts one that dies. Every worker also runs the sweeper and the
-webhook sender in background threads."""
+its own warm engine) under a supervisor that restarts one that dies. Every worker also runs, in background
+threads, the sweeper, the sealer, the webhook sender, its heartbeat (for /metrics) and the periodic
+reconciliation (one worker at a time, every `reconcile_interval_seconds`)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,24 @@ from types import FrameType
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from sqlalchemy import Engine
 
 from billing.sealing import service as sealing
+from facemint import metrics
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, unit_of_work
+from facemint.reports import service as reports
 from facemint.storage import make_storage
 from facemint.webhooks.sender import WebhookSender
 from facemint.worker import sweeper, tasks
 
 logger = logging.getLogger("facemint.worker")
+# How often a worker looks whether the periodic reconciliation is due (one indexed read): a run is then at most
+# this late, however the workers' starts fall.
+RECONCILE_CHECK_SECONDS = 60.0
 
 
 def load_engine(settings: Settings) -> object:
@@ -71,7 +79,11 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     background = [
         sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
         sweeper.Periodic("sealer", settings.seal_interval_seconds, lambda: _seal(context)),
+        sweeper.Periodic("heartbeat", settings.worker_heartbeat_seconds, lambda: _beat(context)),
     ]
+    if settings.reconcile_interval_seconds > 0:
+        check_every = min(settings.reconcile_interval_seconds, RECONCILE_CHECK_SECONDS)
+        background.append(sweeper.Periodic("reconciler", check_every, lambda: _reconcile(context, db_engine)))
     # Concurrent and fair across tenants (see facemint.webhooks.sender); looks for due events every second.
     webhook_sender = WebhookSender(context.sessions, settings=settings)
     for thread in background:
@@ -95,6 +107,10 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
             thread.stop()
         for thread in background:  # a round in progress finishes before its connections go
             thread.join(timeout=10)
+        try:
+            metrics.forget_worker(redis, context.worker_id)
+        except RedisError:
+            logger.warning("could not remove this worker's heartbeat; it ages out of /metrics in an hour")
         db_engine.dispose()
 
 
@@ -102,6 +118,27 @@ def _seal(context: tasks.WorkerContext) -> None:
     """Seal finished ledger entries and audit events; a worker that finds another sealing skips its turn."""
     with unit_of_work(context.sessions) as session:
         sealing.seal_all(session, max_rows=context.settings.seal_batch_max_rows, wait=False)
+
+
+def _beat(context: tasks.WorkerContext) -> None:
+    try:
+        metrics.record_worker_heartbeat(context.redis, context.worker_id)
+    except RedisError as exc:  # every few seconds while Redis is away: one line each, no traceback
+        logger.warning("could not record this worker's heartbeat: %s", exc)
+
+
+def _reconcile(context: tasks.WorkerContext, db_engine: Engine) -> None:
+    """Reconcile and record the run when the newest recorded one is `reconcile_interval_seconds` old."""
+    with unit_of_work(context.sessions) as session:
+        run = reports.reconcile_when_due(
+            session, engine=db_engine, interval_seconds=context.settings.reconcile_interval_seconds
+        )
+    if run is None:
+        return
+    if run.balanced:
+        logger.info("reconciliation run %d: the books balance", run.id)
+    else:
+        logger.error("reconciliation run %d: %d check(s) failed; see facemint reconcile", run.id, run.discrepancies)
 
 
 def supervise(argv: list[str], concurrency: int) -> None:

@@ -10,9 +10,12 @@ STAMP := $(VENV)/.installed-$(ORT)-$(shell cat pyproject.toml Makefile | cksum |
 # The console's browser tests drive Debian's chromium through Playwright (Playwright's own browser download is never
 # used). `make test` installs it when it is missing; `make up` does not need it.
 CHROMIUM := /usr/bin/chromium
+# tests/test_prometheus.py checks docker/prometheus with Debian's promtool and runs Debian's prometheus against a live
+# API; the `prometheus` package ships both. `make test` installs it when it is missing.
+PROMTOOL := /usr/bin/promtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test install lint typecheck browser
+.PHONY: up test install lint typecheck browser prometheus
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +45,11 @@ $(CHROMIUM):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
 
-test: lint typecheck $(CHROMIUM)
+prometheus: $(PROMTOOL)
+
+$(PROMTOOL):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus
+
+test: lint typecheck $(CHROMIUM) $(PROMTOOL)
 	$(BIN)/pytest -n 2 --dist loadfile

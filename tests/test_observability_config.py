@@ -89,7 +89,7 @@ def _dashboard_expressions() -> dict[str, list[str]]:
     return found
 
 
-def _all_expressions() -> list[str]:
+def all_expressions() -> list[str]:
     return [str(rule["expr"]) for rule in _rules()] + [e for exprs in _dashboard_expressions().values() for e in exprs]
 
 
@@ -108,7 +108,7 @@ def families(database_url: str, redis_url: str) -> dict[str, str]:
 
 
 def test_every_queried_metric_is_exposed_by_the_app(families: dict[str, str]) -> None:
-    expressions = _all_expressions()
+    expressions = all_expressions()
     queried = {name for expr in expressions for name in metric_names(expr)}
     assert len(queried) >= 8, queried  # the extraction finds the metrics, not nothing
     assert unknown_metrics(expressions, families) == set()

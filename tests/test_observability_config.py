@@ -146,7 +146,9 @@ def test_prometheus_scrapes_the_api_with_a_token_and_loads_the_rules() -> None:
     assert job["authorization"]["credentials_file"]
     compose = _yaml(ROOT / "docker-compose.yml")
     api_port = str(compose["services"]["api"]["command"][-1])
-    assert [f"api:{api_port}"] == [t for sc in job["static_configs"] for t in sc["targets"]]
+    # Every replica of the `api` service, found through Docker's DNS (the name answers with each one's address).
+    assert "static_configs" not in job
+    assert [(sd["names"], sd["type"], str(sd["port"])) for sd in job["dns_sd_configs"]] == [(["api"], "A", api_port)]
     for rule in _rules():
         for selector in re.findall(r"\bup\{([^}]*)\}", str(rule["expr"])):
             assert f'job="{job["job_name"]}"' in selector

@@ -14,9 +14,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from facemint.storage_s3 import S3Storage
 
 ACCESS_KEY = "facemint-test"
 SECRET_KEY = "facemint-test-secret-key"
@@ -142,3 +146,20 @@ def use_s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in s3_environment(server).items():
         monkeypatch.setenv(name, value)
     return f"t{uuid.uuid4().hex[:12]}/"
+
+
+def s3_storage(
+    server: S3Server, monkeypatch: pytest.MonkeyPatch, staging_dir: Path, *, multipart_threshold: int = 5 * 1024 * 1024
+) -> S3Storage:
+    """An S3Storage on `server` under a key prefix of its own (each call a new one: a separate, empty storage),
+    uploading in parts from 5 MiB (S3's smallest part) so that tests reach multipart uploads with small files."""
+    from facemint.storage_s3 import S3Storage  # boto3 loads only for the tests that use S3
+
+    return S3Storage(
+        bucket=server.bucket,
+        prefix=use_s3(server, monkeypatch),
+        staging_dir=staging_dir,
+        endpoint_url=server.endpoint_url,
+        region=server.region,
+        multipart_threshold=multipart_threshold,
+    )

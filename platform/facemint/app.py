@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from facemint.console.endpoints import install_console
 from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
+from facemint.jobs import files
 from facemint.jobs.admin_endpoints import router as jobs_admin_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
 from facemint.jobs.endpoints import router as jobs_router
@@ -48,8 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async_redis = AsyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # With S3, uploads stage on this machine's disk, which no worker sweeps: the API clears its own leftovers.
+        clearing = (
+            asyncio.create_task(files.clear_stale_staging_periodically(lambda: app.state.storage, settings))
+            if settings.storage_backend == "s3"
+            else None
+        )
         yield
+        if clearing is not None:
+            clearing.cancel()
         engine.dispose()
         redis.close()
         await async_redis.aclose()

@@ -254,6 +254,15 @@ class Settings(BaseSettings):
             raise ValueError("FACEMINT_STORAGE_RESULT_DELIVERY=presigned cannot serve encrypted results")
         return self
 
+    def staging_grace_seconds(self) -> float:
+        """How old a staged file or an unfinished multipart upload must be before the sweeper removes it: longer
+        than any job may run (the longest video's deadline), as a video's staged files live as long as its job,
+        plus the orphan grace."""
+        longest_job = (
+            self.job_deadline_seconds + self.video_deadline_seconds_per_second * self.video_max_duration_seconds
+        )
+        return longest_job + self.orphan_file_grace_seconds
+
     def storage_keyring(self) -> Keyring | None:
         """The keys that seal stored objects, or None when storage is not encrypted."""
         if self.storage_encryption_key_id is None:

@@ -5,7 +5,11 @@ raises, so the caller (the sweeper) keeps the job marked as still holding files 
 Keys are relative paths made by the service (`inputs/<job>/source`, `results/<job>.png`), never user text. Large
 uploads (videos) never pass through memory: they stream into `staging_path(key)` and are stored with `put_file`;
 results are read as files (`path`) where the backend has them, through `local_copy` where it may not. The S3
-backend is `facemint.storage_s3`; `facemint.storage_crypto` wraps either to encrypt objects at rest."""
+backend is `facemint.storage_s3`; `facemint.storage_crypto` wraps either to encrypt objects at rest.
+
+What a crash leaves behind while staging (a half-written staged file, a temporary `.part-*` file, on S3 an
+incomplete multipart upload) is removed by `clear_stale_staging`, which the sweeper calls with a bound longer than
+any job can run (see `facemint.jobs.files.clear_stale_staging`)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 # LocalStorage.staging_path(key) is the key plus this: a staged file is itself a key the orphan sweep can name.
 STAGING_SUFFIX = ".staging"
+# Every key the service writes starts with one of these folders (input_prefix, result_key).
+SERVICE_FOLDERS = ("inputs", "results")
 
 
 def checked_key(key: str) -> str:
@@ -77,6 +83,7 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
+    def clear_stale_staging(self, older_than: float) -> int: ...
 
 
 @runtime_checkable
@@ -195,6 +202,28 @@ class LocalStorage:
                 except FileNotFoundError:
                     continue
                 yield StoredObject(key=path.relative_to(self.root).as_posix(), modified_at=modified)
+
+    def clear_stale_staging(self, older_than: float) -> int:
+        """Remove staged files (`*.staging`) and temporary files (`.part-*`) last written before `older_than`
+        (seconds since the epoch): what a process killed while writing left behind. Returns how many went."""
+        removed = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if not (name.startswith(".part-") or name.endswith(STAGING_SUFFIX)):
+                    continue
+                removed += remove_if_older(Path(folder) / name, older_than)
+        return removed
+
+
+def remove_if_older(path: Path, older_than: float) -> int:
+    """1 when `path` was last written before `older_than` and is now removed, else 0."""
+    try:
+        if path.stat().st_mtime >= older_than:
+            return 0
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
 
 
 def _sync_directory(path: Path) -> None:

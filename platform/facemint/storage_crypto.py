@@ -354,3 +354,6 @@ class EncryptedStorage:
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         return self.inner.list(prefix)
+
+    def clear_stale_staging(self, older_than: float) -> int:
+        return self.inner.clear_stale_staging(older_than)

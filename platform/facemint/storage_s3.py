@@ -8,14 +8,20 @@ here with local staging files and streams:
 - `path()` is None; the worker reads a video input through `local_copy` (downloaded to a staging file, streamed),
   and the API serves a result with `open_range` (S3's ranged GET, so players can seek) or `presigned_url`.
 
+Staging files sit flat in the staging folder, named by their key with `/` as `~` (a character keys never hold), so
+no folder is made per job and none is left behind; downloads for `local_copy` sit in `downloads/` beside them.
+
 Deleting is by key and by prefix (list, then batch delete), independent of any bucket lifecycle rule: the sweeper
-decides when a file goes, as it does on local disk. Credentials come from boto3's standard chain (environment,
-profile, instance role), never from the settings."""
+decides when a file goes, as it does on local disk. So is clearing what a crash left: `clear_stale_staging`
+removes old staged and downloaded files and aborts multipart uploads started before its bound (a process killed
+mid-upload leaves its parts in the bucket, invisible to listings, until they are aborted). Credentials come from
+boto3's standard chain (environment, profile, instance role), never from the settings."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +31,19 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from facemint.storage import ObjectMissing, ObjectRange, RangeNotSatisfiable, StoredObject, checked_key, ignore_missing
+from facemint.storage import (
+    SERVICE_FOLDERS,
+    ObjectMissing,
+    ObjectRange,
+    RangeNotSatisfiable,
+    StoredObject,
+    checked_key,
+    remove_if_older,
+)
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_SEPARATOR = "~"  # stands for "/" in a staged file's name: never in a key (facemint.storage.checked_key)
+_DOWNLOADS = "downloads"
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 _CHUNK = 1024 * 1024
 
@@ -49,7 +65,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix
         self.staging_dir = staging_dir
-        staging_dir.mkdir(parents=True, exist_ok=True)
+        (staging_dir / _DOWNLOADS).mkdir(parents=True, exist_ok=True)
         # Path-style addressing: S3-compatible servers on a host:port (SeaweedFS, MinIO) have no bucket subdomains.
         self.client = client or boto3.client(
             "s3",
@@ -71,12 +87,12 @@ class S3Storage:
         """One PUT: S3 acknowledges an object once it is stored whole, so `durable` needs nothing more here."""
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
+    def _staged(self, key: str) -> Path:
+        return self.staging_dir / checked_key(key).replace("/", _SEPARATOR)
+
     def staging_path(self, key: str) -> Path:
-        """A local file under the staging folder (`<staging>/<key>`), sent by `put_file`."""
-        self._key(key)
-        target = self.staging_dir / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+        """A local file in the staging folder (`<staging>/inputs~job_x~target`), sent by `put_file`."""
+        return self._staged(key)
 
     def put_file(self, key: str, source: Path, *, durable: bool = True) -> None:
         """Uploads `source` (multipart above the threshold, streamed from the file), then removes it. A failed
@@ -102,9 +118,9 @@ class S3Storage:
     def local_copy(self, key: str) -> Iterator[Path]:
         """The object as a local file for as long as the block runs (a video the decoder needs to seek in):
         downloaded in ranged parts to a staging file, removed afterwards."""
-        self._key(key)
-        target = self.staging_dir / "downloads" / key
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # Unique per reader: two readers of one key never share (or delete) each other's copy.
+        name = f"{self._staged(key).name}.{secrets.token_hex(6)}"
+        target = self.staging_dir / _DOWNLOADS / name
         try:
             self.client.download_file(self.bucket, self._key(key), str(target), Config=self.transfer)
         except ClientError as exc:
@@ -157,7 +173,7 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # S3 answers 204 for a missing key too
-        (self.staging_dir / key).unlink(missing_ok=True)  # and a staged file never sent
+        self._staged(key).unlink(missing_ok=True)  # and a staged file never sent
 
     def delete_prefix(self, prefix: str) -> None:
         """The object named `prefix` and every object under `prefix/`, in batches of 1000; any key S3 refuses to
@@ -165,12 +181,10 @@ class S3Storage:
         base = prefix.rstrip("/")
         # Staged files under the prefix go too: a refused upload is staged locally and never reaches the bucket,
         # and its submit cleans up with delete_prefix as it does on local disk.
-        self._key(base)
-        staged = self.staging_dir / base
-        if staged.is_dir():
-            shutil.rmtree(staged, onerror=ignore_missing)
-        else:
-            staged.unlink(missing_ok=True)
+        staged = self._staged(base)
+        staged.unlink(missing_ok=True)
+        for path in self.staging_dir.glob(f"{staged.name}{_SEPARATOR}*"):  # keys hold no glob characters
+            path.unlink(missing_ok=True)
         keys = [self._key(base)] + [self.prefix + stored.key for stored in self.list(base)]
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
@@ -186,6 +200,52 @@ class S3Storage:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
             for item in page.get("Contents", []):
                 yield StoredObject(key=item["Key"][len(self.prefix) :], modified_at=item["LastModified"].timestamp())
+
+    def clear_stale_staging(self, older_than: float) -> int:
+        """Remove staged and downloaded files last written before `older_than` (seconds since the epoch), and abort
+        the multipart uploads under this deployment's folders started before it. Returns how many of either went."""
+        removed = 0
+        for folder in (self.staging_dir, self.staging_dir / _DOWNLOADS):
+            for entry in os.scandir(folder):
+                if entry.is_file(follow_symlinks=False):
+                    removed += remove_if_older(Path(entry.path), older_than)
+                elif entry.name != _DOWNLOADS and entry.is_dir(follow_symlinks=False):
+                    removed += _remove_old_tree(Path(entry.path), older_than)  # the per-key folders of before
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        # Only the folders this service writes: a bucket shared with others keeps their uploads.
+        pages = (
+            page
+            for folder in SERVICE_FOLDERS
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}{folder}/")
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() >= older_than:
+                    continue  # maybe still being sent
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                except ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code", "")) != "NoSuchUpload":
+                        raise
+                    continue  # completed or aborted meanwhile
+                removed += 1
+        return removed
+
+
+def _remove_old_tree(folder: Path, older_than: float) -> int:
+    """Old files under `folder`, then its folders left empty (bottom up)."""
+    removed = 0
+    for parent, folders, names in os.walk(folder, topdown=False):
+        for name in names:
+            removed += remove_if_older(Path(parent) / name, older_than)
+        for name in folders:
+            with contextlib.suppress(OSError):  # not empty: something recent is in it
+                (Path(parent) / name).rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return removed
 
 
 def _missing_or(exc: ClientError, key: str) -> Exception:

@@ -1,12 +1,15 @@
 """A video job with its files in S3 (SeaweedFS on loopback): the submit streams the upload to a staging file and
 uploads it, the in-process worker downloads the input and uploads its result in parts, and the API serves the
-result streamed (whole, or one range passed on to S3) or as a 307 to a presigned URL."""
+result streamed (whole, or one range passed on to S3) or as a 307 to a presigned URL. What a crash leaves in the
+local staging folder is cleared by the sweeper and by the API process that staged it."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,10 +17,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine as DbEngine
 
+from facemint.app import create_app
 from facemint.config import Settings
+from facemint.storage import make_storage
 from facemint.storage_s3 import S3Storage
 from tests.conftest import make_settings
-from tests.jobs.conftest import Payer, job_row
+from tests.jobs.conftest import Payer, job_row, wait_for
 from tests.jobs.video_job_helpers import accepted_video, clip_bytes, mp4_frames
 from tests.storage_servers import S3Server, use_s3
 
@@ -93,3 +98,33 @@ def test_a_video_job_on_s3_runs_and_its_result_streams_whole_and_by_range(
     redirect = job_client.get(done["result_url"], headers=payer.headers, follow_redirects=False)
     assert redirect.status_code == 307
     assert httpx.get(redirect.headers["location"]).content == result.content
+
+
+def _left_by_a_crash(settings: Settings) -> list[Path]:
+    """A staged upload and a download a killed process left on this machine's disk, dated past the bound."""
+    storage = make_storage(settings)
+    left = [storage.staging_path("inputs/job_0123456789abcdef01234567/target")]
+    left[0].write_bytes(b"half an upload")
+    left.append(settings.data_dir / "staging/downloads/inputs~job_0123456789abcdef01234567~target.a1b2c3")
+    left[1].write_bytes(b"a download for the decoder")
+    then = time.time() - settings.staging_grace_seconds() - 60
+    for path in left:
+        os.utime(path, (then, then))
+    return left
+
+
+def test_the_sweeper_clears_what_a_crash_left_in_staging(job_settings: Settings, sweep: Callable[..., Any]) -> None:
+    left = _left_by_a_crash(job_settings)
+    fresh = make_storage(job_settings).staging_path("inputs/job_ffffffffffffffffffffffff/target")
+    fresh.write_bytes(b"an upload arriving now")
+    sweep(job_settings.model_copy(update={"orphan_sweep_interval_seconds": 0.001}))
+    assert [path.exists() for path in left] == [False, False]
+    assert fresh.exists()
+
+
+def test_an_api_process_clears_its_own_staging(job_settings: Settings) -> None:
+    """With S3 an API's uploads stage on its own disk, which no worker sweeps: the API clears it itself."""
+    settings = job_settings.model_copy(update={"orphan_sweep_interval_seconds": 0.1})
+    left = _left_by_a_crash(settings)
+    with TestClient(create_app(settings)):
+        wait_for(lambda: not any(path.exists() for path in left), timeout=10)

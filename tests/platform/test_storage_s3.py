@@ -147,6 +147,6 @@ def test_the_settings_choose_the_backend(s3_server: S3Server, monkeypatch: pytes
     with pytest.raises(ValueError, match="FACEMINT_S3_BUCKET"):
         Settings(data_dir=tmp_path, storage_backend="s3")
     assert isinstance(chosen, RemoteStorage)
-    assert chosen.staging_path("inputs/job_ab12/target") == tmp_path / "staging/inputs/job_ab12/target"
+    assert chosen.staging_path("inputs/job_ab12/target") == tmp_path / "staging/inputs~job_ab12~target"
     chosen.put("inputs/job_ab12/source", b"signed with the environment's key")
     assert chosen.get("inputs/job_ab12/source") == b"signed with the environment's key"

@@ -9,18 +9,29 @@
 - whatever no job accounts for any more (a submit whose commit failed, a file the steps above could not name) is
   removed by the orphan sweep once it is older than `orphan_file_grace_seconds`.
 
+- staged files and unfinished uploads a crash left (a killed upload or encode, on S3 a multipart upload never
+  completed) are removed once older than any job may run (`clear_stale_staging`).
+
 Result keys are derived from the job (`results/<job>-a<attempt>.<ext>`), so every attempt's file can be named
 without listing the storage; so is the file a video attempt encodes into before it is stored (the storage's
 staging file for that key), which a worker killed mid-video leaves behind."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facemint.storage import STAGING_SUFFIX, Storage, input_prefix, result_key
 
+if TYPE_CHECKING:
+    from facemint.config import Settings
+
+logger = logging.getLogger("facemint.sweeper")
 _RESULT_KEY = re.compile(r"^results/(job_[0-9a-f]+)-a(\d+)\.[a-z0-9]+(\.staging)?$")
 _INPUT_KEY = re.compile(r"^inputs/(job_[0-9a-f]+)/")
 
@@ -87,3 +98,24 @@ def still_needed(candidate: OrphanCandidate, job: Any | None) -> bool:
     if job.status == "running" and job.attempts == candidate.attempt:
         return True  # the live attempt's result, about to be settled
     return job.result_location == candidate.key and job.files_deleted_at is None
+
+
+def clear_stale_staging(storage: Storage, settings: Settings, *, now: float | None = None) -> int:
+    """Remove staged files and unfinished multipart uploads older than `settings.staging_grace_seconds()`: no job
+    runs that long, so nothing still writes or reads them. Returns how many went."""
+    cutoff = (time.time() if now is None else now) - settings.staging_grace_seconds()
+    removed = storage.clear_stale_staging(cutoff)
+    if removed:
+        logger.info("removed %d staged files or unfinished uploads left by a crash", removed)
+    return removed
+
+
+async def clear_stale_staging_periodically(storage: Callable[[], Storage], settings: Settings) -> None:
+    """`clear_stale_staging` every `orphan_sweep_interval_seconds`, in a thread, until cancelled: for an API
+    process whose staged uploads sit on a disk no worker sweeps (S3 storage)."""
+    while True:
+        await asyncio.sleep(settings.orphan_sweep_interval_seconds)
+        try:
+            await asyncio.to_thread(clear_stale_staging, storage(), settings)
+        except Exception:  # the next round tries again
+            logger.warning("could not clear stale staging files", exc_info=True)

@@ -7,7 +7,7 @@ locks the rows it takes with SKIP LOCKED and moves them with guarded statements)
 4. holds: holds past their own expiry are released by the ledger (the backstop);
 5. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
    purged (marked only once the storage confirmed); every `orphan_sweep_interval_seconds`, files no job accounts
-   for any more are removed (see facemint.jobs.files).
+   for any more are removed, and staged files and unfinished uploads a crash left (see facemint.jobs.files).
 
 The bound: a hold is released at most `job_deadline_seconds + sweep_interval_seconds` after submit while any
 worker runs (the hold's own expiry, `HOLD_MARGIN_SECONDS` later, is the backstop)."""
@@ -156,6 +156,10 @@ def delete_orphans_when_due(context: WorkerContext) -> int:
     if now - context.orphans_swept_at < context.settings.orphan_sweep_interval_seconds:
         return 0
     context.orphans_swept_at = now
+    try:
+        files.clear_stale_staging(context.storage, context.settings)
+    except Exception:  # S3's errors are not OSErrors; either way the orphans still go, and the next round retries
+        logger.warning("could not clear stale staging files; retrying next round", exc_info=True)
     return delete_orphans(context)
 
 

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     # while their key stays listed.
     storage_encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)
     storage_encryption_key_id: str | None = None
+    # While turning encryption on over existing objects: read an object without an encryption header as plaintext
+    # until `facemint storage rekey` has sealed it. Off (the default), such an object is refused as unreadable.
+    storage_encryption_read_plaintext: bool = False
     queue_name: str = "swaps"
     # Test and benchmark aid (refused in prod): each job pauses this long at its first stage boundary.
     debug_job_delay_seconds: float = Field(default=0.0, ge=0, le=600)

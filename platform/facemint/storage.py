@@ -32,6 +32,7 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 STAGING_SUFFIX = ".staging"
 # Every key the service writes starts with one of these folders (input_prefix, result_key).
 SERVICE_FOLDERS = ("inputs", "results")
+_READ_CHUNK = 1024 * 1024
 
 
 def checked_key(key: str) -> str:
@@ -215,6 +216,14 @@ class LocalStorage:
         return removed
 
 
+def service_keys(storage: Storage) -> Iterator[str]:
+    """The key of every object the service stored (under `SERVICE_FOLDERS`), staged files left out."""
+    for folder in SERVICE_FOLDERS:
+        for stored in storage.list(folder):
+            if not stored.key.endswith(STAGING_SUFFIX):
+                yield stored.key
+
+
 def remove_if_older(path: Path, older_than: float) -> int:
     """1 when `path` was last written before `older_than` and is now removed, else 0."""
     try:
@@ -224,6 +233,35 @@ def remove_if_older(path: Path, older_than: float) -> int:
     except FileNotFoundError:
         return 0
     return 1
+
+
+@contextlib.contextmanager
+def read_object(storage: Storage, key: str) -> Iterator[ObjectRange]:
+    """The whole object as a stream of chunks (`size` is its length), never in memory at once: a ranged GET on
+    S3 (or the plaintext of an encrypted object), the file itself on local disk. ObjectMissing when it is gone."""
+    if isinstance(storage, RemoteStorage):
+        read = storage.open_range(key)
+    else:
+        local = storage.path(key)
+        if local is None:
+            raise ObjectMissing(key)
+        try:
+            handle = local.open("rb")
+        except FileNotFoundError as exc:
+            raise ObjectMissing(key) from exc
+        size = os.fstat(handle.fileno()).st_size
+        read = ObjectRange(
+            chunks=iter(lambda: handle.read(_READ_CHUNK), b""),
+            first=0,
+            last=size - 1,
+            size=size,
+            partial=False,
+            close=handle.close,
+        )
+    try:
+        yield read
+    finally:
+        read.close()
 
 
 def _sync_directory(path: Path) -> None:
@@ -254,7 +292,7 @@ def make_storage(settings: Settings) -> Storage:
         return inner
     from facemint.storage_crypto import EncryptedStorage
 
-    return EncryptedStorage(inner, keyring)
+    return EncryptedStorage(inner, keyring, read_plaintext=settings.storage_encryption_read_plaintext)
 
 
 def _backend(settings: Settings) -> Storage:

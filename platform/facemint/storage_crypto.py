@@ -13,7 +13,8 @@ construction), so a video is encrypted and decrypted file to file, chunk by chun
   reordered or swapped chunks fail; the header is associated data of every chunk, so it cannot be edited either.
   Any failure raises `ObjectUnreadable`: a reader never gets wrong plaintext.
 - The key id in the header names the settings key that sealed the object: rotation adds a key under a new id and
-  points `storage_encryption_key_id` at it; objects sealed under older ids stay readable while their key is listed.
+  points `storage_encryption_key_id` at it; objects sealed under older ids stay readable while their key is listed,
+  and `facemint storage rekey` (facemint.storage_rekey) re-seals them under the current one, so the old key can go.
 - Chunks sit at fixed offsets, so a range read decrypts only the chunks that cover the range.
 
 `path()` is None (the stored file is ciphertext): the API serves a result through `open_range` (decrypted chunks)
@@ -24,14 +25,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import os
 import re
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -46,7 +48,7 @@ CHUNK_SIZE = 64 * 1024
 _TAG = 16
 _SALT = 16
 _FIXED = struct.Struct(">IQ")  # chunk size, plaintext size
-_HEADER_MAX = len(MAGIC) + 2 + 255 + _SALT + _FIXED.size
+HEADER_MAX = len(MAGIC) + 2 + 255 + _SALT + _FIXED.size
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INFO = b"facemint storage object v1"
 _READ = 1024 * 1024
@@ -132,6 +134,14 @@ def parse_header(data: bytes) -> Header:
     return Header(raw=data[:end], key_id=key_id, salt=salt, chunk_size=chunk_size, size=size)
 
 
+def sealed_key_id(head: bytes) -> str | None:
+    """The key id of the object starting with `head` (its first HEADER_MAX bytes, or all of a shorter object);
+    None when it has no encryption header (plaintext). ObjectUnreadable for a damaged header."""
+    if not head.startswith(MAGIC):
+        return None
+    return parse_header(head).key_id
+
+
 def _cipher(key: bytes, header: Header) -> AESGCM:
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=header.salt, info=_INFO).derive(key)
     return AESGCM(derived)
@@ -141,8 +151,12 @@ def _nonce(index: int, final: bool) -> bytes:
     return struct.pack(">QI", index, 1 if final else 0)
 
 
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 def encrypt_stream(
-    source: BinaryIO, target: BinaryIO, size: int, keyring: Keyring, chunk_size: int = CHUNK_SIZE
+    source: Readable, target: BinaryIO, size: int, keyring: Keyring, chunk_size: int = CHUNK_SIZE
 ) -> None:
     """Seal the `size` bytes read from `source` into `target`, one chunk in memory at a time."""
     header = _make_header(keyring.current, size, chunk_size)
@@ -215,8 +229,15 @@ class _Sink:
         pass
 
 
-def _file_pieces(handle: BinaryIO) -> Iterator[bytes]:
-    while piece := handle.read(_READ):
+def _file_pieces(handle: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
+    """The file's bytes from where it stands, `limit` of them at most (None: to the end)."""
+    left = limit
+    while left is None or left > 0:
+        piece = handle.read(_READ if left is None else min(_READ, left))
+        if not piece:
+            return
+        if left is not None:
+            left -= len(piece)
         yield piece
 
 
@@ -245,11 +266,27 @@ def _plain_range(byte_range: str | None, size: int) -> tuple[int, int, bool]:
 
 
 class EncryptedStorage:
-    """A backend decorator: objects are sealed on the way in and opened (authenticated) on the way out."""
+    """A backend decorator: objects are sealed on the way in and opened (authenticated) on the way out.
 
-    def __init__(self, inner: Storage, keyring: Keyring) -> None:
+    `read_plaintext`: an object without a header (stored before encryption was turned on) is read as it is, so
+    the service keeps serving it while `facemint storage rekey` seals it; off, such an object is refused, so
+    nobody who can write to the storage can slip in content the service would serve."""
+
+    def __init__(self, inner: Storage, keyring: Keyring, *, read_plaintext: bool = False) -> None:
         self.inner = inner
         self.keyring = keyring
+        self.read_plaintext = read_plaintext
+
+    def _is_plaintext(self, head: bytes) -> bool:
+        """Whether the object starting with `head` is to be read as plaintext; refused when it may not be."""
+        if head.startswith(MAGIC):
+            return False
+        if self.read_plaintext:
+            return True
+        raise ObjectUnreadable(
+            "not an encrypted storage object (no header): stored before encryption was turned on? Set "
+            "FACEMINT_STORAGE_ENCRYPTION_READ_PLAINTEXT while `facemint storage rekey` seals it"
+        )
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         self.inner.put(key, encrypt_bytes(data, self.keyring), durable=durable)
@@ -270,7 +307,10 @@ class EncryptedStorage:
         source.unlink(missing_ok=True)  # as the backends do: the staged file is consumed
 
     def get(self, key: str) -> bytes:
-        return decrypt_bytes(self.inner.get(key), self.keyring)
+        data = self.inner.get(key)
+        if self._is_plaintext(data[: len(MAGIC)]):
+            return data
+        return decrypt_bytes(data, self.keyring)
 
     def path(self, key: str) -> Path | None:
         return None  # the stored file is ciphertext: read through open_range or local_copy
@@ -280,60 +320,103 @@ class EncryptedStorage:
         """The decrypted object as a temporary file while the block runs (a video the decoder seeks in)."""
         target = self.inner.staging_path(f"{key}.{secrets.token_hex(6)}.plain")  # unique: two readers may overlap
         try:
-            with self.inner.local_copy(key) as stored, stored.open("rb") as handle, target.open("wb") as out:
-                header = parse_header(handle.read(_HEADER_MAX))
-                handle.seek(len(header.raw))
-                for plain in decrypt_chunks(header, self.keyring, _file_pieces(handle)):
-                    out.write(plain)
+            with self.inner.local_copy(key) as stored:
+                with stored.open("rb") as handle:
+                    head = handle.read(HEADER_MAX)
+                    plaintext = self._is_plaintext(head)
+                    if not plaintext:
+                        header = parse_header(head)
+                        handle.seek(len(header.raw))
+                        with target.open("wb") as out:
+                            for plain in decrypt_chunks(header, self.keyring, _file_pieces(handle)):
+                                out.write(plain)
+                if plaintext:
+                    yield stored  # already a local file of the plaintext
+                    return
             yield target
         finally:
             target.unlink(missing_ok=True)
 
-    def _stored(self, key: str, first: int) -> tuple[Iterator[bytes], Callable[[], None]]:
-        """The stored bytes from offset `first` to the end, and how to release them."""
+    def _stored(self, key: str, first: int, byte_range: str | None = None) -> ObjectRange:
+        """The stored bytes from offset `first` to the end (or the one range `byte_range` asks for)."""
         if isinstance(self.inner, RemoteStorage):
             try:
-                read = self.inner.open_range(key, f"bytes={first}-")
+                return self.inner.open_range(key, byte_range or f"bytes={first}-")
             except RangeNotSatisfiable:
+                if byte_range:
+                    raise
                 raise ObjectUnreadable("the object is truncated") from None
-            return read.chunks, read.close
         stored = self.inner.path(key)
         if stored is None:
             raise ObjectMissing(key)
         handle = stored.open("rb")
-        handle.seek(first)
-        return _file_pieces(handle), handle.close
-
-    def _header(self, key: str) -> Header:
-        pieces, close = self._stored(key, 0)
+        size = os.fstat(handle.fileno()).st_size
         try:
-            data = bytearray()
-            for piece in pieces:
-                data += piece
-                if len(data) >= _HEADER_MAX:
-                    break
-            return parse_header(bytes(data))
-        finally:
-            close()
+            start, last, partial = _plain_range(byte_range, size) if byte_range else (first, size - 1, False)
+        except RangeNotSatisfiable:
+            handle.close()
+            raise
+        handle.seek(start)
+        chunks = _file_pieces(handle, last + 1 - start)
+        return ObjectRange(chunks=chunks, first=start, last=last, size=size, partial=partial, close=handle.close)
+
+    def _header(self, key: str) -> Header | None:
+        """The object's header; None for a plaintext object that may be read as it is."""
+        data = bytearray()
+        try:
+            read = self._stored(key, 0, f"bytes=0-{HEADER_MAX - 1}")  # the header's bytes, not the object's
+        except RangeNotSatisfiable:
+            pass  # an empty object: no header
+        else:
+            try:
+                for piece in read.chunks:
+                    data += piece
+            finally:
+                read.close()
+        if self._is_plaintext(bytes(data[: len(MAGIC)])):
+            return None
+        return parse_header(bytes(data))
 
     def open_range(self, key: str, byte_range: str | None = None) -> ObjectRange:
         """The plaintext, or the one range asked for (as S3Storage.open_range), decrypting only the chunks that
-        cover it: a player's seek into a long video costs a chunk or two, not the whole object."""
-        header = self._header(key)
+        cover it: a player's seek into a long video costs a chunk or two, not the whole object.
+
+        The header and the chunks are two reads: an object re-sealed in between (`facemint storage rekey`
+        replaces it whole) fails its first chunk, so that read starts again once, from the new header."""
+        for attempt in (1, 2):
+            header = self._header(key)
+            if header is None:
+                return self._stored(key, 0, byte_range)
+            try:
+                return self._open_sealed_range(key, header, byte_range)
+            except ObjectUnreadable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _open_sealed_range(self, key: str, header: Header, byte_range: str | None) -> ObjectRange:
         if header.size == 0:
             if byte_range and _SINGLE_RANGE.fullmatch(byte_range):
                 raise RangeNotSatisfiable(0)
-            pieces, close = self._stored(key, len(header.raw))
-            list(decrypt_chunks(header, self.keyring, pieces))  # authenticate even an empty object
-            close()
+            read = self._stored(key, len(header.raw))
+            try:
+                list(decrypt_chunks(header, self.keyring, read.chunks))  # authenticate even an empty object
+            finally:
+                read.close()
             return ObjectRange(chunks=iter(()), first=0, last=-1, size=0, partial=False, close=lambda: None)
         first, last, partial = _plain_range(byte_range, header.size)
         first_chunk = first // header.chunk_size
-        pieces, close = self._stored(key, header.chunk_offset(first_chunk))
+        read = self._stored(key, header.chunk_offset(first_chunk))
+        decrypted = decrypt_chunks(header, self.keyring, read.chunks, first_chunk)
+        try:
+            opening = next(decrypted)  # authenticated before the caller commits to a response
+        except BaseException:
+            read.close()
+            raise
 
         def plaintext() -> Iterator[bytes]:
             at = first_chunk * header.chunk_size
-            for plain in decrypt_chunks(header, self.keyring, pieces, first_chunk):
+            for plain in itertools.chain([opening], decrypted):
                 piece = plain[max(0, first - at) : last + 1 - at]
                 if piece:
                     yield piece
@@ -341,7 +424,9 @@ class EncryptedStorage:
                 if at > last:
                     return
 
-        return ObjectRange(chunks=plaintext(), first=first, last=last, size=header.size, partial=partial, close=close)
+        return ObjectRange(
+            chunks=plaintext(), first=first, last=last, size=header.size, partial=partial, close=read.close
+        )
 
     def presigned_url(self, key: str, ttl_seconds: int, *, filename: str | None = None) -> str:
         raise ValueError("presigned URLs would hand out ciphertext: encrypted storage streams results instead")
@@ -357,3 +442,10 @@ class EncryptedStorage:
 
     def clear_stale_staging(self, older_than: float) -> int:
         return self.inner.clear_stale_staging(older_than)
+
+
+def stored_form(storage: Storage) -> tuple[Storage, EncryptedStorage | None]:
+    """The backend that holds the bytes as stored, and the encrypting layer over it (None: not encrypted)."""
+    if isinstance(storage, EncryptedStorage):
+        return storage.inner, storage
+    return storage, None

@@ -257,3 +257,49 @@ def test_keys_come_from_the_environment_as_json(tmp_path: Path, monkeypatch: pyt
     keyring = settings.storage_keyring()
     assert keyring is not None
     assert keyring.keys == {"k1": KEY_A}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_plaintext_from_before_encryption_is_read_as_is_only_when_allowed(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    inner = LocalStorage(tmp_path / "storage") if backend == "local" else request.getfixturevalue("s3_inner")
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    inner.put("results/job_old.mp4", data)
+    strict = EncryptedStorage(inner, Keyring({"a": KEY_A}, "a"))
+    with pytest.raises(ObjectUnreadable, match="FACEMINT_STORAGE_ENCRYPTION_READ_PLAINTEXT"):
+        strict.get("results/job_old.mp4")
+    with pytest.raises(ObjectUnreadable, match="no header"):
+        strict.open_range("results/job_old.mp4", "bytes=0-9")
+    with pytest.raises(ObjectUnreadable, match="no header"), strict.local_copy("results/job_old.mp4"):
+        pass
+
+    lenient = EncryptedStorage(inner, Keyring({"a": KEY_A}, "a"), read_plaintext=True)
+    assert lenient.get("results/job_old.mp4") == data
+    with lenient.local_copy("results/job_old.mp4") as copy:
+        assert copy.read_bytes() == data
+    ranged = lenient.open_range("results/job_old.mp4", f"bytes={CHUNK_SIZE}-{CHUNK_SIZE + 9}")
+    assert (ranged.first, ranged.last, ranged.size, ranged.partial) == (CHUNK_SIZE, CHUNK_SIZE + 9, len(data), True)
+    assert b"".join(ranged.chunks) == data[CHUNK_SIZE : CHUNK_SIZE + 10]
+    ranged.close()
+    whole = lenient.open_range("results/job_old.mp4")
+    assert b"".join(whole.chunks) == data
+    whole.close()
+    with pytest.raises(RangeNotSatisfiable):
+        lenient.open_range("results/job_old.mp4", f"bytes={len(data)}-")
+    lenient.put("results/job_new.mp4", b"new")  # new objects are sealed all the same
+    assert inner.get("results/job_new.mp4").startswith(MAGIC)
+    assert (inner.path("results/job_old.mp4") is not None) == (backend == "local")  # untouched by the reads
+
+
+def test_settings_allow_plaintext_reads(tmp_path: Path) -> None:
+    chosen = make_storage(
+        Settings(
+            data_dir=tmp_path,
+            storage_encryption_keys={"k1": _b64(KEY_A)},
+            storage_encryption_key_id="k1",
+            storage_encryption_read_plaintext=True,
+        )
+    )
+    assert isinstance(chosen, EncryptedStorage)
+    assert chosen.read_plaintext

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from facemint import log_setup
-from facemint.cli import backup_commands, engine_commands, finance_commands, ledger_commands
+from facemint.cli import backup_commands, engine_commands, finance_commands, ledger_commands, storage_commands
 from facemint.config import Environment, Settings, get_settings
 
 
@@ -492,6 +492,7 @@ engine_commands.register(cli, _settings)
 ledger_commands.register(cli, _settings)
 finance_commands.register(cli, _settings)
 backup_commands.register(cli, _settings)
+storage_commands.register(cli, _settings)
 
 if __name__ == "__main__":
     cli()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from facemint.config import Settings
@@ -120,6 +120,25 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url, pool_size=20)
     yield engine
     engine.dispose()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at the database `name` on the same server."""
+    base, _, query = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def fresh_database(owner_url: str) -> Iterator[str]:
+    """A new, empty database on the same server (its name), dropped afterwards: where a backup is restored."""
+    name = f"facemint_restore_{secrets.token_hex(4)}"
+    admin = create_engine(sqlalchemy_url(owner_url), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,17 @@ A backup is a folder:
 - `database.dump`: `pg_dump --format=custom --no-owner --no-privileges`, run as the schema's owner (the service's
   role may not read every table). Ownership and grants are left out: the restore's owner owns what it restores and
   the application role's privileges are granted afresh by `migrate.upgrade`, as `facemint migrate` grants them.
-- `manifest.json`: every stored object (inputs and results) with its size and SHA-256.
+- `manifest.json`: every stored object (inputs and results) with its size and SHA-256 as stored, and the key id
+  of its encryption header (None: plaintext). Objects are kept as stored, ciphertext where the storage is
+  encrypted, and streamed (see facemint.backup_objects).
 - `objects/<key>`: a copy of each object (`with_files`), so that a restore on another machine has the results.
 - `metadata.json`: format version, creation time, migration head, row counts, and the SHA-256 of the dump and of
   the manifest, which `restore` checks before it writes anything.
 
 The folder is written under a temporary name and renamed when whole; an existing target is refused. `restore`
-refuses a database that already holds tables (restore into a fresh one: nothing is ever dropped here) and a
-backup whose dump, manifest or object copies do not match their checksums."""
+refuses a database that already holds tables (restore into a fresh one: nothing is ever dropped here), a
+backup whose dump, manifest or object copies do not match their checksums, and objects sealed under keys the
+settings lack."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,29 +34,31 @@ from typing import Any
 from sqlalchemy import create_engine, make_url, pool, text
 
 from facemint import migrate
+from facemint.backup_objects import (
+    ManifestEntry,
+    ObjectProblem,
+    already_present,
+    check_keys,
+    read_entry,
+    restore_entry,
+    stored_form,
+)
 from facemint.db import sqlalchemy_url
-from facemint.storage import Storage
+from facemint.storage import Storage, service_keys
 
-FORMAT_VERSION = 1
+# 2: objects as stored (ciphertext on encrypted storage) with their key ids; 1 (still read): copies decrypted.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 DUMP = "database.dump"
 MANIFEST = "manifest.json"
 METADATA = "metadata.json"
 OBJECTS = "objects"
-# Every key the service writes starts with one of these (facemint.storage.input_prefix, result_key).
-STORAGE_PREFIXES = ("inputs", "results")
 COUNTED_TABLES = ("jobs", "ledger_entries", "ledger_transactions", "ledger_seals", "audit_events", "tenants", "users")
 _CHUNK = 1024 * 1024
 
 
 class BackupError(RuntimeError):
     """The backup or restore cannot go on; the message says why. Nothing was changed by a refusal."""
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    key: str
-    size: int
-    sha256: str
 
 
 @dataclass
@@ -140,27 +145,6 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _object_file(storage: Storage, key: str, scratch: Path) -> Path:
-    """A local file with the object's bytes: the backend's own file where it has one, else a scratch copy."""
-    local = storage.path(key)
-    if local is not None:
-        return local
-    scratch.write_bytes(storage.get(key))
-    return scratch
-
-
-def _stored_facts(storage: Storage, key: str) -> tuple[int, str] | None:
-    """Size and SHA-256 of a stored object, or None when there is none under `key`."""
-    local = storage.path(key)
-    if local is not None:
-        return _sha256_file(local)
-    try:
-        data = storage.get(key)
-    except FileNotFoundError:  # ObjectMissing
-        return None
-    return len(data), hashlib.sha256(data).hexdigest()
-
-
 def _server_major(owner_url: str) -> int:
     engine = create_engine(sqlalchemy_url(owner_url), poolclass=pool.NullPool, hide_parameters=True)
     try:
@@ -215,12 +199,6 @@ def _fsync_tree(root: Path) -> None:
             os.close(descriptor)
 
 
-def _list_objects(storage: Storage) -> Iterator[str]:
-    for prefix in STORAGE_PREFIXES:
-        for stored in storage.list(prefix):
-            yield stored.key
-
-
 def create_backup(owner_url: str, storage: Storage, out: Path, *, with_files: bool = True) -> BackupSummary:
     """Dump the database and record (and, `with_files`, copy) the storage's objects into the new folder `out`.
 
@@ -248,22 +226,16 @@ def create_backup(owner_url: str, storage: Storage, out: Path, *, with_files: bo
         )
         dump_bytes, dump_sha = _sha256_file(dump)
         entries: list[ManifestEntry] = []
-        scratch = work / ".scratch"
-        for key in sorted(set(_list_objects(storage))):
+        stored, _ = stored_form(storage)  # the bytes as stored: ciphertext where the storage is encrypted
+        for key in sorted(set(service_keys(stored))):
+            # One streamed pass: hashed as it is copied, so the copy is what the hash says (a read is one version
+            # of the object: a file held open, one GET).
             try:
-                source = _object_file(storage, key, scratch)
-                size, sha = _sha256_file(source)
-                if with_files:
-                    target = work / OBJECTS / key
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)
-                    # The copy is checked, not trusted: an object replaced while copying would differ.
-                    if _sha256_file(target) != (size, sha):
-                        raise BackupError(f"{key} changed while it was copied: run the backup again")
-            except FileNotFoundError:
-                continue  # deleted (swept) since it was listed: nothing to keep
-            entries.append(ManifestEntry(key=key, size=size, sha256=sha))
-        scratch.unlink(missing_ok=True)
+                entry = read_entry(stored, key, copy_to=work / OBJECTS / key if with_files else None)
+            except ObjectProblem as exc:
+                raise BackupError(str(exc)) from exc
+            if entry is not None:  # else deleted (swept) since it was listed: nothing to keep
+                entries.append(entry)
         manifest = work / MANIFEST
         manifest.write_text(json.dumps({"objects": [e.__dict__ for e in entries]}, indent=1) + "\n")
         manifest_bytes, manifest_sha = _sha256_file(manifest)
@@ -274,7 +246,12 @@ def create_backup(owner_url: str, storage: Storage, out: Path, *, with_files: bo
             "counts": counts,
             "dump": {"file": DUMP, "bytes": dump_bytes, "sha256": dump_sha},
             "manifest": {"file": MANIFEST, "bytes": manifest_bytes, "sha256": manifest_sha},
-            "objects": {"count": len(entries), "bytes": sum(e.size for e in entries), "with_files": with_files},
+            "objects": {
+                "count": len(entries),
+                "bytes": sum(e.size for e in entries),
+                "with_files": with_files,
+                "key_ids": dict(Counter(e.key_id or "plaintext" for e in entries)),
+            },
         }
         (work / METADATA).write_text(json.dumps(metadata, indent=1) + "\n")
         _fsync_tree(work)
@@ -301,8 +278,8 @@ def _read_backup(source: Path) -> tuple[dict[str, Any], list[ManifestEntry]]:
         metadata = json.loads((source / METADATA).read_text())
     except (OSError, ValueError) as exc:
         raise BackupError(f"{source} is not a facemint backup: {exc}") from exc
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise BackupError(f"unknown backup format {metadata.get('format_version')!r} (this version reads 1)")
+    if metadata.get("format_version") not in READABLE_FORMATS:
+        raise BackupError(f"unknown backup format {metadata.get('format_version')!r} (this version reads 1 and 2)")
     for part in ("dump", "manifest"):
         expected = metadata[part]
         path = source / expected["file"]
@@ -339,14 +316,11 @@ def restore_backup(
             "(create a new one; a restore never drops or overwrites data)"
         )
     with_files = bool(metadata["objects"]["with_files"])
-    present: set[str] = set()
-    for entry in entries:
-        facts = _stored_facts(storage, entry.key)
-        if facts is None:
-            continue
-        if facts != (entry.size, entry.sha256):
-            raise BackupError(f"storage already holds {entry.key} with other content: restore into empty storage")
-        present.add(entry.key)
+    try:
+        check_keys(entries, storage)
+        present = {entry.key for entry in entries if already_present(storage, entry)}
+    except ObjectProblem as exc:
+        raise BackupError(str(exc)) from exc
     _run(
         [
             find_tool("pg_restore", server_major=_server_major(owner_url)),
@@ -366,14 +340,12 @@ def restore_backup(
         if entry.key in present:
             continue
         if not with_files:
-            if _stored_facts(storage, entry.key) is None:
-                missing.append(entry.key)
+            missing.append(entry.key)  # not in storage (checked above): to be put back from elsewhere
             continue
-        staging = storage.staging_path(entry.key)
-        shutil.copyfile(source / OBJECTS / entry.key, staging)
-        storage.put_file(entry.key, staging)
-        if _stored_facts(storage, entry.key) != (entry.size, entry.sha256):
-            raise BackupError(f"object {entry.key} differs from the manifest after it was stored")
+        try:
+            restore_entry(storage, entry, source / OBJECTS / entry.key)
+        except ObjectProblem as exc:
+            raise BackupError(str(exc)) from exc
         restored += 1
     head, counts, _ = _database_facts(owner_url)
     return RestoreSummary(

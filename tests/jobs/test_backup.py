@@ -5,11 +5,9 @@ result downloads. Refusals leave the target untouched. (Here, not in tests/platf
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, pool, text
@@ -20,26 +18,9 @@ from facemint.app import create_app
 from facemint.cli.main import cli
 from facemint.config import Settings, get_settings
 from facemint.db import sqlalchemy_url
+from tests.conftest import with_database
 from tests.factories import fund
 from tests.jobs.conftest import Payer, face_png, submit
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
-
-
-@pytest.fixture
-def fresh_database(owner_url: str) -> Iterator[str]:
-    """A new, empty database on the same server (its name), dropped afterwards."""
-    name = f"facemint_restore_{secrets.token_hex(4)}"
-    admin = create_engine(sqlalchemy_url(owner_url), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _env(settings: Settings, *, owner_url: str, data_dir: Path) -> dict[str, str | None]:
@@ -109,8 +90,8 @@ def test_restore_into_fresh_database_reconciles_verifies_and_serves_every_result
     assert again.exit_code == 1
     assert "already exists" in again.output
 
-    restored_owner = _with_database(owner_url, fresh_database)
-    restored_app = _with_database(job_settings.database_url or "", fresh_database)
+    restored_owner = with_database(owner_url, fresh_database)
+    restored_app = with_database(job_settings.database_url or "", fresh_database)
     restored_settings = job_settings.model_copy(
         update={"database_url": restored_app, "data_dir": tmp_path / "restored"}
     )
@@ -160,11 +141,11 @@ def test_restore_refuses_an_object_that_does_not_match_the_manifest_and_writes_n
     (copy,) = (backup_dir / "objects" / "results").glob(f"{public_id}*")
     copy.write_bytes(copy.read_bytes()[:-1] + b"\x00")
 
-    restored_owner = _with_database(owner_url, fresh_database)
+    restored_owner = with_database(owner_url, fresh_database)
     restored_dir = tmp_path / "restored"
     restored_env = {
         **_env(job_settings, owner_url=restored_owner, data_dir=restored_dir),
-        "FACEMINT_DATABASE_URL": _with_database(job_settings.database_url or "", fresh_database),
+        "FACEMINT_DATABASE_URL": with_database(job_settings.database_url or "", fresh_database),
     }
     refused = _invoke(restored_env, "restore", "--from", str(backup_dir))
     assert refused.exit_code == 1
@@ -193,10 +174,10 @@ def test_restore_of_a_backup_without_files_lists_the_objects_storage_lacks(
     assert made.exit_code == 0, made.output
     assert not (backup_dir / "objects").exists()
 
-    restored_owner = _with_database(owner_url, fresh_database)
+    restored_owner = with_database(owner_url, fresh_database)
     restored_env = {
         **_env(job_settings, owner_url=restored_owner, data_dir=tmp_path / "restored"),
-        "FACEMINT_DATABASE_URL": _with_database(job_settings.database_url or "", fresh_database),
+        "FACEMINT_DATABASE_URL": with_database(job_settings.database_url or "", fresh_database),
     }
     restored = _invoke(restored_env, "restore", "--from", str(backup_dir))
     assert restored.exit_code == 3, restored.output

@@ -4,6 +4,8 @@ in-process warm worker (burst mode) and real `facemint worker` processes."""
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm import Session
 
+from facemint import log_setup
 from facemint.app import create_app
 from facemint.config import Settings
 from facemint.users.orm import Role
@@ -218,6 +221,27 @@ def start_worker(job_settings: Settings) -> Iterator[Callable[..., subprocess.Po
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+
+
+JsonLines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def json_lines() -> Iterator[JsonLines]:
+    """The root logger's output through the JSON handler the services install, parsed line by line."""
+    stream = io.StringIO()
+    handler = log_setup.json_handler(stream)
+    root, engine_log = logging.getLogger(), logging.getLogger("sqlalchemy.engine")
+    levels = root.level, engine_log.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    engine_log.setLevel(logging.INFO)  # every statement a line (parameters stay hidden: facemint.db)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(levels[0])
+        engine_log.setLevel(levels[1])
 
 
 # --- assertions and database reads ---------------------------------------------------------------------

@@ -4,44 +4,20 @@ for it. The lines are the real ones: SQLAlchemy's statement log, at INFO, on the
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from facemint import log_setup
 from facemint.cli.main import uvicorn_log_config
 from facemint.config import Settings
 from facemint.worker import runner
-from tests.jobs.conftest import Payer, submit
-
-JsonLines = Callable[[], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def json_lines() -> Iterator[JsonLines]:
-    """The root logger's output through the JSON handler the services install, parsed line by line."""
-    stream = io.StringIO()
-    handler = log_setup.json_handler(stream)
-    root, engine_log = logging.getLogger(), logging.getLogger("sqlalchemy.engine")
-    levels = root.level, engine_log.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    engine_log.setLevel(logging.INFO)  # every statement a line (parameters stay hidden: facemint.db)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(levels[0])
-        engine_log.setLevel(levels[1])
+from tests.jobs.conftest import JsonLines, Payer, submit
 
 
 def _for_request(lines: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from facemint import health
+from facemint import health, tracing
 from facemint.api_keys.endpoints import router as api_keys_router
 from facemint.approvals.endpoints import router as approvals_router
 from facemint.audit.endpoints import router as audit_router
@@ -27,7 +27,7 @@ from facemint.jobs.admin_endpoints import router as jobs_admin_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
 from facemint.jobs.endpoints import router as jobs_router
 from facemint.metrics import install_metrics
-from facemint.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from facemint.middleware import BodyLimitMiddleware, RequestIdMiddleware, TracingMiddleware
 from facemint.openapi import install_openapi
 from facemint.prices.endpoints import router as prices_router
 from facemint.problems import install_error_handlers
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if clearing is not None:
             clearing.cancel()
+        tracing.flush()
         engine.dispose()
         redis.close()
         await async_redis.aclose()
@@ -73,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if dev else None,
         lifespan=lifespan,
+        # Server spans are facemint.tracing's (without query strings, with the caller's ids); FastAPI's own would
+        # start whenever some library sets a global tracer provider, and duplicate them.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -94,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             BULK_UPLOAD_PATH: settings.batch_max_bytes + 64 * 1024,
         },
     )
+    if tracing.configure(settings, component="api"):
+        app.add_middleware(TracingMiddleware)  # added first, so it runs inside RequestIdMiddleware
     app.add_middleware(RequestIdMiddleware)
 
     for router in (

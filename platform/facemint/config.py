@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".facemint")
     # "json": one object per line with the request's or job's ids (facemint.log_setup); "text" for a terminal.
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces (facemint.tracing), off by default. Exported over OTLP/HTTP to `otlp_endpoint`
+    # (the collector's base URL; /v1/traces is added), else to the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
+    # A trace is kept with probability `otel_sample_ratio`, decided where it starts (the API, or the caller's
+    # traceparent) and followed by the worker.
+    otel_enabled: bool = False
+    otlp_endpoint: str | None = None
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # JWT: HS256 pinned. `jwt_previous_keys` ({"kid": "secret"}) keeps tokens signed by a retired key valid.
     jwt_secret: SecretStr | None = None

@@ -5,7 +5,9 @@ authenticated `tenant_id`, `user_id`, `api_key_id`) or the job (`job_id`, `attem
 Those fields live in a context variable holding one mutable dict per request or job: FastAPI runs sync
 dependencies (authentication among them) in a thread pool on a *copy* of the context, so a variable set there
 would not be seen by the request's later lines; a field added to the shared dict is. Threads started with a copy
-of the context (the worker's heartbeat, the video pipeline's decoder and encoder) see the same dict."""
+of the context (the worker's heartbeat, the video pipeline's decoder and encoder) see the same dict.
+
+While tracing is on (facemint.tracing), each line also carries the current span's `trace_id` and `span_id`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,6 +24,9 @@ LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 _fields: ContextVar[dict[str, Any] | None] = ContextVar("facemint_log_fields", default=None)
+# Fields computed as each line is emitted, on the thread that logs it: the current trace's ids while tracing is
+# on (facemint.tracing installs it); None otherwise, so lines cost nothing more.
+_extra_fields: Callable[[], dict[str, Any]] | None = None
 
 
 @contextlib.contextmanager
@@ -46,11 +51,19 @@ def current_fields() -> dict[str, Any]:
     return dict(_fields.get() or {})
 
 
+def set_extra_fields(source: Callable[[], dict[str, Any]] | None) -> None:
+    global _extra_fields
+    _extra_fields = source
+
+
 class ContextFilter(logging.Filter):
     """Stamps the current request's or job's fields on each record as it is emitted (in the thread that logs it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.log_fields = current_fields()
+        fields = current_fields()
+        if _extra_fields is not None:
+            fields.update(_extra_fields())
+        record.log_fields = fields
         return True
 
 

@@ -6,6 +6,7 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facemint import tracing
 from facemint.log_setup import log_scope
 from facemint.problems import BodyTooLarge, problem_response
 
@@ -35,6 +36,32 @@ class RequestIdMiddleware:
 
         with log_scope(request_id=request_id):
             await self.app(scope, receive, send_with_id)
+
+
+class TracingMiddleware:
+    """A server span per HTTP request (`facemint.tracing.server_span`), installed only while tracing is on. Sits
+    inside `RequestIdMiddleware`: the span carries the request's ids, and the request's log lines the span's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not tracing.enabled():
+            await self.app(scope, receive, send)
+            return
+        status_code: int | None = None
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        with tracing.server_span(scope) as span:
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                tracing.end_server_span(span, scope, status_code=status_code)
 
 
 class BodyLimitMiddleware:

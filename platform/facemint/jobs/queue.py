@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
 from rq import Queue
@@ -26,13 +27,16 @@ def run_timeout(seconds_left: float) -> int:
     return max(1, math.ceil(seconds_left)) + RUN_TIMEOUT_MARGIN_SECONDS
 
 
-def enqueue(redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: int) -> None:
+def enqueue(
+    redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: int, meta: dict[str, Any] | None = None
+) -> None:
     """Put the job on the queue once: RQ's `unique` refuses a second live entry with the same id. An entry left
     behind by an earlier, finished attempt is replaced. Duplicates would be harmless anyway: only a worker whose
-    claim wins in Postgres runs the job."""
+    claim wins in Postgres runs the job. `meta` rides with the entry (the trace context, facemint.tracing)."""
     queue = Queue(queue_name, connection=redis)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "job_id": public_id,
+        "meta": meta,
         "unique": True,
         "result_ttl": 0,  # Postgres keeps the outcome; RQ forgets it at once
         "failure_ttl": 3600,

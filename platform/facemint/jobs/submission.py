@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ledger import service as ledger
 from billing.ledger.service import request_hash
+from facemint import tracing
 from facemint.auth.principal import Principal
 from facemint.config import Settings
 from facemint.db import after_commit, after_rollback, before_commit, unit_of_work
@@ -185,29 +186,37 @@ def submit_swap(
         # Probed before the job is recorded or anything held, and before any transaction: a refusal holds nothing.
         plan = plan_video(swap, settings=settings)
         units, options, deadline_seconds = plan.units, plan.options, plan.deadline_seconds
-        storage.put_file(f"{prefix}/{VIDEO_FIELD}", swap.video.path, durable=False)
-    for name, data in swap.files.items():
-        storage.put(f"{prefix}/{name}", data, durable=False)
-    outcome = jobs.submit(
-        session,
-        request=jobs.SubmitRequest(
-            public_id=swap.public_id,
-            tenant_id=principal.tenant_id,
-            user_id=principal.user_id,
-            api_key_id=principal.api_key_id,
-            account_id=principal.account_id,
-            operations=swap.operations,
-            queue=settings.queue_name,
-            units=units,
-            idempotency_key=idempotency_key,
-            request_hash=swap.request_hash,
-            options=options,
-            input_location=prefix,
-            webhook_url=swap.webhook_url,
-            max_attempts=settings.job_max_attempts,
-            deadline_seconds=deadline_seconds,
-        ),
-    )
+    with tracing.span("job.store_inputs", {"facemint.job_id": swap.public_id}):
+        if swap.video is not None:
+            storage.put_file(f"{prefix}/{VIDEO_FIELD}", swap.video.path, durable=False)
+        for name, data in swap.files.items():
+            storage.put(f"{prefix}/{name}", data, durable=False)
+    # Records the job and holds its price, or replays the job this key made.
+    with tracing.span("job.submit", {"facemint.job_id": swap.public_id, "facemint.units": units}) as span:
+        outcome = jobs.submit(
+            session,
+            request=jobs.SubmitRequest(
+                public_id=swap.public_id,
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                account_id=principal.account_id,
+                operations=swap.operations,
+                queue=settings.queue_name,
+                units=units,
+                idempotency_key=idempotency_key,
+                request_hash=swap.request_hash,
+                options=options,
+                input_location=prefix,
+                webhook_url=swap.webhook_url,
+                max_attempts=settings.job_max_attempts,
+                deadline_seconds=deadline_seconds,
+            ),
+        )
+        if span is not None:
+            span.set_attributes(
+                {"facemint.replayed": outcome.replayed, "facemint.tokens_held": outcome.job.tokens_held}
+            )
     job = outcome.job
     if not outcome.replayed:
         tenant_id, cap = principal.tenant_id, settings.max_active_jobs(principal.plan)
@@ -231,7 +240,15 @@ def _run_timeout(job: Any) -> int:
 
 def _enqueue(redis: Redis, sessions: sessionmaker[Session], job: Any) -> None:
     try:
-        queue.enqueue(redis, queue_name=job.queue, public_id=job.public_id, timeout_seconds=_run_timeout(job))
+        # Run at the boundary's commit, under the request's span: the queue entry carries its trace to the worker.
+        with tracing.publish_span(job.queue, job.public_id):
+            queue.enqueue(
+                redis,
+                queue_name=job.queue,
+                public_id=job.public_id,
+                timeout_seconds=_run_timeout(job),
+                meta=tracing.queue_meta(),
+            )
     except RedisError:
         # Recorded and held, but not queued: the dispatcher queues it as soon as Redis answers again, or the
         # sweeper fails it and releases its tokens at its deadline. Either way the tokens are accounted for.

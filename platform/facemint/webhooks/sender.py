@@ -38,6 +38,7 @@ import httpx
 from sqlalchemy import func, text, update
 from sqlalchemy.orm import Session
 
+from facemint import tracing
 from facemint.config import Settings
 from facemint.webhooks.errors import InvalidWebhookUrl
 from facemint.webhooks.orm import EventStatus, WebhookDelivery, WebhookEvent
@@ -479,14 +480,18 @@ class WebhookSender:
     def _attempt(self, claim: Claim) -> None:
         try:
             if self._ready(claim):
-                try:
-                    outcome = send_attempt(
-                        claim, settings=self._settings, resolver=self._resolver, ssl_context=self._ssl_context
-                    )
-                except Exception as exc:  # one broken event must not stop the sender; retried like a failure
-                    logger.exception("webhook %s: unexpected error while sending", claim.public_id)
-                    outcome = Outcome(response_status=None, error=_error_text(exc), duration_ms=0.0)
-                self._record(claim, outcome)
+                with tracing.webhook_span(
+                    event_id=claim.public_id, tenant_id=claim.tenant_id, payload=claim.payload
+                ) as span:
+                    try:
+                        outcome = send_attempt(
+                            claim, settings=self._settings, resolver=self._resolver, ssl_context=self._ssl_context
+                        )
+                    except Exception as exc:  # one broken event must not stop the sender; retried like a failure
+                        logger.exception("webhook %s: unexpected error while sending", claim.public_id)
+                        outcome = Outcome(response_status=None, error=_error_text(exc), duration_ms=0.0)
+                    tracing.webhook_outcome(span, status=outcome.response_status, error=outcome.error)
+                    self._record(claim, outcome)
             else:
                 self._release(claim)
         except Exception:

@@ -25,7 +25,7 @@ from rq import Queue, SimpleWorker
 from sqlalchemy import Engine
 
 from billing.sealing import service as sealing
-from facemint import metrics
+from facemint import metrics, tracing
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, unit_of_work
 from facemint.reports import service as reports
@@ -61,6 +61,7 @@ class WarmWorker(SimpleWorker):
 
 def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, engine: object | None = None) -> None:
     database_url, redis_url = settings.require_urls()
+    tracing.configure(settings, component="worker")
     db_engine = make_engine(database_url, pool_size=4)
     # RQ blocks on BLMOVE for up to its dequeue timeout: no socket timeout on its connection. Everything else (the
     # sweeper's dispatcher, notifications, metrics) uses one with a timeout, so a hung Redis cannot hold the
@@ -112,6 +113,7 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
         except RedisError:
             logger.warning("could not remove this worker's heartbeat; it ages out of /metrics in an hour")
         db_engine.dispose()
+        tracing.flush()  # a burst worker exits next
 
 
 def _seal(context: tasks.WorkerContext) -> None:

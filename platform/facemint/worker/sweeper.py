@@ -26,6 +26,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from billing.ledger import holds as ledger_holds
+from facemint import tracing
 from facemint.approvals import service as approvals
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, sweeps
@@ -92,12 +93,15 @@ def dispatch(context: WorkerContext) -> list[str]:
         for row in due:
             try:
                 _drop_stale_entry(context, row.public_id)
-                queue.enqueue(
-                    context.redis,
-                    queue_name=row.queue,
-                    public_id=row.public_id,
-                    timeout_seconds=queue.run_timeout(row.seconds_left),
-                )
+                # A new trace: the entry that carried the request's is gone (a retry, a lost entry).
+                with tracing.publish_span(row.queue, row.public_id, redispatch=True):
+                    queue.enqueue(
+                        context.redis,
+                        queue_name=row.queue,
+                        public_id=row.public_id,
+                        timeout_seconds=queue.run_timeout(row.seconds_left),
+                        meta=tracing.queue_meta(),
+                    )
             except RedisError:
                 logger.warning("queue unavailable: %d jobs wait for the next sweep", len(due) - len(done))
                 break

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from facemint import log_setup, metrics
+from facemint import log_setup, metrics, tracing
 from facemint.config import Settings
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, video_metering
@@ -111,9 +111,12 @@ class Heartbeat(threading.Thread):
 
 def run_job(public_id: str) -> str:
     """Claim, run, settle. Returns what happened (RQ keeps no result: `result_ttl=0`). Every line logged meanwhile
-    names the job (and, once claimed, the attempt, tenant and user)."""
-    with log_setup.log_scope(job_id=public_id):
-        return _claim_and_run(public_id)
+    names the job (and, once claimed, the attempt, tenant and user); with tracing on, all of it is one consumer
+    span, a child of the trace its queue entry carries."""
+    with log_setup.log_scope(job_id=public_id), tracing.job_span(public_id) as span:
+        outcome = _claim_and_run(public_id)
+        tracing.annotate(span, {"facemint.outcome": outcome})
+        return outcome
 
 
 def _claim_and_run(public_id: str) -> str:
@@ -285,16 +288,18 @@ def _swap_image(context: WorkerContext, job: Any, attempt: int, checkpoint: Call
     source = context.storage.get(f"{job.input_location}/source")
     target = context.storage.get(f"{job.input_location}/target")
     reference = context.storage.get(f"{job.input_location}/reference") if options.get("has_reference") else None
-    result = context.engine.swap(
-        source,
-        target,
-        faces=_faces(options),
-        reference=reference,
-        output_format=options["output_format"],
-        quality=options["quality"],
-        processors=_processors(options),
-        checkpoint=checkpoint,
-    )
+    with tracing.engine_span("swap_image", job.public_id) as span:
+        result = context.engine.swap(
+            source,
+            target,
+            faces=_faces(options),
+            reference=reference,
+            output_format=options["output_format"],
+            quality=options["quality"],
+            processors=_processors(options),
+            checkpoint=checkpoint,
+        )
+        tracing.record_stages(span, result.timings_ms, sequential=True)
     key = files.attempt_result_key(job.public_id, attempt, result.format)
     context.storage.put(key, result.image)
     return Output(key=key, content_type=result.content_type, size_bytes=len(result.image), timings_ms=result.timings_ms)
@@ -327,7 +332,10 @@ class VideoRun:
         self.staging = storage.staging_path(self.key)
         # The decoder seeks in the video, so it reads a local file: the stored one on disk, a download from S3
         # (raises ObjectMissing when the input is gone).
-        with storage.local_copy(f"{self.job.input_location}/target") as target:
+        with (
+            storage.local_copy(f"{self.job.input_location}/target") as target,
+            tracing.engine_span("swap_video", self.job.public_id) as span,
+        ):
             result = self.context.engine.swap_video(
                 source,
                 target,
@@ -340,6 +348,7 @@ class VideoRun:
                 progress=self.progress,
                 checkpoint=checkpoint,
             )
+            tracing.record_stages(span, result.timings_ms, sequential=False)
         self._store()
         return Output(
             key=self.key,
@@ -468,13 +477,14 @@ def _with_retry(context: WorkerContext, work: Callable[[Session], T], *, what: s
     was lost with the connection) changes nothing the second time."""
     give_up = time.monotonic() + context.settings.job_deadline_seconds
     pause = 0.1
-    while True:
-        try:
-            with unit_of_work(context.sessions) as session:
-                return work(session)
-        except (OperationalError, DBAPIError) as exc:
-            if not (isinstance(exc, OperationalError) or exc.connection_invalidated) or time.monotonic() > give_up:
-                raise
-            logger.warning("database unavailable during %s; retrying in %.1fs", what, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
+    with tracing.span(f"job.{what}"):  # the claim, the settlement (capture, release) and the reads around them
+        while True:
+            try:
+                with unit_of_work(context.sessions) as session:
+                    return work(session)
+            except (OperationalError, DBAPIError) as exc:
+                if not (isinstance(exc, OperationalError) or exc.connection_invalidated) or time.monotonic() > give_up:
+                    raise
+                logger.warning("database unavailable during %s; retrying in %.1fs", what, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)

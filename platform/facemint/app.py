@@ -44,7 +44,7 @@ from facemint.webhooks.endpoints import admin_router as webhooks_admin_router
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     database_url, redis_url = settings.require_urls()
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, pool_size=settings.database_pool_size, max_overflow=0)
     redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)
     # For what waits on the event loop without a thread (`Prefer: wait`): the same timeouts.
     async_redis = AsyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30)

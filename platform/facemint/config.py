@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # write rows but not alter tables, disable triggers or change journal rows (see facemint.migrate).
     database_owner_url: str | None = None
     database_app_role: str = Field(default="facemint_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Database connections one API process opens at most, each kept once opened: a connection opened for a burst and
+    # closed after it (SQLAlchemy's overflow) cost Postgres ~10 ms of CPU, more than ten submits' worth.
+    database_pool_size: int = Field(default=30, ge=1, le=500)
     redis_url: str | None = None
     data_dir: Path = Path(".facemint")
     # "json": one object per line with the request's or job's ids (facemint.log_setup); "text" for a terminal.

@@ -5,16 +5,20 @@ the boundary once the commit has succeeded, never when it rolls back."""
 from __future__ import annotations
 
 import logging
+import re
+import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy import Engine, column, create_engine, event, text
+from sqlalchemy.engine import CursorResult, Dialect, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TextualSelect
 
 from billing.db import metadata
 
@@ -60,49 +64,104 @@ def _withhold_detail(context: ExceptionContext) -> None:
             exc.args = (exc.args[0].replace(detail, "(withheld: it may quote values)"), *exc.args[1:])
 
 
-# A connection idle for longer than this is pinged before use (a Postgres restart or a proxy's idle cut would
-# otherwise fail its first statement). One in steady use is not: a ping per checkout is a round trip per
-# transaction, as much as the hold's own statement. A connection that dies between two uses a moment apart fails
-# that one statement, as a dropped connection mid-transaction would; the error invalidates the whole pool, so it
-# happens once per process, and callers already retry it (503 with Retry-After; settlements back off and retry).
-PING_AFTER_IDLE_SECONDS = 5.0
-_IDLE_SINCE = "facemint_idle_since"
+# A pooled connection that the server closed while it sat idle (a restart, pg_terminate_backend, a timeout) has its
+# end (or the server's last message) waiting on its socket: every checkout looks with a zero-timeout poll, no round
+# trip. One idle for longer than this is also pinged (SELECT 1), for a peer gone without closing. (SQLAlchemy's
+# pool_pre_ping pinged on every checkout: a round trip, and a statement for Postgres, on every request.)
+PING_AFTER_IDLE_SECONDS = 10.0
+_IDLE_SINCE = "facemint.idle_since"
+
+
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Anything readable on an idle connection's socket (data, EOF, an error) means the server has ended it: it
+    sends nothing unasked to a connection that is not LISTENing."""
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _check_on_checkout(dialect: Dialect) -> Callable[..., None]:
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: object) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None:  # fresh from connect()
+            return
+        if _closed_by_server(dbapi_connection):
+            raise DisconnectionError("the server closed this pooled connection")
+        if time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+            try:
+                dialect.do_ping(dbapi_connection)
+            except dialect.loaded_dbapi.Error as exc:
+                if dialect.is_disconnect(exc, dbapi_connection, None):
+                    raise DisconnectionError("a pooled connection idle for a while did not answer") from exc
+                raise
+
+    return checkout
 
 
 def _mark_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     record.info[_IDLE_SINCE] = time.monotonic()
 
 
-def _ping_if_idle(engine: Engine) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
-    def ping(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
-        idle_since = record.info.get(_IDLE_SINCE)
-        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            alive = engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as exc:
-            raise DisconnectionError("connection lost while idle") from exc
-        if not alive:
-            raise DisconnectionError("connection lost while idle")
-
-    return ping
-
-
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> Engine:
+    """`max_overflow` (default: twice `pool_size`) connections beyond the pool are opened when it is short and
+    closed as they come back."""
     engine = create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size * 2,
+        max_overflow=pool_size * 2 if max_overflow is None else max_overflow,
         pool_recycle=1800,
         # A failed statement's error (and any SQL logging) must never carry the bound values: they include
         # password hashes, key hashes, webhook secrets and customers' data.
         hide_parameters=True,
     )
     event.listen(engine, "handle_error", _withhold_detail)
-    event.listen(engine, "checkin", _mark_idle)
-    # Raising DisconnectionError at checkout makes the pool discard that connection and hand out a fresh one.
-    event.listen(engine, "checkout", _ping_if_idle(engine))
+    # A DisconnectionError raised on checkout makes the pool drop that connection and hand out a new one.
+    event.listen(engine.pool, "checkout", _check_on_checkout(engine.dialect))
+    event.listen(engine.pool, "checkin", _mark_idle)
     return engine
+
+
+_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+
+
+class PreparedStatement:
+    """A statement Postgres plans once per connection: PREPAREd by name the first time a pooled connection runs it,
+    then EXECUTEd by name (psycopg2 never prepares, so a plain statement is parsed and planned on every call).
+
+    `sql` names its parameters `:name` (never `::type` casts: use CAST), each with its Postgres type in `types`.
+    A prepared statement outlives the transaction it was made in (a rollback keeps it) and ends with its connection;
+    the record of which are prepared lives in the connection's `info`, which the pool clears when it replaces a
+    connection. Postgres re-plans it by itself after DDL on what it reads. (A pooler that resets server sessions
+    between transactions, PgBouncer in transaction mode, would lose them: Facemint connects to Postgres directly.)"""
+
+    def __init__(self, name: str, sql: str, types: Mapping[str, str]) -> None:
+        if "%" in sql:
+            raise ValueError("no % in a prepared statement: the driver would read it as a parameter marker")
+        order = list(types)
+        unknown = set(_PARAMETER.findall(sql)) - set(order)
+        if unknown:
+            raise ValueError(f"parameters without a type: {sorted(unknown)}")
+        self.name = name
+        body = _PARAMETER.sub(lambda m: f"${order.index(m.group(1)) + 1}", sql)
+        self._prepare = f"PREPARE {name} ({', '.join(types.values())}) AS {body}"
+        self._execute: TextClause | TextualSelect = text(f"EXECUTE {name}({', '.join(':' + p for p in order)})")
+        self._columns_known = False
+
+    def execute(self, session: Session, params: Mapping[str, Any]) -> CursorResult[Any]:
+        connection = session.connection()
+        prepared: set[str] = connection.info.setdefault("facemint.prepared", set())
+        if self.name not in prepared:
+            connection.exec_driver_sql(self._prepare)
+            prepared.add(self.name)
+        result = connection.execute(self._execute, dict(params))
+        if not self._columns_known and result.cursor is not None and result.cursor.description is not None:
+            # Named once: SQLAlchemy then keeps the result's description with the compiled statement instead of
+            # working it out again for every call (a 43-column RETURNING cost ~80 µs a call).
+            names = [d[0] for d in result.cursor.description]
+            assert isinstance(self._execute, TextClause)
+            self._execute = self._execute.columns(*(column(n) for n in names))
+            self._columns_known = True
+        return result
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -187,6 +246,32 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         run_after_commit(session)
     finally:
         session.close()
+
+
+@contextmanager
+def outside_transaction(session: Session) -> Iterator[None]:
+    """Statements in the block run outside any transaction, each committed as it runs (psycopg2's autocommit: no
+    BEGIN and no COMMIT round trips), and the session's connection goes back to the pool at the end (its
+    transaction ends: a commit, or a rollback on error, neither of which has anything to send). For reads before
+    a long wait, such as an upload. The session must not have begun yet.
+
+    Set on the DBAPI connection itself: SQLAlchemy's `isolation_level="AUTOCOMMIT"` option costs one more round trip
+    (a SET) to undo when the connection goes back to the pool."""
+    if session.in_transaction():
+        raise RuntimeError("outside_transaction needs a session that has not begun")
+    dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.autocommit = True
+    try:
+        try:
+            yield
+        finally:
+            if not dbapi_connection.closed:  # a connection lost meanwhile is being replaced anyway
+                dbapi_connection.autocommit = False
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
 
 
 @contextmanager

@@ -18,7 +18,14 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
 from facemint.context import RequestContext
-from facemint.db import forget_hooks, has_hooks, run_after_commit, run_after_rollback, run_before_commit
+from facemint.db import (
+    forget_hooks,
+    has_hooks,
+    outside_transaction,
+    run_after_commit,
+    run_after_rollback,
+    run_before_commit,
+)
 from facemint.errors import FacemintError, IdempotencyKeyRequired, InvalidIdempotencyKey, Unauthorized
 from facemint.pagination import MAX_LIMIT, PageParams, decode_cursor
 from facemint.ratelimit import RateLimiter, address_bucket, client_ip
@@ -85,6 +92,25 @@ def _rollback(session: Session) -> None:
     run_after_rollback(session)
 
 
+def rollback_in_this_thread(session: Session) -> None:
+    """The boundary's rollback (then the after-rollback steps), run by an endpoint in its own thread-pool work when
+    that work fails: the locks it took go with that hop, not a later one."""
+    _rollback(session)
+
+
+def commit_in_this_thread(session: Session) -> None:
+    """The boundary's commit (its checks, COMMIT, then the after-commit steps), run by an endpoint at the end of its
+    own thread-pool work instead of in a hop of its own after it returns (the submit: the work, COMMIT and queueing
+    in one hop). A lock the work took is released in the same hop, so the boundary's reason for its own threads does
+    not arise. Where the COMMIT itself failed (its outcome unknown), neither the after-commit nor the after-rollback
+    steps run, as at the boundary."""
+    try:
+        _checked_commit(session)
+    except BaseException:
+        forget_hooks(session)
+        raise
+
+
 def _checked_commit(session: Session) -> None:
     """The before-commit checks, COMMIT and the after-commit steps, on one boundary thread. A check that refuses
     rolls back and runs the after-rollback steps (its error reaches the client, e.g. 429); only a failed COMMIT
@@ -146,12 +172,37 @@ def _resolve(request: Request, session: Session, settings: Settings, redis: Redi
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
+def authenticate_released(request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep) -> Principal:
+    """`authenticate`, for an endpoint that reads a (possibly long) upload next: its statements run outside a
+    transaction (no BEGIN, no COMMIT: a key's last-use stamp commits as it is written), and the connection is back
+    in the pool when this returns, in the same thread hop. Nothing is held while the body streams in; the session
+    begins a new transaction, on a connection from the pool, at its next statement."""
+    with outside_transaction(session):
+        return authenticate(request, session, settings, redis)
+
+
+ReleasedPrincipal = Annotated[Principal, Depends(authenticate_released)]
+
+
+def _ensure_scopes(principal: Principal, scopes: tuple[Scope, ...]) -> Principal:
+    missing = [s.value for s in scopes if s not in principal.scopes]
+    if missing:
+        raise InsufficientScope(f"missing scope: {', '.join(missing)}", missing=missing)
+    return principal
+
+
 def require(*scopes: Scope) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     async def check(principal: CurrentPrincipal) -> Principal:
-        missing = [s.value for s in scopes if s not in principal.scopes]
-        if missing:
-            raise InsufficientScope(f"missing scope: {', '.join(missing)}", missing=missing)
-        return principal
+        return _ensure_scopes(principal, scopes)
+
+    return check
+
+
+def require_released(*scopes: Scope) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    """`require`, authenticated by `authenticate_released`."""
+
+    async def check(principal: ReleasedPrincipal) -> Principal:
+        return _ensure_scopes(principal, scopes)
 
     return check
 

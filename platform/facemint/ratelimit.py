@@ -16,6 +16,8 @@ from typing import cast
 
 from fastapi import Request
 from limits import RateLimitItem, parse
+from limits.storage import RedisStorage
+from redis.commands.core import Script
 from slowapi import Limiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,6 +87,7 @@ class RateLimiter:
             in_memory_fallback_enabled=False,
         )
         self._parsed: dict[str, RateLimitItem] = {}
+        self._hit_script: Script | None = None
 
     def _item(self, limit: str) -> RateLimitItem:
         item = self._parsed.get(limit)
@@ -112,28 +115,54 @@ class RateLimiter:
             raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
 
     def hit(self, request: Request, buckets: list[tuple[str, str]], *, reason: str | None = None) -> None:
-        """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted."""
-        strategy = self.limiter.limiter
-        tightest: WindowState | None = None
-        exhausted: WindowState | None = None
+        """Count one request against each (bucket, limit). Raises RateLimited when any is exhausted.
+
+        The fixed windows of `limits` (the same keys, so `ensure_open` and `count` see these counts), counted for
+        every bucket in one Redis round trip (`_HIT_SCRIPT`) instead of three per bucket."""
+        items = []
         for bucket, limit in buckets:
             if not bucket:
                 raise ValueError("rate-limit buckets are never empty")  # slowapi would skip the limit
-            item = self._item(limit)
-            try:
-                allowed = strategy.hit(item, bucket)
-                stats = strategy.get_window_stats(item, bucket)
-            except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
-                raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
-            state = WindowState(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
+            items.append(self._item(limit))
+        if not items:
+            return
+        storage = cast(RedisStorage, self.limiter.limiter.storage)  # always Redis: see __init__
+        keys = [storage.prefixed_key(item.key_for(bucket)) for item, (bucket, _) in zip(items, buckets, strict=True)]
+        try:
+            if self._hit_script is None:
+                self._hit_script = storage.get_connection().register_script(_HIT_SCRIPT)
+            replies = self._hit_script(keys, [item.get_expiry() for item in items])
+        except Exception as exc:  # Redis unreachable: refuse rather than run unlimited
+            raise ServiceUnavailable("rate limiter unavailable", headers={"Retry-After": "5"}) from exc
+        now = time.time()
+        tightest: WindowState | None = None
+        exhausted: WindowState | None = None
+        for n, item in enumerate(items):
+            count, ttl = int(replies[2 * n]), int(replies[2 * n + 1])
+            state = WindowState(limit=item.amount, remaining=max(0, item.amount - count), reset_at=max(ttl, 0) + now)
             if tightest is None or state.remaining < tightest.remaining:
                 tightest = state
-            if not allowed and exhausted is None:
+            if count > item.amount and exhausted is None:
                 exhausted = state
-        if tightest is not None:
-            request.state.rate_limit = exhausted or tightest
+        request.state.rate_limit = exhausted or tightest
         if exhausted is not None:
             raise _rate_limited(exhausted.reset_at, reason or f"rate limit of {exhausted.limit} requests exceeded")
+
+
+# For each key: one more hit in its window (a new window's key gets the window's expiry, as `limits`' own
+# incr_expire script does), and the count and seconds left to live. ARGV[i] is KEYS[i]'s window in seconds.
+_HIT_SCRIPT = b"""
+local replies = {}
+for i, key in ipairs(KEYS) do
+    local count = redis.call('INCRBY', key, 1)
+    if count == 1 then
+        redis.call('EXPIRE', key, ARGV[i])
+    end
+    replies[2 * i - 1] = count
+    replies[2 * i] = redis.call('TTL', key)
+end
+return replies
+"""
 
 
 class RateLimitHeadersMiddleware:

@@ -72,15 +72,9 @@ class BooksMachine(MoneyRules):
             webhook_url=None,
             max_attempts=MAX_ATTEMPTS,
             deadline_seconds=JOB_DEADLINE_SECONDS,
+            max_active_jobs=ACTIVE_CAP,
         )
-
-        def submit(session: Any) -> Any:
-            outcome = jobs.submit(session, request=request)
-            if not outcome.replayed:  # what the submit flow registers to run right before its commit
-                jobs.ensure_within_active_cap(session, tenant_id=request.tenant_id, cap=ACTIVE_CAP)
-            return outcome
-
-        return self._run(submit)
+        return self._run(lambda session: jobs.submit(session, request=request))
 
     @rule(payer=st.sampled_from(PAYERS), units=st.integers(1, 12), video=st.booleans())
     def submit(self, payer: str, units: int, video: bool) -> None:

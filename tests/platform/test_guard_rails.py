@@ -12,9 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy.orm import Session
+from starlette.requests import Request
 
 from facemint.app import create_app
 from facemint.config import Settings
+from facemint.errors import RateLimited
+from facemint.ratelimit import RateLimiter
 from facemint.users.orm import Role
 from tests.conftest import make_settings
 from tests.factories import PASSWORD, bearer, create_tenant, create_user, issue_key
@@ -187,6 +190,24 @@ class TestRateLimits:
         assert_limited(limited)
         assert int(limited.headers["x-ratelimit-limit"]) == 5
         assert second.get("/v1/balance", headers=outsider).status_code == 200
+
+    def test_one_round_trip_counts_every_bucket_in_the_windows_limits_reads(self, limited_settings: Settings) -> None:
+        """`hit` counts all of a request's buckets in one Redis call, in the same keys and fixed windows as the
+        `limits` library, so `ensure_open` and `count` (failed sign-ins) see the same counts."""
+        limiter = RateLimiter(limited_settings, redis_url=limited_settings.redis_url or "")
+        request = Request({"type": "http", "headers": [], "state": {}})
+        for n in range(2):
+            limiter.hit(request, [("bucket-a", "2/minute"), ("bucket-b", "5/minute")])
+            state = request.state.rate_limit
+            assert (state.limit, state.remaining) == (2, 1 - n)  # the tightest bucket
+            assert 0 < state.reset_at - time.time() <= 60
+        with pytest.raises(RateLimited):
+            limiter.ensure_open("bucket-a", "2/minute", reason="spent")
+        limiter.ensure_open("bucket-b", "5/minute", reason="not spent")
+        limiter.count("bucket-b", "5/minute")
+        with pytest.raises(RateLimited):
+            limiter.hit(request, [("bucket-b", "5/minute"), ("bucket-a", "2/minute")])
+        assert request.state.rate_limit.limit == 2  # the exhausted bucket names the refusal
 
     def test_unauthenticated_requests_are_limited_per_ip(
         self, two_instances: tuple[TestClient, TestClient], limited_settings: Settings, session: Session

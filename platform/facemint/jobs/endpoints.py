@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
@@ -26,7 +26,16 @@ from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope as AuthScope
 from facemint.config import Settings
 from facemint.db import after_commit, unit_of_work
-from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, require
+from facemint.deps import (
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    commit_in_this_thread,
+    page_params,
+    require,
+    require_released,
+    rollback_in_this_thread,
+)
 from facemint.jobs import files, forms, queue, submission, waiting
 from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
@@ -48,7 +57,8 @@ from inference.selection import FaceMode, FaceSelection
 
 router = APIRouter(prefix="/v1", tags=["swaps"])
 
-Submitter = Annotated[Principal, Depends(require(AuthScope.swaps_write))]
+# Authenticated with nothing held afterwards: the upload is read after the caller is known, and may be slow.
+Submitter = Annotated[Principal, Depends(require_released(AuthScope.swaps_write))]
 Reader = Annotated[Principal, Depends(require(AuthScope.jobs_read))]
 Writer = Annotated[Principal, Depends(require(AuthScope.jobs_write))]
 
@@ -104,41 +114,54 @@ async def submit_swap(
             request.app.state.async_redis, settings, tenant_id=principal.tenant_id, seconds=wait
         )
     public_id = jobs.new_public_id()
-    staged = False
+    staged = committing = False
 
     def stage() -> Path:
         nonlocal staged
         staged = True
         return storage.staging_path(f"{input_prefix(public_id)}/{submission.VIDEO_FIELD}")
 
+    def submit_and_commit(swap: submission.SwapSubmission) -> submission.SwapSubmitted:
+        nonlocal committing
+        try:
+            submitted = submission.submit_swap(
+                session,
+                settings=settings,
+                redis=request.app.state.redis,
+                sessions=request.app.state.sessionmaker,
+                storage=storage,
+                principal=principal,
+                idempotency_key=idempotency_key,
+                swap=swap,
+            )
+        except BaseException:
+            rollback_in_this_thread(session)
+            raise
+        committing = True
+        # The boundary's checks, COMMIT and queueing, in this same thread hop: one hop per submit, not two, and
+        # the locks the submit took (the idempotency key's, the account row) go with it.
+        commit_in_this_thread(session)
+        return submitted
+
     try:
-        if session.in_transaction():
-            # The caller is authenticated: its reads (and its key's last-use stamp) commit now, so no transaction,
-            # connection or row lock is held while the body streams in, which may take minutes for a video.
-            await run_in_threadpool(session.commit)
+        # `Submitter` authenticated outside any transaction: no transaction, connection or row lock is held while
+        # the body streams in, which may take minutes for a video.
         upload = await forms.read_swap_upload(
             request, max_image_bytes=settings.max_image_bytes, max_video_bytes=settings.max_video_bytes, stage=stage
         )
         swap = await _checked_submission(upload, settings, principal.tenant_id, public_id)
-        submitted = await run_in_threadpool(
-            submission.submit_swap,
-            session,
-            settings=settings,
-            redis=request.app.state.redis,
-            sessions=request.app.state.sessionmaker,
-            storage=storage,
-            principal=principal,
-            idempotency_key=idempotency_key,
-            swap=swap,
-        )
+        submitted = await run_in_threadpool(submit_and_commit, swap)
     except BaseException:
-        if staged:  # nothing was committed: what this request staged or stored goes (the boundary's rollback
-            storage.delete_prefix(input_prefix(public_id))  # does the same for what the submit stored)
+        # Before the commit, nothing was committed: what this request staged goes (the rollback's steps remove
+        # what the submit stored). Once committing, the commit's outcome decides, as at the boundary: a refused
+        # check rolled back and ran those steps; a failed COMMIT may have landed, so nothing is removed.
+        if staged and not committing:
+            storage.delete_prefix(input_prefix(public_id))
         if lease is not None:
             await slots.release_async(request.app.state.async_redis, lease)
         raise
-    # Answered after the boundary commits (the response runs after the session dependency has closed), so a
-    # waiter never waits for a job that then fails to commit, and no thread is held while it waits.
+    # Answered once committed, so a waiter never waits for a job that then fails to commit, and no thread is held
+    # while it waits.
     return SwapResponse(request, submitted, wait=wait, lease=lease)
 
 
@@ -238,10 +261,11 @@ class SwapResponse(Response):
         headers["X-Balance-Available"] = str(self.submitted.available)
         headers["Location"] = f"/v1/jobs/{job.public_id}"
         finished = self.submitted.replayed or job.status in TERMINAL_STATUSES
-        response = JSONResponse(
-            JobRead.from_row(job).model_dump(mode="json"),
+        response = Response(
+            JobRead.from_row(job).model_dump_json(),
             status_code=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
             headers=headers,
+            media_type="application/json",
         )
         await response(scope, receive, send)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,22 @@ def run_timeout(seconds_left: float) -> int:
     return max(1, math.ceil(seconds_left)) + RUN_TIMEOUT_MARGIN_SECONDS
 
 
+# A client that answered within this long is taken to be up without another round trip (a ping per submit).
+REACHABLE_FOR_SECONDS = 1.0
+_answered_at: weakref.WeakKeyDictionary[Redis, float] = weakref.WeakKeyDictionary()
+
+
+def ensure_reachable(redis: Redis) -> None:
+    """Raise RedisError unless the queue's Redis answers: it answered in the last `REACHABLE_FOR_SECONDS` (a ping
+    or a queue entry made through this client), or it answers a ping now. A check before anything is recorded,
+    not a promise: Redis may fail right after it, and then the dispatcher queues the job once Redis is back."""
+    answered = _answered_at.get(redis)
+    if answered is not None and time.monotonic() - answered < REACHABLE_FOR_SECONDS:
+        return
+    redis.ping()
+    _answered_at[redis] = time.monotonic()
+
+
 def enqueue(
     redis: Redis, *, queue_name: str, public_id: str, timeout_seconds: int, meta: dict[str, Any] | None = None
 ) -> None:
@@ -44,6 +61,7 @@ def enqueue(
     }
     try:
         queue.enqueue(TASK, public_id, **kwargs)
+        _answered_at[redis] = time.monotonic()
     except DuplicateJobError:
         try:
             existing = RQJob.fetch(public_id, connection=redis)

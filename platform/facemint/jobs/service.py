@@ -37,8 +37,8 @@ from billing.ledger import holds as ledger_holds
 from billing.pricing import service as pricing
 from facemint.audit import service as audit
 from facemint.context import RequestContext
-from facemint.db import after_commit
-from facemint.jobs import queries, queue
+from facemint.db import after_commit, before_commit
+from facemint.jobs import queries, queue, submit_sql
 from facemint.jobs.errors import IdempotencyKeyReused, JobAlreadyFinished, JobNotFinished, TooManyActiveJobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
 from facemint.jobs.queries import JOB_COLUMNS
@@ -74,6 +74,9 @@ class SubmitRequest:
     webhook_url: str | None
     max_attempts: int
     deadline_seconds: int
+    # The tenant's plan's cap on its queued plus running jobs (None: none is checked, for tools and tests that
+    # record jobs directly; the submit flow always names it).
+    max_active_jobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +94,26 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
 
     Submits with the same key are serialised by a transaction-scoped advisory lock, so a concurrent duplicate
     waits for the first to commit and then replays it (it never reserves a second hold, and never answers 402
-    because the first one's hold used the balance)."""
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"),
-        {"lock": f"job-key:{request.user_id}:{request.idempotency_key}"},
-    )
-    existing = _by_key(session, user_id=request.user_id, idempotency_key=request.idempotency_key)
-    if existing is not None:
+    because the first one's hold used the balance).
+
+    A new job is admitted against the tenant's cap on queued plus running jobs: far below it by the count read
+    with the key (before anything is held), near it by `ensure_within_active_cap`, which this registers to run
+    right before the commit."""
+    submit_sql.KEY_LOCK.execute(session, {"lock": f"job-key:{request.user_id}:{request.idempotency_key}"})
+    cap = request.max_active_jobs
+    bound = 0 if cap is None else max(cap - ACTIVE_CAP_MARGIN, 0)
+    found = submit_sql.KEY_AND_ACTIVE.execute(
+        session,
+        {
+            "user_id": request.user_id,
+            "idempotency_key": request.idempotency_key,
+            "tenant_id": request.tenant_id,
+            "bound": bound,
+        },
+    ).one()
+    if found.existing_id is not None:
+        existing = _by_key(session, user_id=request.user_id, idempotency_key=request.idempotency_key)
+        assert existing is not None  # the lock keeps a duplicate out, and jobs are never deleted
         # psycopg2 returns bytea as a memoryview of format 'c', which never equals bytes: compare as bytes.
         if bytes(existing.request_hash) != request.request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
@@ -119,20 +135,8 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
         ttl_seconds=request.deadline_seconds + HOLD_MARGIN_SECONDS,
         metadata={"job": request.public_id, "operation": request.operations[0], "units": request.units},
     )
-    job = session.execute(
-        text(
-            f"""
-            INSERT INTO jobs (public_id, tenant_id, user_id, api_key_id, account_id, hold_id, operation, queue,
-                              idempotency_key, request_hash, price_version, tokens_per_unit, price_lines, units,
-                              tokens_held, options, input_location, webhook_url, max_attempts, deadline_at,
-                              dispatched_at)
-            VALUES (:public_id, :tenant_id, :user_id, :api_key_id, :account_id, :hold_id, :operation, :queue,
-                    :idempotency_key, :request_hash, :price_version, :tokens_per_unit, CAST(:price_lines AS jsonb),
-                    :units, :tokens, CAST(:options AS jsonb), :input_location, :webhook_url, :max_attempts,
-                    now() + make_interval(secs => :deadline_seconds), clock_timestamp())
-            RETURNING {JOB_COLUMNS}
-            """
-        ),
+    job = submit_sql.INSERT_JOB.execute(
+        session,
         {
             "public_id": request.public_id,
             "tenant_id": request.tenant_id,
@@ -156,32 +160,34 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
             "deadline_seconds": request.deadline_seconds,
         },
     ).one()
+    if cap is not None and found.active >= bound:
+        tenant_id, limit = request.tenant_id, cap
+        before_commit(session, lambda: ensure_within_active_cap(session, tenant_id=tenant_id, cap=limit))
     return SubmitOutcome(job=job, replayed=False, available=hold.available_after)
 
 
-# Below `cap - ACTIVE_CAP_MARGIN` active jobs, a submit is admitted on an unlocked count: what it cannot see are the
-# tenant's other submits between their insert and their commit, a few milliseconds each, and the tenant's rate
-# limit (at most 500/s on any plan) keeps far fewer than this many in that window at once.
+# Far below the cap a submit is admitted on an unlocked count: what it cannot see are the tenant's other submits
+# between their count and their commit, a few milliseconds each, and the tenant's rate limit (at most 500/s on any
+# plan) keeps far fewer than this many in that window at once.
 ACTIVE_CAP_MARGIN = 32
-_ACTIVE_JOBS = text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant AND status IN ('queued', 'running')")
+_ACTIVE_JOBS = text(
+    "SELECT count(*) FROM (SELECT FROM jobs WHERE tenant_id = :tenant AND status IN ('queued', 'running') "
+    "LIMIT :bound) AS live"
+)
 
 
 def ensure_within_active_cap(session: Session, *, tenant_id: int, cap: int) -> None:
     """Refuse (429) a job just inserted if it takes the tenant past its cap on queued plus running jobs (the
-    boundary rolls the job and its hold back). A before-commit check (`facemint.db.before_commit`), so the count
-    includes the job itself and every job committed before it.
-
-    Far below the cap the count alone decides. Near it (within `ACTIVE_CAP_MARGIN`), the tenant's submits are
-    serialised by a transaction lock from here to their COMMIT, on one thread, so two concurrent ones cannot both
-    take the last place: each counts again once it holds the lock. Serialising every submit instead would cap one
-    tenant's submit rate at one COMMIT at a time (measured: a third fewer submits per second)."""
-    active = session.execute(_ACTIVE_JOBS, {"tenant": tenant_id}).scalar_one()
-    if active + ACTIVE_CAP_MARGIN <= cap:
-        return
+    boundary rolls the job and its hold back). For a submit within `ACTIVE_CAP_MARGIN` of the cap (`submit`
+    registers it as a before-commit check, `facemint.db.before_commit`): the tenant's submits are serialised by a
+    transaction lock from here to their COMMIT, on one thread, so two concurrent ones cannot both take the last
+    place; the count, taken once the lock is held, includes the job itself and every job committed before it.
+    Serialising every submit instead would cap one tenant's submit rate at one COMMIT at a time (measured: a third
+    fewer submits per second)."""
     session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"), {"lock": f"tenant-active-jobs:{tenant_id}"}
     )
-    active = session.execute(_ACTIVE_JOBS, {"tenant": tenant_id}).scalar_one()
+    active = session.execute(_ACTIVE_JOBS, {"tenant": tenant_id, "bound": cap + 1}).scalar_one()
     if active > cap:
         raise TooManyActiveJobs(
             f"this tenant already has {active - 1} jobs queued or running, its plan's limit; retry when some finish",

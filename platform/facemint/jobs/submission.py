@@ -29,7 +29,7 @@ from billing.ledger.service import request_hash
 from facemint import tracing
 from facemint.auth.principal import Principal
 from facemint.config import Settings
-from facemint.db import after_commit, after_rollback, before_commit, unit_of_work
+from facemint.db import after_commit, after_rollback, unit_of_work
 from facemint.jobs import queue
 from facemint.jobs import service as jobs
 from facemint.jobs.errors import InvalidSwapRequest, QueueUnavailable
@@ -171,7 +171,7 @@ def submit_swap(
     try:
         # Checked before anything is written. If Redis fails between here and the enqueue, the job is recorded
         # and held, and the dispatcher queues it once Redis answers (or its deadline releases it).
-        redis.ping()
+        queue.ensure_reachable(redis)
     except RedisError as exc:
         raise QueueUnavailable(
             "the job queue is unavailable; nothing was recorded or held, retry later",
@@ -211,6 +211,7 @@ def submit_swap(
                 webhook_url=swap.webhook_url,
                 max_attempts=settings.job_max_attempts,
                 deadline_seconds=deadline_seconds,
+                max_active_jobs=settings.max_active_jobs(principal.plan),
             ),
         )
         if span is not None:
@@ -218,9 +219,6 @@ def submit_swap(
                 {"facemint.replayed": outcome.replayed, "facemint.tokens_held": outcome.job.tokens_held}
             )
     job = outcome.job
-    if not outcome.replayed:
-        tenant_id, cap = principal.tenant_id, settings.max_active_jobs(principal.plan)
-        before_commit(session, lambda: jobs.ensure_within_active_cap(session, tenant_id=tenant_id, cap=cap))
     if outcome.replayed:
         storage.delete_prefix(prefix)  # the job this key made has its own inputs
     if job.status == "queued":

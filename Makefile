@@ -15,7 +15,11 @@ CHROMIUM := /usr/bin/chromium
 PROMTOOL := /usr/bin/promtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test install lint typecheck browser prometheus
+# The benchmarks' load generator (bench/jobs.py): Debian's wrk, a C program that costs far less CPU per request than
+# the API it measures. Only the benchmarks need it; without it they fall back to a Python client and say so.
+WRK := /usr/bin/wrk
+
+.PHONY: up test install lint typecheck browser prometheus bench-tools
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +54,12 @@ prometheus: $(PROMTOOL)
 $(PROMTOOL):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus
+
+bench-tools: $(WRK)
+
+$(WRK):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends wrk
 
 test: lint typecheck $(CHROMIUM) $(PROMTOOL)
 	$(BIN)/pytest -n 2 --dist loadfile

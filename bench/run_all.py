@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/run_all.py           # the full set (about 3 minutes on 2 cores, plus the engine
                                                 # benchmarks: engine, engine_standin and video, about 12 minutes)
-    .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 1.5 minutes)
+    .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 3 minutes)
     .venv/bin/python bench/run_all.py --only holds
 
-Each script prints its figures and a summary with the targets; JSON results land in bench/out/ (git-ignored)."""
+Each script prints its figures and a summary with the targets; JSON results land in bench/out/ (git-ignored).
+bench/jobs.py drives the API with Debian's `wrk` (`make bench-tools` installs it); without it, it falls back to a
+Python client and prints a note saying so."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ BENCHMARKS = {
     # Video: Engine.swap_video against a plain frame loop, peak RSS short vs long clip; --quick: 3 s and 12 s clips,
     # no stand-ins.
     "video": ([], ["--quick"]),
-    "jobs": ([], ["--seconds", "4", "--e2e-jobs", "100"]),  # metered jobs through HTTP and real workers
+    # Metered jobs through HTTP and real workers; the load generator is wrk (`make bench-tools`), else httpx.
+    "jobs": ([], ["--seconds", "4", "--rounds", "1", "--e2e-jobs", "100"]),
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
     "sealing": ([], ["--entries", "200000", "--seconds", "4", "--runs", "1", "--no-index-cost"]),
     # Console pages and fragments (p95) and the first load; --quick: a tenth of the seed, 5 runs per URL.

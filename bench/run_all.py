@@ -33,6 +33,8 @@ BENCHMARKS = {
     "video": ([], ["--quick"]),
     # Metered jobs through HTTP and real workers; the load generator is wrk (`make bench-tools`), else httpx.
     "jobs": ([], ["--seconds", "4", "--rounds", "1", "--e2e-jobs", "100"]),
+    # API processes and workers against one Postgres; --quick: 1+1, 2+2 and 4+4, 30 jobs each.
+    "scale": ([], ["--quick"]),
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
     "sealing": ([], ["--entries", "200000", "--seconds", "4", "--runs", "1", "--no-index-cost"]),
     # Console pages and fragments (p95) and the first load; --quick: a tenth of the seed, 5 runs per URL.

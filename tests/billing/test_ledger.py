@@ -118,6 +118,35 @@ class TestHolds:
         assert ledger.get_balance(session, account_id=account).held == 20
         assert ledger_holds.expire_due_holds(session) == []
 
+    @pytest.mark.parametrize("synchronous", [True, False])
+    def test_the_commit_policy_applies_to_the_holding_transaction_only(
+        self, session: Session, synchronous: bool
+    ) -> None:
+        """`synchronous_commit=False` is the hot-account policy: the reserve's and the capture's transactions commit
+        without waiting for the WAL flush, and the next transaction is back to the server's setting."""
+
+        def policy() -> str:
+            return str(session.execute(text("SHOW synchronous_commit")).scalar_one())
+
+        account = _account(session, 100)
+        hold = ledger_holds.reserve(
+            session,
+            account_id=account,
+            amount=10,
+            reference=uuid.uuid4().hex,
+            ttl_seconds=600,
+            synchronous_commit=synchronous,
+        )
+        assert policy() == ("on" if synchronous else "off")
+        session.commit()
+        assert policy() == "on"
+        session.commit()
+        ledger_holds.capture(session, hold_id=hold.hold_id, synchronous_commit=synchronous)
+        assert policy() == ("on" if synchronous else "off")
+        session.commit()
+        balance = ledger.get_balance(session, account_id=account)
+        assert (balance.balance, balance.held) == (90, 0)
+
 
 class TestConcurrency:
     def test_fifty_threads_reserving_against_ten_tokens(

@@ -77,6 +77,8 @@ class SubmitRequest:
     # The tenant's plan's cap on its queued plus running jobs (None: none is checked, for tools and tests that
     # record jobs directly; the submit flow always names it).
     max_active_jobs: int | None = None
+    # False: this transaction commits without waiting for its WAL flush (Settings.holds_synchronous_commit).
+    synchronous_commit: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ def submit(session: Session, *, request: SubmitRequest) -> SubmitOutcome:
         reference=f"job:{request.public_id}",
         ttl_seconds=request.deadline_seconds + HOLD_MARGIN_SECONDS,
         metadata={"job": request.public_id, "operation": request.operations[0], "units": request.units},
+        synchronous_commit=request.synchronous_commit,
     )
     job = submit_sql.INSERT_JOB.execute(
         session,
@@ -262,6 +265,7 @@ def complete(
     result_ttl_seconds: int,
     frames_done: int | None = None,
     frames_total: int | None = None,
+    synchronous_commit: bool = True,
 ) -> Row[Any] | None:
     """running (this attempt) -> succeeded, capturing the hold in the same transaction (a video's final progress
     with it). None: the job is no longer this attempt's (swept, canceled or settled by a duplicate run) and
@@ -292,7 +296,9 @@ def complete(
     ).one_or_none()
     if row is None:
         return None
-    ledger_holds.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
+    ledger_holds.capture(
+        session, hold_id=row.hold_id, amount=row.tokens_captured, synchronous_commit=synchronous_commit
+    )
     _record_webhook(session, row)
     return row
 
@@ -362,6 +368,7 @@ def cancel_with_partial_result(
     size_bytes: int,
     timings_ms: dict[str, float],
     result_ttl_seconds: int,
+    synchronous_commit: bool = True,
 ) -> Row[Any] | None:
     """A video's running attempt stopped by its cancel -> canceled, keeping what the attempt processed as the
     job's result and capturing `seconds` (at least 1, at most its units) of the hold's per-second price; the rest
@@ -400,7 +407,9 @@ def cancel_with_partial_result(
     ).one_or_none()
     if row is None:
         return None
-    ledger_holds.capture(session, hold_id=row.hold_id, amount=row.tokens_captured)
+    ledger_holds.capture(
+        session, hold_id=row.hold_id, amount=row.tokens_captured, synchronous_commit=synchronous_commit
+    )
     _record_webhook(session, row)
     return row
 

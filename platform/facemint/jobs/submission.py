@@ -212,6 +212,7 @@ def submit_swap(
                 max_attempts=settings.job_max_attempts,
                 deadline_seconds=deadline_seconds,
                 max_active_jobs=settings.max_active_jobs(principal.plan),
+                synchronous_commit=settings.holds_synchronous_commit,
             ),
         )
         if span is not None:

@@ -239,6 +239,7 @@ def _run(
             result_ttl_seconds=context.settings.result_ttl_seconds,
             frames_done=output.frames_done,
             frames_total=output.frames_total,
+            synchronous_commit=context.settings.holds_synchronous_commit,
         ),
         what="capture",
     )
@@ -427,6 +428,7 @@ class VideoRun:
                 size_bytes=output.size_bytes,
                 timings_ms=output.timings_ms,
                 result_ttl_seconds=self.context.settings.result_ttl_seconds,
+                synchronous_commit=self.context.settings.holds_synchronous_commit,
             ),
             what="capture",
         )

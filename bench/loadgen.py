@@ -47,7 +47,7 @@ def run(
     base: str, submits: Submits, *, seconds: float, connections: int, rate: float = 0, generator: str = "wrk"
 ) -> dict:
     """One run; `rate` > 0: open loop at that many requests per second. Returns requests, per_second, codes,
-    latency percentiles (ms), sent_late_over_5ms and generator_cpu_s."""
+    latency percentiles (ms) and sent_late_over_5ms."""
     if generator == "wrk":
         return _run_wrk(base, submits, seconds=seconds, connections=connections, rate=rate)
     return _run_httpx(base, submits, seconds=seconds, connections=connections, rate=rate)

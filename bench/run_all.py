@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run_all.py           # the full set (about 3 minutes on 2 cores, plus the engine
                                                 # benchmarks: engine, engine_standin and video, about 12 minutes)
-    .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 3 minutes)
+    .venv/bin/python bench/run_all.py --quick   # one run each, shorter windows (about 5 minutes on 2 cores, plus
+                                                # 1.5 for the engine benchmarks)
     .venv/bin/python bench/run_all.py --only holds
 
 Each script prints its figures and a summary with the targets; JSON results land in bench/out/ (git-ignored).

@@ -27,6 +27,7 @@ import os
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ class Sealer(threading.Thread):
 def holds_run(
     factory: sessionmaker[Session], accounts: list[int], args: argparse.Namespace, tag: str, pg: object
 ) -> dict[str, Any]:
-    result = holds.run_scenario(factory, accounts, args.threads, args.seconds, tag, pg)
+    result = holds.run_scenario(factory, partial(holds.worker, factory, accounts), args.threads, args.seconds, tag, pg)
     print(
         f"  holds: {result['per_s']:,.0f} cycles/s (p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"{result['retries']} retries; load {result['load']:.1f})",

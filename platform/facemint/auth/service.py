@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import weakref
 
 import jwt
 from redis import Redis
@@ -120,16 +121,18 @@ def _ensure_active(row: object) -> None:
         raise TenantSuspended("this tenant is suspended")
 
 
-# The second each key's last use was last written to Redis by this process: the value is whole seconds, so a
-# key used many times a second is written once in it (a Redis round trip saved on every other request).
-_last_written: dict[int, int] = {}
+# The second each key's last use was last written to each Redis by this process: the value is whole seconds, so a
+# key used many times a second is written once in it (a Redis round trip saved on every other request). Per Redis
+# client, so that two apps in one process (on two databases whose key ids overlap) never skip each other's writes.
+_last_written: weakref.WeakKeyDictionary[Redis, dict[int, int]] = weakref.WeakKeyDictionary()
 
 
 def _track_last_use(session: Session, redis: Redis, *, key_id: int) -> None:
     """Last use goes to Redis to the second (each process writes a key's once a second at most); the database
     copy at most once a minute per key. Both Redis writes go in one round trip."""
     now = int(time.time())
-    if _last_written.get(key_id) == now:
+    written = _last_written.setdefault(redis, {})
+    if written.get(key_id) == now:
         return
     pipe = redis.pipeline(transaction=False)
     pipe.set(LAST_USED_KEY.format(key_id), now)
@@ -139,8 +142,8 @@ def _track_last_use(session: Session, redis: Redis, *, key_id: int) -> None:
     except RedisError:
         logger.warning("could not record last use of API key %s", key_id)
         return
-    if len(_last_written) > 100_000:  # bounded: the keys of this process's last moments are all it needs
-        _last_written.clear()
-    _last_written[key_id] = now
+    if len(written) > 100_000:  # bounded: the keys of this process's last moments are all it needs
+        written.clear()
+    written[key_id] = now
     if flush:
         session.execute(text("UPDATE api_keys SET last_used_at = now() WHERE id = :id"), {"id": key_id})

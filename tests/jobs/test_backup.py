@@ -38,6 +38,12 @@ def _env(settings: Settings, *, owner_url: str, data_dir: Path) -> dict[str, str
     }
 
 
+def _restored_env(settings: Settings, *, owner_url: str, database: str, data_dir: Path) -> dict[str, str | None]:
+    """The command environment of a platform restored into `database` (its owner and service URLs) and `data_dir`."""
+    restored = settings.model_copy(update={"database_url": with_database(settings.database_url or "", database)})
+    return _env(restored, owner_url=with_database(owner_url, database), data_dir=data_dir)
+
+
 def _invoke(env: dict[str, str | None], *args: str) -> Result:
     get_settings.cache_clear()
     try:
@@ -90,12 +96,13 @@ def test_restore_into_fresh_database_reconciles_verifies_and_serves_every_result
     assert again.exit_code == 1
     assert "already exists" in again.output
 
-    restored_owner = with_database(owner_url, fresh_database)
     restored_app = with_database(job_settings.database_url or "", fresh_database)
     restored_settings = job_settings.model_copy(
         update={"database_url": restored_app, "data_dir": tmp_path / "restored"}
     )
-    restored_env = _env(restored_settings, owner_url=restored_owner, data_dir=tmp_path / "restored")
+    restored_env = _restored_env(
+        job_settings, owner_url=owner_url, database=fresh_database, data_dir=tmp_path / "restored"
+    )
     restored = _invoke(restored_env, "restore", "--from", str(backup_dir))
     assert restored.exit_code == 0, restored.output
     assert f"{len(manifest_keys)} object(s) restored" in restored.output
@@ -143,10 +150,7 @@ def test_restore_refuses_an_object_that_does_not_match_the_manifest_and_writes_n
 
     restored_owner = with_database(owner_url, fresh_database)
     restored_dir = tmp_path / "restored"
-    restored_env = {
-        **_env(job_settings, owner_url=restored_owner, data_dir=restored_dir),
-        "FACEMINT_DATABASE_URL": with_database(job_settings.database_url or "", fresh_database),
-    }
+    restored_env = _restored_env(job_settings, owner_url=owner_url, database=fresh_database, data_dir=restored_dir)
     refused = _invoke(restored_env, "restore", "--from", str(backup_dir))
     assert refused.exit_code == 1
     assert "does not match its size and SHA-256 in the manifest" in refused.output
@@ -174,11 +178,9 @@ def test_restore_of_a_backup_without_files_lists_the_objects_storage_lacks(
     assert made.exit_code == 0, made.output
     assert not (backup_dir / "objects").exists()
 
-    restored_owner = with_database(owner_url, fresh_database)
-    restored_env = {
-        **_env(job_settings, owner_url=restored_owner, data_dir=tmp_path / "restored"),
-        "FACEMINT_DATABASE_URL": with_database(job_settings.database_url or "", fresh_database),
-    }
+    restored_env = _restored_env(
+        job_settings, owner_url=owner_url, database=fresh_database, data_dir=tmp_path / "restored"
+    )
     restored = _invoke(restored_env, "restore", "--from", str(backup_dir))
     assert restored.exit_code == 3, restored.output
     assert "object(s) in the manifest are not in storage" in restored.output

@@ -164,6 +164,13 @@ RULES: dict[Route, tuple[Rule, ...]] = {
         S.tenants_write, N.tenant_object, tenant_path("/activate")
     ),
     ("GET", "/admin/v1/tenants/{tenant_id}/pool"): rule(S.balances_read, N.tenant_object, tenant_path("/pool")),
+    ("GET", "/admin/v1/tenants/{tenant_id}/events"): rule(S.tenants_read, N.tenant_object, tenant_path("/events")),
+    ("GET", "/admin/v1/tenants/{tenant_id}/events-webhook"): rule(
+        S.tenants_read, N.tenant_object, tenant_path("/events-webhook")
+    ),
+    ("PUT", "/admin/v1/tenants/{tenant_id}/events-webhook"): rule(
+        S.webhooks_write, N.tenant_object, tenant_path("/events-webhook", json={"url": None})
+    ),
     # Who may read the signing secret is who may rotate it: not finance.
     ("GET", "/admin/v1/tenants/{tenant_id}/webhook-secret"): rule(
         S.webhooks_write, N.tenant_object, tenant_path("/webhook-secret")

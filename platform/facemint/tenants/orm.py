@@ -43,6 +43,8 @@ class Tenant(Base):
     pool_account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
     # Signs this tenant's webhooks (Standard Webhooks: `whsec_` + base64 of 32 random bytes).
     webhook_secret: Mapped[str] = mapped_column(Text, default=new_webhook_secret)
+    # Where account events (low balance, abuse) are sent; None: the tenant receives none.
+    events_webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -29,6 +29,7 @@ class TenantRead(BaseModel):
     name: str
     status: TenantStatus
     plan: Plan
+    events_webhook_url: str | None = None
     pool_account_id: int = Field(exclude=True)
     created_at: datetime
     updated_at: datetime

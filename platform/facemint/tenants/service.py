@@ -18,7 +18,12 @@ from facemint.users import service as user_service
 
 
 def snapshot(tenant: Tenant) -> dict[str, object]:
-    return {"name": tenant.name, "plan": tenant.plan, "status": tenant.status}
+    return {
+        "name": tenant.name,
+        "plan": tenant.plan,
+        "status": tenant.status,
+        "events_webhook_url": tenant.events_webhook_url,
+    }
 
 
 def create(session: Session, *, context: RequestContext | None, data: TenantCreate) -> Tenant:

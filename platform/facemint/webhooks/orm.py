@@ -33,7 +33,8 @@ class WebhookEvent(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     # The `webhook-id` header: stable across retries, so receivers can deduplicate.
     public_id: Mapped[str] = mapped_column(Text, unique=True)
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id"), index=True)
+    # None for account events (low balance, abuse), which go to the tenant's events URL.
+    job_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("jobs.id"), index=True)
     tenant_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tenants.id"))
     event_type: Mapped[str] = mapped_column(Text)
     url: Mapped[str] = mapped_column(Text)

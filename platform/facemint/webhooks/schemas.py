@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +21,8 @@ class WebhookEventRead(BaseModel):
     # The event's `webhook-id` (msg_...), which receivers see and deduplicate on.
     id: str
     event_type: str
+    # What was (or will be) sent as the body.
+    payload: dict[str, Any]
     status: EventStatus
     attempts: int
     # Only while pending; a delivered or failed event has no next attempt.
@@ -31,3 +34,13 @@ class WebhookEventRead(BaseModel):
 
 class WebhookSecretRead(BaseModel):
     secret: str
+
+
+class EventsWebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Where the tenant's account events go (low balance, abuse); null stops them.
+    url: str | None
+
+
+class EventsWebhookRead(BaseModel):
+    url: str | None

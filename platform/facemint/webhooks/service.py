@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from facemint.audit import service as audit
 from facemint.context import RequestContext
 from facemint.tenants import service as tenant_service
-from facemint.tenants.orm import new_webhook_secret
+from facemint.tenants.orm import Tenant, new_webhook_secret
 from facemint.webhooks.orm import EventStatus, WebhookDelivery, WebhookEvent
 from facemint.webhooks.schemas import WebhookDeliveryRead, WebhookEventRead
 
@@ -113,12 +113,52 @@ def record_event(
     )
 
 
+def record_tenant_event(session: Session, *, tenant_id: int, event_type: str, payload: dict[str, Any]) -> bool:
+    """Queue an account event (one that belongs to no job: low balance, abuse) to the tenant's events URL, in the
+    caller's transaction. False when the tenant names no such URL: nothing is queued."""
+    url = session.scalar(select(Tenant.events_webhook_url).where(Tenant.id == tenant_id))
+    if url is None:
+        return False
+    session.add(
+        WebhookEvent(
+            public_id=f"msg_{secrets.token_hex(12)}",
+            job_id=None,
+            tenant_id=tenant_id,
+            url=url,
+            event_type=event_type,
+            payload=payload,
+            status=EventStatus.pending.value,
+            attempts=0,
+            next_attempt_at=func.now(),
+        )
+    )
+    return True
+
+
+def list_tenant_events(session: Session, *, tenant_id: int, limit: int = 100) -> list[WebhookEventRead]:
+    """A tenant's account events (those of no job), newest first, each with its attempts. The caller checks the
+    tenant is visible."""
+    events = list(
+        session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.tenant_id == tenant_id, WebhookEvent.job_id.is_(None))
+            .order_by(WebhookEvent.id.desc())
+            .limit(limit)
+        )
+    )
+    return _with_deliveries(session, events)
+
+
 # --- Reading -------------------------------------------------------------------------------------------------
 
 
 def list_deliveries(session: Session, *, job_id: int) -> list[WebhookEventRead]:
     """A job's webhook events, oldest first, each with its attempts. The caller checks the job is visible."""
     events = list(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.id)))
+    return _with_deliveries(session, events)
+
+
+def _with_deliveries(session: Session, events: list[WebhookEvent]) -> list[WebhookEventRead]:
     deliveries: dict[int, list[WebhookDeliveryRead]] = {event.id: [] for event in events}
     if events:
         for delivery in session.scalars(
@@ -131,6 +171,7 @@ def list_deliveries(session: Session, *, job_id: int) -> list[WebhookEventRead]:
         WebhookEventRead(
             id=event.public_id,
             event_type=event.event_type,
+            payload=event.payload,
             status=EventStatus(event.status),
             attempts=event.attempts,
             next_attempt_at=event.next_attempt_at if event.status == EventStatus.pending.value else None,
@@ -167,6 +208,28 @@ def rotate_secret(session: Session, *, context: RequestContext, tenant_id: int, 
         after={"secret_sha256": _fingerprint(tenant.webhook_secret)},
     )
     return tenant.webhook_secret
+
+
+def set_events_url(
+    session: Session, *, context: RequestContext, tenant_id: int, tenant_scope: int | None, url: str | None
+) -> str | None:
+    """Point the tenant's account events at `url` (already checked by `validate_webhook_url`), or stop them."""
+    tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=tenant_scope)
+    before = tenant.events_webhook_url
+    tenant.events_webhook_url = url
+    session.flush()
+    if before != url:
+        audit.record(
+            session,
+            context=context,
+            action="tenant.events_webhook.update",
+            target_type="tenant",
+            target_id=tenant.id,
+            tenant_id=tenant.id,
+            before={"url": before},
+            after={"url": url},
+        )
+    return url
 
 
 def _fingerprint(secret: str) -> str:

@@ -5,10 +5,8 @@ the modules that run jobs."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -22,7 +20,7 @@ from facemint_client import AsyncFacemint, Facemint, RetryPolicy
 from inference.models import write_demo_models
 from tests.conftest import make_settings
 from tests.factories import create_tenant, create_user, fund, issue_key
-from tests.sdk.live import LiveApi, start_worker, stop_process
+from tests.sdk.live import LiveApi, start_worker, stop_worker
 
 # Quick retries: the tests wait on restarts and scripted refusals, not on production-sized backoff.
 QUICK = RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=0.2)
@@ -77,7 +75,7 @@ def api(live_api: LiveApi) -> LiveApi:
 def worker(live_settings: Settings, live_api: LiveApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     process = start_worker(live_settings, tmp_path_factory.mktemp("worker-logs"))
     yield
-    stop_process(process)
+    stop_worker(process)
 
 
 MakePerson = Callable[..., Person]
@@ -148,13 +146,3 @@ def transactions(engine: Engine, *, kind: str, key: str) -> int:
                 {"kind": kind, "key": f"%{key}"},
             ).scalar_one()
         )
-
-
-def log_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "logs"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)

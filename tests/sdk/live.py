@@ -4,7 +4,7 @@ reaches the API and is applied; its response never reaches the client)."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import select
 import socket
 import subprocess
@@ -102,8 +102,10 @@ def start_worker(settings: Settings, log_dir: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    _stop(process)
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    # Killed, not stopped: a graceful stop waits for the worker's background threads, and nothing here needs it.
+    process.kill()
+    process.wait(timeout=15)
 
 
 class LosingProxy:
@@ -158,13 +160,6 @@ class LosingProxy:
             return
         finally:
             for sock in sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
-
-
-def env_without_client_settings() -> dict[str, str]:
-    """The environment with FACEMINT_API_KEY and FACEMINT_API_URL removed (the client reads them as defaults)."""
-    return {k: v for k, v in os.environ.items() if k not in ("FACEMINT_API_KEY", "FACEMINT_API_URL")}

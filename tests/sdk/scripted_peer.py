@@ -26,7 +26,13 @@ class Answer:
 
     @classmethod
     def problem(cls, status: int, code: str, **headers: str) -> Answer:
-        body = {"type": PROBLEM_BASE + code, "title": code, "status": status, "detail": f"scripted {code}", "code": code}
+        body = {
+            "type": PROBLEM_BASE + code,
+            "title": code,
+            "status": status,
+            "detail": f"scripted {code}",
+            "code": code,
+        }
         return cls(status, body, {"Content-Type": "application/problem+json", **headers})
 
 
@@ -67,7 +73,9 @@ def scripted_peer(*script: Answer) -> Iterator[Peer]:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             with peer.lock:
                 peer.seen.append(
-                    Seen(time.monotonic(), self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    Seen(
+                        time.monotonic(), self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                    )
                 )
                 answer = peer.script.pop(0) if peer.script else peer.default
             if answer.hang_up:

@@ -168,6 +168,7 @@ def test_a_recharge_whose_answer_is_lost_is_replayed_not_applied_twice(
     assert balance(engine, member.account_id) == (40, 0)
 
 
+@pytest.mark.slow
 def test_calls_retry_across_an_api_restart_and_apply_once(
     api: LiveApi, make_person: MakePerson, engine: Engine
 ) -> None:
@@ -189,7 +190,8 @@ def test_calls_retry_across_an_api_restart_and_apply_once(
         assert api.starts == starts + 1
         after = staff.admin.recharges.create(20, reason="during", user_id=member.user.id, idempotency_key="rs-1")
         entries = list(staff.admin.finance.recharges(user_id=member.user.id))
-    assert isinstance(during, Recharge) and isinstance(after, Recharge)
+    assert isinstance(during, Recharge)
+    assert isinstance(after, Recharge)
     assert (during.replayed, after.replayed) == (False, True)
     assert during.transaction_id == after.transaction_id
     assert sorted(e.amount for e in entries) == [10, 20]
@@ -206,7 +208,8 @@ def test_a_csv_batch_from_a_file_applies_once_and_lists_its_rows(
     staff = client_for(make_person(Role.operator))
     first = staff.admin.recharges.batch(csv=csv, reason="november", mode="partial", idempotency_key="nov")
     again = staff.admin.recharges.batch(csv=csv.read_bytes(), reason="november", mode="partial", idempotency_key="nov")
-    assert isinstance(first, BatchResult) and isinstance(again, BatchResult)
+    assert isinstance(first, BatchResult)
+    assert isinstance(again, BatchResult)
     assert (first.applied, first.total_amount, first.replayed) == (2, 42, False)
     assert (again.batch_id, again.replayed) == (first.batch_id, True)
     assert first.batch_id is not None
@@ -262,7 +265,8 @@ def test_adjustments_and_reversals_are_keyed_too(
     staff = client_for(make_person(Role.operator))
     adjusted = staff.admin.balances.adjust(member.user.id, -30, reason="correction", idempotency_key="adj-1")
     replayed = staff.admin.balances.adjust(member.user.id, -30, reason="correction", idempotency_key="adj-1")
-    assert not isinstance(adjusted, Approval) and not isinstance(replayed, Approval)
+    assert not isinstance(adjusted, Approval)
+    assert not isinstance(replayed, Approval)
     assert (adjusted.replayed, replayed.replayed) == (False, True)
     reversal = staff.admin.balances.reverse(adjusted.transaction_id, reason="undo")
     assert not isinstance(reversal, Approval)

@@ -83,18 +83,22 @@ def test_jitter_shortens_each_wait_by_up_to_its_fraction() -> None:
 
 
 def test_the_retry_budget_is_kept_then_the_last_error_raised() -> None:
-    with scripted_peer(*[Answer.problem(503, "database_unavailable", **{"Retry-After": "0"})] * 5) as peer:
-        with pytest.raises(ServiceUnavailable) as raised:
-            client(peer.url, RetryPolicy(max_retries=2, initial_delay=0.01)).account.balance()
+    with (
+        scripted_peer(*[Answer.problem(503, "database_unavailable", **{"Retry-After": "0"})] * 5) as peer,
+        pytest.raises(ServiceUnavailable) as raised,
+    ):
+        client(peer.url, RetryPolicy(max_retries=2, initial_delay=0.01)).account.balance()
     assert len(peer.seen) == 3
     assert raised.value.code == "database_unavailable"
     assert raised.value.status == 503
 
 
 def test_a_retry_after_longer_than_the_cap_is_raised_at_once() -> None:
-    with scripted_peer(Answer.problem(429, "too_many_active_jobs", **{"Retry-After": "120"})) as peer:
-        with pytest.raises(RateLimited) as raised:
-            client(peer.url).account.balance()
+    with (
+        scripted_peer(Answer.problem(429, "too_many_active_jobs", **{"Retry-After": "120"})) as peer,
+        pytest.raises(RateLimited) as raised,
+    ):
+        client(peer.url).account.balance()
     assert len(peer.seen) == 1
     assert raised.value.retry_after == 120
     assert raised.value.code == "too_many_active_jobs"
@@ -138,9 +142,11 @@ def test_reads_carry_no_idempotency_key() -> None:
 
 
 def test_an_idempotency_conflict_is_never_retried() -> None:
-    with scripted_peer(Answer.problem(409, "idempotency_key_reused")) as peer:
-        with pytest.raises(IdempotencyConflict) as raised:
-            client(peer.url).admin.recharges.create(5, reason="r", user_id=1, idempotency_key="k1")
+    with (
+        scripted_peer(Answer.problem(409, "idempotency_key_reused")) as peer,
+        pytest.raises(IdempotencyConflict) as raised,
+    ):
+        client(peer.url).admin.recharges.create(5, reason="r", user_id=1, idempotency_key="k1")
     assert len(peer.seen) == 1
     assert raised.value.idempotency_key == "k1"
 
@@ -154,18 +160,19 @@ def test_ledger_contention_is_retried_with_the_same_key() -> None:
 
 
 def test_contention_past_the_budget_is_raised_as_such() -> None:
-    with scripted_peer(*[Answer.problem(409, "ledger_contention")] * 3) as peer:
-        with pytest.raises(LedgerContention):
-            client(peer.url, RetryPolicy(max_retries=2, initial_delay=0.01)).admin.recharges.create(
-                5, reason="r", user_id=1
-            )
+    with scripted_peer(*[Answer.problem(409, "ledger_contention")] * 3) as peer, pytest.raises(LedgerContention):
+        client(peer.url, RetryPolicy(max_retries=2, initial_delay=0.01)).admin.recharges.create(
+            5, reason="r", user_id=1
+        )
     assert len(peer.seen) == 3
 
 
 def test_an_unkeyed_create_is_not_retried_after_a_500_which_may_have_applied_it() -> None:
-    with scripted_peer(Answer.problem(500, "internal_error"), Answer(201, TENANT)) as peer:
-        with pytest.raises(ServerError) as raised:
-            client(peer.url).admin.tenants.create("t")
+    with (
+        scripted_peer(Answer.problem(500, "internal_error"), Answer(201, TENANT)) as peer,
+        pytest.raises(ServerError) as raised,
+    ):
+        client(peer.url).admin.tenants.create("t")
     assert len(peer.seen) == 1
     assert raised.value.code == "internal_error"
 
@@ -182,9 +189,8 @@ def test_a_lost_answer_is_retried_only_where_a_replay_applies_nothing_twice() ->
     with scripted_peer(Answer(0, hang_up=True), Answer(201, RECHARGE)) as peer:
         client(peer.url).admin.recharges.create(5, reason="r", user_id=1)
     assert len(peer.seen) == 2  # keyed: replayed by the server
-    with scripted_peer(Answer(0, hang_up=True), Answer(201, TENANT)) as peer:
-        with pytest.raises(APIConnectionError):
-            client(peer.url).admin.tenants.create("t")
+    with scripted_peer(Answer(0, hang_up=True), Answer(201, TENANT)) as peer, pytest.raises(APIConnectionError):
+        client(peer.url).admin.tenants.create("t")
     assert len(peer.seen) == 1  # unkeyed: the tenant may exist now
     with scripted_peer(Answer(0, hang_up=True), Answer(200, TENANT)) as peer:
         assert client(peer.url).admin.tenants.suspend(3).id == 3

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
@@ -336,17 +335,17 @@ def stream(config: ClientConfig, call: Call[Any], sink: Callable[[bytes], object
 
 
 def to_file(path: str | os.PathLike[str], produce: Callable[[Callable[[bytes], object]], Flow[T]]) -> Flow[T]:
-    """Run `produce` with a writer into a file beside `path`, renamed to `path` once it returns: a failure leaves
-    no partial file there."""
+    """Run `produce` with a writer into a new file beside `path` (created as any file is, under the umask), renamed
+    to `path` once it returns: a failure leaves no partial file there."""
     destination = Path(path)
-    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False) as handle:
-        try:
+    partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        with partial.open("xb") as handle:
             result: T = yield from produce(handle.write)
-        except BaseException:
-            handle.close()
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-    os.replace(handle.name, destination)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return result
 
 

@@ -7,12 +7,12 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
 from facemint_client._core import ClientConfig, Effect, Flow, Read, Send, Sleep, make_config
-from facemint_client._resource import Async, AsyncPager, Listing, Sync, SyncPager
+from facemint_client._resource import Async, AsyncPager, Listing, M, Sync, SyncPager
 from facemint_client._retry import RetryPolicy
 from facemint_client.resources import Account, Admin, Auth, Jobs
 
@@ -126,8 +126,19 @@ _OPTIONS_DOC = """
 """
 
 
-class Facemint:
-    __doc__ = "The sync client." + _OPTIONS_DOC
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+
+
+class _Client(Generic[M, H]):
+    """What both clients are: the configuration, the httpx client, and the resources on a runner of their mode."""
+
+    auth: Auth[M]
+    account: Account[M]
+    jobs: Jobs[M]
+    admin: Admin[M]
+    config: ClientConfig
+    _http: H
+    _owns_http: bool
 
     def __init__(
         self,
@@ -139,7 +150,7 @@ class Facemint:
         deadline: float | None = None,
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: H | None = None,
     ) -> None:
         config = make_config(
             api_key=api_key,
@@ -151,23 +162,36 @@ class Facemint:
             headers=headers,
         )
         self._owns_http = http_client is None
-        self._setup(config, http_client or httpx.Client())
+        self._attach(config, http_client if http_client is not None else self._new_http())
 
-    def _setup(self, config: ClientConfig, http: httpx.Client) -> None:
+    def _new_http(self) -> H:
+        raise NotImplementedError
+
+    def _runner(self, config: ClientConfig, http: H) -> SyncRunner | AsyncRunner:
+        raise NotImplementedError
+
+    def _attach(self, config: ClientConfig, http: H) -> None:
         self.config, self._http = config, http
-        runner = SyncRunner(config, http)
-        self.auth: Auth[Sync] = Auth(runner)
-        self.account: Account[Sync] = Account(runner)
-        self.jobs: Jobs[Sync] = Jobs(runner)
-        self.admin: Admin[Sync] = Admin(runner)
+        runner = self._runner(config, http)
+        self.auth, self.account, self.jobs, self.admin = Auth(runner), Account(runner), Jobs(runner), Admin(runner)
 
-    def with_options(self, **changes: Any) -> Facemint:
+    def with_options(self, **changes: Any) -> Self:
         """A client sharing this one's connections with other settings: `api_key`, `base_url`, `timeout`,
         `headers`, or `retry` fields (`max_retries`, `deadline`, `initial_delay`...)."""
-        clone = object.__new__(Facemint)
+        clone = object.__new__(type(self))
         clone._owns_http = False
-        clone._setup(_changed(self.config, changes), self._http)
+        clone._attach(_changed(self.config, changes), self._http)
         return clone
+
+
+class Facemint(_Client[Sync, httpx.Client]):
+    __doc__ = "The sync client." + _OPTIONS_DOC
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client()
+
+    def _runner(self, config: ClientConfig, http: httpx.Client) -> SyncRunner:
+        return SyncRunner(config, http)
 
     def close(self) -> None:
         if self._owns_http:
@@ -180,47 +204,14 @@ class Facemint:
         self.close()
 
 
-class AsyncFacemint:
+class AsyncFacemint(_Client[Async, httpx.AsyncClient]):
     __doc__ = "The async client: the same resources as `Facemint`, each method a coroutine." + _OPTIONS_DOC
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int | None = None,
-        deadline: float | None = None,
-        retry: RetryPolicy | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        config = make_config(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            retry=retry,
-            headers=headers,
-        )
-        self._owns_http = http_client is None
-        self._setup(config, http_client or httpx.AsyncClient())
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient()
 
-    def _setup(self, config: ClientConfig, http: httpx.AsyncClient) -> None:
-        self.config, self._http = config, http
-        runner = AsyncRunner(config, http)
-        self.auth: Auth[Async] = Auth(runner)
-        self.account: Account[Async] = Account(runner)
-        self.jobs: Jobs[Async] = Jobs(runner)
-        self.admin: Admin[Async] = Admin(runner)
-
-    def with_options(self, **changes: Any) -> AsyncFacemint:
-        """As `Facemint.with_options`."""
-        clone = object.__new__(AsyncFacemint)
-        clone._owns_http = False
-        clone._setup(_changed(self.config, changes), self._http)
-        return clone
+    def _runner(self, config: ClientConfig, http: httpx.AsyncClient) -> AsyncRunner:
+        return AsyncRunner(config, http)
 
     async def close(self) -> None:
         if self._owns_http:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
@@ -23,7 +22,13 @@ from typing import IO, Any, Generic, TypeVar
 import httpx
 
 from facemint_client._convert import from_json
-from facemint_client._retry import RetryPolicy, parse_retry_after, retry_exception, retry_status
+from facemint_client._retry import (
+    REFUSED_BEFORE_WORK_CODES,
+    RetryPolicy,
+    parse_retry_after,
+    retry_exception,
+    retry_status,
+)
 from facemint_client._uploads import Upload
 from facemint_client._version import __version__
 from facemint_client.errors import APIConnectionError, APIError, APITimeoutError, error_from_problem
@@ -178,28 +183,20 @@ Flow = Generator[Effect, Any, T]
 class Attempts:
     """The attempts of one call: its headers and idempotency key, what each answer means, when to give up."""
 
-    def __init__(
-        self,
-        config: ClientConfig,
-        call: Call[Any],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.config, self.call, self.clock, self.rng = config, call, clock, rng
+    def __init__(self, config: ClientConfig, call: Call[Any]) -> None:
+        self.config, self.call = config, call
         self.policy = config.retry
         self.key = call.idempotency_key or (new_idempotency_key() if call.idempotent else None)
         self.retries = 0
         self.uncertain = False  # an earlier attempt may have been applied (its answer was lost)
-        started = clock()
-        self.deadline_at = None if self.policy.deadline is None else started + self.policy.deadline
+        self.deadline_at = None if self.policy.deadline is None else time.monotonic() + self.policy.deadline
 
     def request(self) -> tuple[dict[str, Any], list[IO[bytes]]]:
         """The next attempt's request, and the files it opened (closed once it is sent)."""
         call, config = self.call, self.config
         timeout = call.timeout or config.timeout
         if self.deadline_at is not None:
-            remaining = self.deadline_at - self.clock()
+            remaining = self.deadline_at - time.monotonic()
             if remaining <= 0:
                 raise APITimeoutError(f"{call.method} {call.path}: the client's deadline passed")
             timeout = min(timeout, remaining)
@@ -235,8 +232,8 @@ class Attempts:
             return None
         if suggested is not None and suggested > self.policy.max_retry_after:
             return None
-        delay = suggested if suggested is not None else self.policy.backoff(self.retries, self.rng)
-        if self.deadline_at is not None and self.clock() + delay >= self.deadline_at:
+        delay = suggested if suggested is not None else self.policy.backoff(self.retries)
+        if self.deadline_at is not None and time.monotonic() + delay >= self.deadline_at:
             return None
         self.retries += 1
         return delay
@@ -269,7 +266,7 @@ class Attempts:
         if retry_status(response.status, error.code, replay_safe=call.safe_to_replay):
             delay = self._wait(parse_retry_after(response.headers.get("retry-after")))
             if delay is not None:
-                if response.status >= 500 and error.code not in ("service_unavailable", "queue_unavailable"):
+                if response.status >= 500 and error.code not in REFUSED_BEFORE_WORK_CODES:
                     self.uncertain = True
                 return delay
         raise error

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from facemint_client._retry import parse_retry_after
+
 if TYPE_CHECKING:
     from facemint_client.models import Job
 
@@ -210,8 +212,6 @@ class RateLimited(APIError):
 
     @property
     def retry_after(self) -> float | None:
-        from facemint_client._retry import parse_retry_after
-
         header = parse_retry_after(self.headers.get("retry-after"))
         if header is not None:
             return header

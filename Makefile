@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,$(ORT)]"
+	$(BIN)/python -m pip install --quiet -e platform/facemint-client
 	$(BIN)/python -m pip install --quiet --no-deps insightface==2.1
 	$(BIN)/python -m inference.install --check
 	rm -f $(VENV)/.installed-*

@@ -1,0 +1,32 @@
+"""The API's resources, each written once for both clients (see `facemint_client._resource`)."""
+
+from __future__ import annotations
+
+from typing import Generic
+
+from facemint_client._resource import M
+from facemint_client.resources.account import Account, Auth
+from facemint_client.resources.directory import ApiKeys, Audit, Prices, Tenants, Users
+from facemint_client.resources.jobs import Jobs
+from facemint_client.resources.money import Approvals, Balances, Recharges
+from facemint_client.resources.reports import AdminJobs, Finance, Reports
+
+__all__ = ["Account", "Admin", "Auth", "Jobs"]
+
+
+class Admin(Generic[M]):
+    """The `/admin/v1` API (what ops scripts use): `client.admin.tenants`, `.users`, `.api_keys`, `.recharges`,
+    `.approvals`, `.balances`, `.finance`, `.reports`, `.prices`, `.audit`, `.jobs`."""
+
+    def __init__(self, runner: object) -> None:
+        self.tenants: Tenants[M] = Tenants(runner)
+        self.users: Users[M] = Users(runner)
+        self.api_keys: ApiKeys[M] = ApiKeys(runner)
+        self.recharges: Recharges[M] = Recharges(runner)
+        self.approvals: Approvals[M] = Approvals(runner)
+        self.balances: Balances[M] = Balances(runner)
+        self.finance: Finance[M] = Finance(runner)
+        self.reports: Reports[M] = Reports(runner)
+        self.prices: Prices[M] = Prices(runner)
+        self.audit: Audit[M] = Audit(runner)
+        self.jobs: AdminJobs[M] = AdminJobs(runner)

@@ -22,6 +22,7 @@ from facemint.console.endpoints import install_console
 from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
+from facemint.integrations.zendesk import endpoints as zendesk_endpoints
 from facemint.jobs import files
 from facemint.jobs.admin_endpoints import router as jobs_admin_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
@@ -97,6 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The console's CSV upload: the batch limit, plus the multipart form's own few hundred bytes.
             BULK_UPLOAD_PATH: settings.batch_max_bytes + 64 * 1024,
         },
+        path_tests=[
+            # Zendesk's webhook carries a ticket event: capped well below the default, before a byte is read.
+            (zendesk_endpoints.is_webhook, settings.zendesk_webhook_max_bytes),
+            (zendesk_endpoints.is_asset_upload, settings.max_image_bytes),
+        ],
     )
     if tracing.configure(settings, component="api"):
         app.add_middleware(TracingMiddleware)  # added first, so it runs inside RequestIdMiddleware
@@ -119,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finance_router,
         approvals_router,
         jobs_admin_router,
+        zendesk_endpoints.webhook_router,
+        zendesk_endpoints.admin_router,
     ):
         app.include_router(router)
     install_metrics(app)

@@ -199,6 +199,28 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_max_in_flight_per_tenant: int = Field(default=2, ge=1, le=256)
 
+    # Integrations (facemint.integrations): credentials they store (a Zendesk API token and webhook signing secret)
+    # are sealed with AES-256-GCM under these keys (key id -> base64 of 32 bytes, JSON in the environment), or the
+    # storage encryption keys when these are unset; in dev, with neither, a published development key.
+    integration_secret_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    integration_secret_key_id: str | None = None
+    # Zendesk: the API is only ever called at https://<subdomain>.zendesk.com. Other base URLs (a local fake server)
+    # must be listed here, exactly as the connector names them: a test aid, refused in prod.
+    zendesk_allowed_base_urls: list[str] = Field(default_factory=list)
+    # A webhook is refused unless its signature's timestamp is within this many seconds of now, and its body is
+    # refused (413) beyond this many bytes before it is read.
+    zendesk_webhook_tolerance_seconds: int = Field(default=300, ge=10, le=3600)
+    zendesk_webhook_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Replies: each call to Zendesk's API finishes within the timeout; a failed attempt is retried after the next
+    # backoff step (the last repeating), a 429 after its Retry-After (at most `zendesk_max_retry_after_seconds`).
+    zendesk_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    zendesk_max_attempts: int = Field(default=8, ge=1, le=50)
+    zendesk_backoff_seconds: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0])
+    zendesk_max_retry_after_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # Every worker looks for replies due this often, and runs up to `zendesk_concurrency` at once.
+    zendesk_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+    zendesk_concurrency: int = Field(default=4, ge=1, le=64)
+
     # Finance exports: concurrent streams per tenant (staff count as one) and in total (429 beyond), and the
     # longest one export's snapshot may stay open.
     export_max_concurrent_per_tenant: int = Field(default=2, ge=1)
@@ -267,6 +289,22 @@ class Settings(BaseSettings):
             raise ValueError("FACEMINT_STORAGE_RESULT_DELIVERY=presigned cannot serve encrypted results")
         return self
 
+    @model_validator(mode="after")
+    def _check_integration_keys(self) -> Settings:
+        if self.integration_secret_key_id is None and self.integration_secret_keys:
+            raise ValueError("FACEMINT_INTEGRATION_SECRET_KEYS needs FACEMINT_INTEGRATION_SECRET_KEY_ID")
+        self.integration_keyring()  # a missing, short or non-base64 key fails at start-up, not at the first save
+        return self
+
+    def integration_keyring(self) -> Keyring | None:
+        """The keys that seal integrations' credentials: their own, else the storage's; None when neither is set."""
+        if self.integration_secret_key_id is None:
+            return self.storage_keyring()
+        from facemint.storage_crypto import Keyring
+
+        keys = {key_id: value.get_secret_value() for key_id, value in self.integration_secret_keys.items()}
+        return Keyring.from_base64(keys, self.integration_secret_key_id)
+
     def staging_grace_seconds(self) -> float:
         """How old a staged file or an unfinished multipart upload must be before the sweeper removes it: longer
         than any job may run (the longest video's deadline), as a video's staged files live as long as its job,
@@ -299,6 +337,8 @@ class Settings(BaseSettings):
                 problems.append("FACEMINT_DEBUG_JOB_DELAY_SECONDS is a test aid")
             if self.debug_pause_before_settle_seconds:
                 problems.append("FACEMINT_DEBUG_PAUSE_BEFORE_SETTLE_SECONDS is a test aid")
+            if self.zendesk_allowed_base_urls:
+                problems.append("FACEMINT_ZENDESK_ALLOWED_BASE_URLS is a test aid")
             if problems:
                 raise ValueError("refusing to start in prod: " + "; ".join(problems))
         return self

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,18 +70,33 @@ class BodyLimitMiddleware:
     refused before a byte is read, and a body (chunked or lying) that streams past it stops the read with 413.
     Nothing buffers here: the limit is enforced inside `receive`, as the application reads.
 
-    Limits are per path (`path_limits`, exact paths such as /v1/swaps), `default_limit` everywhere else."""
+    Limits are per path (`path_limits`, exact paths such as /v1/swaps), then per kind of path (`path_tests`, for
+    paths with ids in them: the first test the path passes gives its limit), `default_limit` everywhere else."""
 
-    def __init__(self, app: ASGIApp, *, default_limit: int, path_limits: dict[str, int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        default_limit: int,
+        path_limits: dict[str, int],
+        path_tests: Sequence[tuple[Callable[[str], bool], int]] = (),
+    ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.path_limits = path_limits
+        self.path_tests = tuple(path_tests)
+
+    def limit_for(self, path: str) -> int:
+        limit = self.path_limits.get(path)
+        if limit is not None:
+            return limit
+        return next((limit for test, limit in self.path_tests if test(path)), self.default_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope["path"], self.default_limit)
+        limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             error = BodyTooLarge(limit)

@@ -51,6 +51,10 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "users": READ_WRITE,
     "api_keys": READ_WRITE,
     "webhook_events": READ_WRITE,
+    "zendesk_assets": READ_WRITE,  # retired with deleted_at, never deleted
+    "zendesk_connectors": READ_WRITE,
+    "zendesk_results": READ_WRITE,
+    "zendesk_tickets": READ_WRITE,
     "alembic_version": OWNER_ONLY,
 }
 # Columns only the database writes (their defaults), which the service may therefore not name: the journal is

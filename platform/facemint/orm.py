@@ -9,6 +9,7 @@ from facemint.api_keys.orm import ApiKey
 from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)
 from facemint.audit.orm import AuditEvent
 from facemint.db import Base
+from facemint.integrations.zendesk.orm import ZendeskAsset, ZendeskConnector, ZendeskResult, ZendeskTicket
 from facemint.jobs.orm import Job
 from facemint.reports.orm import ReconciliationRun
 from facemint.tenants.orm import Tenant
@@ -31,4 +32,8 @@ __all__ = [
     "User",
     "WebhookDelivery",
     "WebhookEvent",
+    "ZendeskAsset",
+    "ZendeskConnector",
+    "ZendeskResult",
+    "ZendeskTicket",
 ]

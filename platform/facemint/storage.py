@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 # LocalStorage.staging_path(key) is the key plus this: a staged file is itself a key the orphan sweep can name.
 STAGING_SUFFIX = ".staging"
-# Every key the service writes starts with one of these folders (input_prefix, result_key).
-SERVICE_FOLDERS = ("inputs", "results")
+# Every key the service writes starts with one of these folders (input_prefix, result_key; integrations' images
+# and cached results, `facemint.integrations`): what a backup copies and `facemint storage rekey` re-seals.
+SERVICE_FOLDERS = ("inputs", "results", "integrations")
 _READ_CHUNK = 1024 * 1024
 
 

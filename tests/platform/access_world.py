@@ -35,12 +35,16 @@ from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.config import Settings
 from facemint.context import RequestContext
 from facemint.db import unit_of_work
+from facemint.integrations.zendesk import service as zendesk
+from facemint.integrations.zendesk.orm import AssetKind
+from facemint.integrations.zendesk.schemas import ConnectorWrite
 from facemint.jobs import service as jobs
 from facemint.jobs.submission import SWAP_OPERATION
 from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
 from facemint.recharges.parsing import parse_csv
 from facemint.recharges.schemas import RechargeCreate
+from facemint.storage import make_storage
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan, Tenant
 from facemint.tenants.schemas import TenantCreate
@@ -202,6 +206,43 @@ class Side:
             return str(job.public_id)
 
         return str(self._once(f"job:{owner.id}:{finished}", make))
+
+    @property
+    def zendesk_connector(self) -> str:
+        """The tenant's Zendesk connector (its public id), paid for by `subject`."""
+
+        def make() -> str:
+            connector = zendesk.put_connector(
+                self.world.session,
+                context=self._as_admin(),
+                settings=self.world.settings,
+                tenant_id=self.tenant.id,
+                tenant_scope=None,
+                data=zendesk_connector_body(self),
+            )
+            return connector.public_id
+
+        return str(self._once("zendesk_connector", make))
+
+    @property
+    def zendesk_asset_id(self) -> int:
+        """A scene image of the tenant's, named by no rule."""
+
+        def make() -> int:
+            asset = zendesk.create_asset(
+                self.world.session,
+                context=self._as_admin(),
+                settings=self.world.settings,
+                storage=make_storage(self.world.settings),
+                tenant_id=self.tenant.id,
+                tenant_scope=None,
+                kind=AssetKind.scene,
+                name="matrix",
+                data=png(),
+            )
+            return asset.id
+
+        return int(self._once("zendesk_asset_id", make))
 
     def _as_admin(self) -> RequestContext:
         return self.world.context(self.admin, self.tenant)
@@ -476,6 +517,63 @@ def same_price(world: World, variant: str, role: Role) -> Call:
     """A new version of the swap price at the price in force: the book changes, no later cell's charge does."""
     price = pricing.current_price(world.session, operation=SWAP_OPERATION)
     return Call("/admin/v1/prices", json={"operation": SWAP_OPERATION, "tokens_per_unit": price.tokens_per_unit})
+
+
+def zendesk_connector_body(side: Side) -> ConnectorWrite:
+    return ConnectorWrite.model_validate(
+        {
+            "subdomain": "matrix",
+            "api_email": "agent@matrix.example.test",
+            "api_token": "matrix-token",
+            "signing_secret": "matrix-secret",
+            "integration_user_id": side.subject.id,
+        }
+    )
+
+
+def zendesk_path(suffix: str = "", *, configured: bool = True, **kwargs: Any) -> Builder:
+    """The side's /admin/v1/tenants/{id}/integrations/zendesk routes (its connector made first: `configured`)."""
+
+    def build_call(world: World, variant: str, role: Role) -> Call:
+        side = world.side(variant)
+        if configured:
+            _ = side.zendesk_connector
+        return Call(f"/admin/v1/tenants/{side.tenant.id}/integrations/zendesk{suffix}", **kwargs)
+
+    return build_call
+
+
+def zendesk_connector(world: World, variant: str, role: Role) -> Call:
+    side = world.side(variant)
+    body = zendesk_connector_body(side).model_dump(mode="json")
+    body |= {"api_token": "matrix-token", "signing_secret": "matrix-secret"}  # write-only: dumped masked
+    return Call(f"/admin/v1/tenants/{side.tenant.id}/integrations/zendesk", json=body)
+
+
+def zendesk_asset_upload(world: World, variant: str, role: Role) -> Call:
+    side = world.side(variant)
+    return Call(
+        f"/admin/v1/tenants/{side.tenant.id}/integrations/zendesk/assets",
+        params={"kind": "scene", "name": "matrix"},
+        content=png(),
+        headers={"Content-Type": "image/png"},
+    )
+
+
+def zendesk_asset(world: World, variant: str, role: Role) -> Call:
+    side = world.side(variant)
+    return Call(f"/admin/v1/tenants/{side.tenant.id}/integrations/zendesk/assets/{side.zendesk_asset_id}")
+
+
+def zendesk_webhook(world: World, variant: str, role: Role) -> Call:
+    """A ticket webhook for the side's connector, unsigned: whatever credentials come with it, 401."""
+    side = world.side(variant)
+    body = b'{"ticket": {"id": "1", "subject": "matrix"}}'
+    return Call(
+        f"/integrations/zendesk/{side.zendesk_connector}/webhook",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def unique(prefix: str) -> str:

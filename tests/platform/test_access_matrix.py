@@ -63,6 +63,11 @@ from tests.platform.access_world import (
     tenant_path,
     unique,
     user_path,
+    zendesk_asset,
+    zendesk_asset_upload,
+    zendesk_connector,
+    zendesk_path,
+    zendesk_webhook,
 )
 
 ROLES = tuple(Role)
@@ -284,6 +289,35 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     # Queued, so no result yet: 410 to whoever may see results.
     ("GET", "/admin/v1/jobs/{job_id}/thumbnail"): rule(
         S.jobs_admin_results, N.tenant_object, admin_job_path("/thumbnail"), ok=410
+    ),
+    # Integrations: tenant admins configure their own tenant's, staff any; finance reads (credentials never shown).
+    # The webhook is authenticated by Zendesk's signature alone: no user credential opens it (401 unsigned).
+    ("POST", "/integrations/zendesk/{connector_id}/webhook"): rule(
+        None, N.nothing, zendesk_webhook, ok=401, access=Access.public
+    ),
+    ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk"): rule(
+        S.integrations_read, N.tenant_object, zendesk_path()
+    ),
+    ("PUT", "/admin/v1/tenants/{tenant_id}/integrations/zendesk"): rule(
+        S.integrations_write, N.tenant_object, zendesk_connector
+    ),
+    ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/rules"): rule(
+        S.integrations_read, N.tenant_object, zendesk_path("/rules")
+    ),
+    ("PUT", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/rules"): rule(
+        S.integrations_write, N.tenant_object, zendesk_path("/rules", json={"rules": [], "default": None})
+    ),
+    ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/assets"): rule(
+        S.integrations_read, N.tenant_object, zendesk_path("/assets", configured=False)
+    ),
+    ("POST", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/assets"): rule(
+        S.integrations_write, N.tenant_object, zendesk_asset_upload, ok=201
+    ),
+    ("DELETE", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/assets/{asset_id}"): rule(
+        S.integrations_write, N.tenant_object, zendesk_asset, ok=204
+    ),
+    ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/tickets"): rule(
+        S.integrations_read, N.tenant_object, zendesk_path("/tickets", configured=False)
     ),
     # Finance views: every tenant for staff, its own for a tenant admin.
     **{

@@ -4,19 +4,28 @@ out of what their roles do not cover; only staff create tenants; operators canno
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from facemint.auth.principal import Principal
+from facemint.auth.scopes import scopes_for_role
 from facemint.config import Settings
-from facemint.tenants.orm import Tenant
-from facemint.users.orm import Role
+from facemint.context import RequestContext
+from facemint.integrations.zendesk import service as zendesk
+from facemint.integrations.zendesk.orm import AssetKind
+from facemint.integrations.zendesk.schemas import ConnectorWrite
+from facemint.storage import LocalStorage
+from facemint.tenants.orm import Plan, Tenant
+from facemint.users.orm import Role, User
 from tests.factories import create_tenant, fund
-from tests.jobs.admin_job_factory import queued_job
+from tests.jobs.admin_job_factory import queued_job, result_png
 from tests.platform.conftest import Caller, MakeCaller
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -30,6 +39,18 @@ def admin_operations(app: FastAPI) -> list[tuple[str, str]]:
         if isinstance(context.original_route, APIRoute) and path and path.startswith("/admin/v1"):
             operations += [(method, path) for method in sorted(context.methods or ()) if method != "HEAD"]
     return sorted(operations)
+
+
+def principal_of(user: User) -> Principal:
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        role=Role(user.role),
+        tenant_id=user.tenant_id,
+        account_id=user.account_id,
+        plan="free",
+        scopes=scopes_for_role(user.role),
+    )
 
 
 def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -54,7 +75,9 @@ class World:
 
 @pytest.fixture
 def world(client: TestClient, session: Session, make_caller: MakeCaller) -> World:
-    tenant_a, tenant_b = create_tenant(session, name="tenant-a"), create_tenant(session, name="tenant-b")
+    # The largest plan's rate limits: the route walk sends every admin operation with the same keys in a minute.
+    tenant_a = create_tenant(session, name="tenant-a", plan=Plan.enterprise)
+    tenant_b = create_tenant(session, name="tenant-b", plan=Plan.enterprise)
     admin_b = make_caller(Role.tenant_admin, tenant_b)
     member_b = make_caller(Role.member, tenant_b)
     listing = client.get("/admin/v1/api-keys", params={"user_id": member_b.id}, headers=admin_b.headers).json()
@@ -154,7 +177,13 @@ class TestRouteWalk:
 
     @pytest.fixture
     def ids(
-        self, client: TestClient, session: Session, settings: Settings, world: World, make_caller: MakeCaller
+        self,
+        client: TestClient,
+        session: Session,
+        settings: Settings,
+        world: World,
+        make_caller: MakeCaller,
+        tmp_path: Path,
     ) -> dict[str, Any]:
         member = world.member_a
         transaction_id = fund(session, account_id=member.user.account_id, amount=10)
@@ -174,7 +203,36 @@ class TestRouteWalk:
             headers={**make_caller(Role.operator).headers, "Idempotency-Key": "walk-approval"},
         )
         assert held.status_code == 202, held.text
+        # Tenant A's Zendesk connector and an image of its, for the connector's routes (made as the API makes them).
+        context = RequestContext(principal=principal_of(world.admin_a.user), request_id=None, ip="127.0.0.1")
+        zendesk.put_connector(
+            session,
+            context=context,
+            settings=settings,
+            tenant_id=world.tenant_a.id,
+            tenant_scope=None,
+            data=ConnectorWrite(
+                subdomain="walk",
+                api_email="agent@walk.example.test",
+                api_token=SecretStr("walk-token"),
+                signing_secret=SecretStr("walk-secret"),
+                integration_user_id=member.id,
+            ),
+        )
+        asset = zendesk.create_asset(
+            session,
+            context=context,
+            settings=settings,
+            storage=LocalStorage(tmp_path),
+            tenant_id=world.tenant_a.id,
+            tenant_scope=None,
+            kind=AssetKind.template,
+            name="walk",
+            data=result_png(64, 64),
+        )
+        session.commit()
         return {
+            "asset_id": asset.id,
             "tenant_id": world.tenant_a.id,
             "user_id": member.id,
             "key_id": listing.json()["items"][0]["id"],

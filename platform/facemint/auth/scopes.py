@@ -28,6 +28,10 @@ class Scope(StrEnum):
     prices_read = "prices:read"
     prices_write = "prices:write"
     webhooks_write = "webhooks:write"  # rotate the tenant's webhook signing secret
+    # The tenant's integrations (Zendesk): connector settings, assets, rules and the tickets handled. Reading shows
+    # no credential (fingerprints only); writing sets them.
+    integrations_read = "integrations:read"
+    integrations_write = "integrations:write"
     # /admin/v1/jobs: every job within the caller's tenant scope (not only its own, as /v1's jobs:read).
     jobs_admin_read = "jobs:admin-read"
     jobs_admin_write = "jobs:admin-write"  # cancel another user's job
@@ -61,6 +65,7 @@ _READ_ALL = {
     Scope.reports_read,
     Scope.prices_read,
     Scope.jobs_admin_read,
+    Scope.integrations_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -82,6 +87,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.prices_read,
             Scope.reports_read,  # the finance views, limited to its own tenant
             Scope.webhooks_write,
+            Scope.integrations_read,
+            Scope.integrations_write,
             Scope.jobs_admin_read,
             Scope.jobs_admin_write,
             Scope.jobs_admin_results,

@@ -3,8 +3,8 @@
 RQ's default worker forks a work-horse per job, which reloads the models and breaks CUDA contexts; a
 `SimpleWorker` runs each job in its own process instead. `--concurrency N` starts N such processes (each with
 its own warm engine) under a supervisor that restarts one that dies. Every worker also runs, in background
-threads, the sweeper, the sealer, the webhook sender, its heartbeat (for /metrics) and the periodic
-reconciliation (one worker at a time, every `reconcile_interval_seconds`)."""
+threads, the sweeper, the sealer, the webhook sender, the Zendesk replies, its heartbeat (for /metrics) and the
+periodic reconciliation (one worker at a time, every `reconcile_interval_seconds`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from billing.sealing import service as sealing
 from facemint import metrics, tracing
 from facemint.config import Settings
 from facemint.db import make_engine, make_sessionmaker, unit_of_work
+from facemint.integrations.zendesk.replies import ReplySender
 from facemint.reports import service as reports
 from facemint.storage import make_storage
 from facemint.webhooks.sender import WebhookSender
@@ -81,6 +82,12 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
         sweeper.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweeper.sweep_once(context)),
         sweeper.Periodic("sealer", settings.seal_interval_seconds, lambda: _seal(context)),
         sweeper.Periodic("heartbeat", settings.worker_heartbeat_seconds, lambda: _beat(context)),
+        # Zendesk replies of settled swaps (facemint.integrations.zendesk.replies), retried with backoff.
+        sweeper.Periodic(
+            "zendesk-replies",
+            settings.zendesk_poll_seconds,
+            ReplySender(context.sessions, settings=settings, storage=context.storage).run_once,
+        ),
     ]
     if settings.reconcile_interval_seconds > 0:
         check_every = min(settings.reconcile_interval_seconds, RECONCILE_CHECK_SECONDS)

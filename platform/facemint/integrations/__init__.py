@@ -1,0 +1,1 @@
+"""Integrations with other products a tenant uses (Zendesk), each a subpackage of its own."""

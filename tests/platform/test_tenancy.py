@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from facemint.config import Settings
-from facemint.tenants.orm import Tenant
+from facemint.tenants.orm import Plan, Tenant
 from facemint.users.orm import Role
 from tests.factories import create_tenant, fund
 from tests.jobs.admin_job_factory import queued_job
@@ -54,7 +54,9 @@ class World:
 
 @pytest.fixture
 def world(client: TestClient, session: Session, make_caller: MakeCaller) -> World:
-    tenant_a, tenant_b = create_tenant(session, name="tenant-a"), create_tenant(session, name="tenant-b")
+    # Pro: the route walk sends every admin operation with one member's key, more than the free plan's 60 a minute.
+    tenant_a = create_tenant(session, name="tenant-a", plan=Plan.pro)
+    tenant_b = create_tenant(session, name="tenant-b", plan=Plan.pro)
     admin_b = make_caller(Role.tenant_admin, tenant_b)
     member_b = make_caller(Role.member, tenant_b)
     listing = client.get("/admin/v1/api-keys", params={"user_id": member_b.id}, headers=admin_b.headers).json()

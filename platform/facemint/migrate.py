@@ -51,6 +51,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "users": READ_WRITE,
     "api_keys": READ_WRITE,
     "webhook_events": READ_WRITE,
+    "balance_alerts": READ_WRITE,  # thresholds, and whether each is armed (removing one stamps it)
     "alembic_version": OWNER_ONLY,
 }
 # Columns only the database writes (their defaults), which the service may therefore not name: the journal is

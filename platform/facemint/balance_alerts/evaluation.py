@@ -9,9 +9,10 @@ every alert it names that crossed a line and returns them.
 - A disarmed alert whose account's available reaches `threshold + hysteresis` re-arms.
 
 Where it runs: right after the platform's movements, on the accounts they touched (recharges, batches,
-adjustments, reversals: `evaluate_transaction`), and when an alert is set (`evaluate_accounts`). `sweep` is a
-pass over every alert, for what no movement's evaluation saw (the hold a submit reserves, which the submit path
-leaves alone).
+adjustments, reversals: `evaluate_transaction`; a worker's settlement of a job, and an alert being set:
+`evaluate_accounts`), and in every worker's sweeper over all alerts (`sweep`). The hold a submit reserves
+lowers available without an evaluation (the submit path stays as it was): the job's settlement, or the next
+sweep, fires the alert.
 
 Locks: an evaluation after a movement locks only alerts of accounts whose rows that transaction already holds, so
 two of them never wait on each other's alerts; the sweeper skips alerts another transaction holds (SKIP LOCKED)

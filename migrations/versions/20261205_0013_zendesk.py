@@ -1,7 +1,7 @@
 """zendesk: the Zendesk avatar connector's tables
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-05 12:00:00
 
 - `zendesk_assets`: a tenant's allow-listed images (avatar templates and scenes), stored by the service;
@@ -21,7 +21,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -15,6 +15,8 @@ from facemint.api_keys.endpoints import router as api_keys_router
 from facemint.approvals.endpoints import router as approvals_router
 from facemint.audit.endpoints import router as audit_router
 from facemint.auth.endpoints import router as auth_router
+from facemint.balance_alerts.endpoints import admin_router as balance_alerts_admin_router
+from facemint.balance_alerts.endpoints import v1_router as balance_alerts_v1_router
 from facemint.balances.endpoints import admin_router as balances_admin_router
 from facemint.balances.endpoints import v1_router as balances_v1_router
 from facemint.config import Environment, Settings, get_settings
@@ -112,12 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         auth_router,
         balances_v1_router,
+        balance_alerts_v1_router,
         jobs_router,
         tenants_router,
         users_router,
         api_keys_router,
         recharges_router,
         balances_admin_router,
+        balance_alerts_admin_router,
         audit_router,
         reports_router,
         prices_router,

@@ -55,6 +55,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "zendesk_connectors": READ_WRITE,
     "zendesk_results": READ_WRITE,
     "zendesk_tickets": READ_WRITE,
+    "balance_alerts": READ_WRITE,  # thresholds, and whether each is armed (removing one stamps it)
     "alembic_version": OWNER_ONLY,
 }
 # Columns only the database writes (their defaults), which the service may therefore not name: the journal is

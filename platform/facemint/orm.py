@@ -8,6 +8,7 @@ from billing.sealing import orm as sealing_orm  # noqa: F401  (registers the sea
 from facemint.api_keys.orm import ApiKey
 from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)
 from facemint.audit.orm import AuditEvent
+from facemint.balance_alerts.orm import BalanceAlert
 from facemint.db import Base
 from facemint.integrations.zendesk.orm import ZendeskAsset, ZendeskConnector, ZendeskResult, ZendeskTicket
 from facemint.jobs.orm import Job
@@ -19,6 +20,7 @@ from facemint.webhooks.orm import WebhookDelivery, WebhookEvent
 __all__ = [
     "ApiKey",
     "AuditEvent",
+    "BalanceAlert",
     "Base",
     "Hold",
     "Job",

@@ -32,6 +32,8 @@ from facemint.approvals import service as approvals
 from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope, scopes_for_role
+from facemint.balance_alerts import service as alerts
+from facemint.balance_alerts.schemas import BalanceAlertSet
 from facemint.config import Settings
 from facemint.context import RequestContext
 from facemint.db import unit_of_work
@@ -62,6 +64,7 @@ _counter = itertools.count(1)
 WORLD_PLAN = Plan.enterprise
 USER_TOKENS = 1_000  # each tenant user's own account: a swap's hold, a reversal taking a recharge back
 POOL_TOKENS = 1_000_000  # each pool: a held approval (above the threshold) still covered when it is approved
+ALERT_THRESHOLD = 1  # low-balance alerts the world sets: far below every funded account, so none fires
 
 
 @functools.cache
@@ -176,6 +179,29 @@ class Side:
             return api_key.id
 
         return self._once("subject_key_id", make)
+
+    def alerted(self, member: WorldUser) -> int:
+        """`member`'s id, once a low-balance alert is set on its account."""
+
+        def make() -> int:
+            session = self.world.session
+            target = alerts.user_account(session, user_id=member.id, tenant_scope=None)
+            alerts.set_alert(session, context=None, target=target, data=BalanceAlertSet(threshold=ALERT_THRESHOLD))
+            return member.id
+
+        return int(self._once(f"alert:{member.id}", make))
+
+    @property
+    def alerted_pool(self) -> int:
+        """The tenant's id, once a low-balance alert is set on its pool."""
+
+        def make() -> int:
+            session = self.world.session
+            target = alerts.pool_account(session, tenant_id=self.tenant.id, tenant_scope=None)
+            alerts.set_alert(session, context=None, target=target, data=BalanceAlertSet(threshold=ALERT_THRESHOLD))
+            return self.tenant.id
+
+        return int(self._once("alerted_pool", make))
 
     def job_of(self, owner: WorldUser, *, finished: bool = False) -> str:
         """The public id of a queued job of `owner` (or a canceled one: `finished`), made as a submit makes it."""
@@ -443,6 +469,22 @@ def user_path(suffix: str = "", *, frozen: bool = False, **kwargs: Any) -> Build
         return Call(f"/admin/v1/users/{user.id}{suffix}", **kwargs)
 
     return build_call
+
+
+def own_alert(world: World, variant: str, role: Role) -> Call:
+    """/v1/balance/alert, with an alert set on the caller's account (staff belong to no tenant: they have none)."""
+    if role not in STAFF_ROLES:
+        world.own.alerted(world.caller(role))
+    return Call("/v1/balance/alert")
+
+
+def user_alert(world: World, variant: str, role: Role) -> Call:
+    side = world.side(variant)
+    return Call(f"/admin/v1/users/{side.alerted(side.subject)}/balance/alert")
+
+
+def pool_alert(world: World, variant: str, role: Role) -> Call:
+    return Call(f"/admin/v1/tenants/{world.side(variant).alerted_pool}/pool/alert")
 
 
 def object_path(template: str, attribute: str, **kwargs: Any) -> Builder:

@@ -55,6 +55,8 @@ from tests.platform.access_world import (
     fixed,
     job_path,
     object_path,
+    own_alert,
+    pool_alert,
     renamed_tenant,
     same_price,
     sign_in,
@@ -62,6 +64,7 @@ from tests.platform.access_world import (
     tenant_filter,
     tenant_path,
     unique,
+    user_alert,
     user_path,
     zendesk_asset,
     zendesk_asset_upload,
@@ -142,6 +145,15 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     # /v1: the caller's own account and jobs.
     ("GET", "/v1/balance"): rule(S.balance_read, N.nothing, fixed("/v1/balance")),
     ("GET", "/v1/ledger"): rule(S.ledger_read, N.nothing, fixed("/v1/ledger")),
+    # The caller's own low-balance alert. Staff belong to no tenant, so no events URL could receive theirs.
+    ("GET", "/v1/balance/alert"): rule(S.balance_read, N.nothing, own_alert, staff_ok=(404, "balance_alert_not_found")),
+    ("PUT", "/v1/balance/alert"): rule(
+        S.balance_alert_write,
+        N.nothing,
+        fixed("/v1/balance/alert", json={"threshold": 10}),
+        staff_ok=(422, "balance_alert_without_tenant"),
+    ),
+    ("DELETE", "/v1/balance/alert"): rule(S.balance_alert_write, N.nothing, own_alert, ok=204),
     ("POST", "/v1/swaps"): rule(
         S.swaps_write,
         N.nothing,
@@ -169,6 +181,21 @@ RULES: dict[Route, tuple[Rule, ...]] = {
         S.tenants_write, N.tenant_object, tenant_path("/activate")
     ),
     ("GET", "/admin/v1/tenants/{tenant_id}/pool"): rule(S.balances_read, N.tenant_object, tenant_path("/pool")),
+    # Low-balance alerts: read as balances are; set and removed by tenant admins (their own tenant) and staff.
+    ("GET", "/admin/v1/tenants/{tenant_id}/pool/alert"): rule(S.balances_read, N.tenant_object, pool_alert),
+    ("PUT", "/admin/v1/tenants/{tenant_id}/pool/alert"): rule(
+        S.balance_alerts_write, N.tenant_object, tenant_path("/pool/alert", json={"threshold": 10})
+    ),
+    ("DELETE", "/admin/v1/tenants/{tenant_id}/pool/alert"): rule(
+        S.balance_alerts_write, N.tenant_object, pool_alert, ok=204
+    ),
+    ("GET", "/admin/v1/users/{user_id}/balance/alert"): rule(S.balances_read, N.tenant_object, user_alert),
+    ("PUT", "/admin/v1/users/{user_id}/balance/alert"): rule(
+        S.balance_alerts_write, N.tenant_object, user_path("/balance/alert", json={"threshold": 10})
+    ),
+    ("DELETE", "/admin/v1/users/{user_id}/balance/alert"): rule(
+        S.balance_alerts_write, N.tenant_object, user_alert, ok=204
+    ),
     ("GET", "/admin/v1/tenants/{tenant_id}/events"): rule(S.tenants_read, N.tenant_object, tenant_path("/events")),
     ("GET", "/admin/v1/tenants/{tenant_id}/events-webhook"): rule(
         S.tenants_read, N.tenant_object, tenant_path("/events-webhook")

@@ -109,6 +109,12 @@ class TestTenantIsolation:
             ("GET", f"/admin/v1/api-keys?tenant_id={tenant_b}", None),
             ("GET", f"/admin/v1/balances?tenant_id={tenant_b}", None),
             ("GET", f"/admin/v1/audit-events?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/users/{user_b}/balance/alert", None),
+            ("PUT", f"/admin/v1/users/{user_b}/balance/alert", {"threshold": 5}),
+            ("DELETE", f"/admin/v1/users/{user_b}/balance/alert", None),
+            ("GET", f"/admin/v1/tenants/{tenant_b}/pool/alert", None),
+            ("PUT", f"/admin/v1/tenants/{tenant_b}/pool/alert", {"threshold": 5}),
+            ("DELETE", f"/admin/v1/tenants/{tenant_b}/pool/alert", None),
         ]:
             response = client.request(method, path, json=body, headers=a)
             assert response.status_code == 404, (method, path, response.text)
@@ -117,6 +123,8 @@ class TestTenantIsolation:
         # Nothing happened to B's objects.
         user = client.get(f"/admin/v1/users/{user_b}", headers=world.admin_b.headers).json()
         assert (user["name"], user["status"]) == ("Bea", "active")
+        assert client.get(f"/admin/v1/users/{user_b}/balance/alert", headers=world.admin_b.headers).status_code == 404
+        assert client.get(f"/admin/v1/tenants/{tenant_b}/pool/alert", headers=world.admin_b.headers).status_code == 404
         assert client.get("/v1/balance", headers=world.member_b.headers).status_code == 200
 
     def test_lists_only_show_the_own_tenant(self, client: TestClient, world: World) -> None:
@@ -203,6 +211,10 @@ class TestRouteWalk:
             headers={**make_caller(Role.operator).headers, "Idempotency-Key": "walk-approval"},
         )
         assert held.status_code == 202, held.text
+        # Low-balance alerts on the member's account and the tenant's pool, so reading them finds one.
+        for path in (f"/admin/v1/users/{member.id}/balance/alert", f"/admin/v1/tenants/{world.tenant_a.id}/pool/alert"):
+            response = client.put(path, json={"threshold": 5}, headers=world.admin_a.headers)
+            assert response.status_code == 200, response.text
         # Tenant A's Zendesk connector and an image of its, for the connector's routes (made as the API makes them).
         context = RequestContext(principal=principal_of(world.admin_a.user), request_id=None, ip="127.0.0.1")
         zendesk.put_connector(

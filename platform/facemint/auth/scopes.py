@@ -23,6 +23,9 @@ class Scope(StrEnum):
     # reads and never writes, so it does not hold this.
     reconciliation_run = "reconciliation:run"
     balances_read = "balances:read"
+    # Set or remove the low-balance alerts of users and tenant pools (within the caller's tenant scope); reading
+    # them is `balances:read`.
+    balance_alerts_write = "balance-alerts:write"
     audit_read = "audit:read"
     reports_read = "reports:read"
     prices_read = "prices:read"
@@ -40,6 +43,7 @@ class Scope(StrEnum):
     jobs_admin_results = "jobs:admin-results"
     # /v1: the caller's own account.
     balance_read = "balance:read"
+    balance_alert_write = "balance-alert:write"  # set or remove the caller's own low-balance alert (never money)
     ledger_read = "ledger:read"
     swaps_write = "swaps:write"
     jobs_read = "jobs:read"
@@ -49,6 +53,7 @@ class Scope(StrEnum):
 
 _V1 = {
     Scope.balance_read,
+    Scope.balance_alert_write,
     Scope.ledger_read,
     Scope.swaps_write,
     Scope.jobs_read,
@@ -83,6 +88,7 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.recharges_read,
             Scope.recharges_write,
             Scope.balances_read,
+            Scope.balance_alerts_write,
             Scope.audit_read,
             Scope.prices_read,
             Scope.reports_read,  # the finance views, limited to its own tenant

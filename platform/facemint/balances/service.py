@@ -17,6 +17,7 @@ from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.approvals.service import Held
 from facemint.audit import service as audit
+from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.balances.schemas import AccountBalanceRead, AdjustmentCreate, ReversalCreate
 from facemint.context import RequestContext
 from facemint.pagination import newest_first
@@ -184,6 +185,7 @@ def _post_adjustment(
         reason=body["reason"],
     )
     if not posting.replayed:
+        balance_alerts.evaluate_transaction(session, transaction_id=posting.transaction_id)
         audit.record(
             session,
             context=context,
@@ -303,6 +305,7 @@ def _post_reversal(
         tenant_id=tenant_scope,
     )
     if not posting.replayed:
+        balance_alerts.evaluate_transaction(session, transaction_id=posting.transaction_id)
         audit.record(
             session,
             context=context,

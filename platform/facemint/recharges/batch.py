@@ -21,6 +21,7 @@ from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.approvals.service import Held, approved_from
 from facemint.audit import service as audit
+from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.context import RequestContext
 from facemint.recharges.errors import BatchRejected
 from facemint.recharges.origin import Origin, Source, ensure_pool_covers, key_scope, source_for
@@ -266,6 +267,9 @@ def apply_batch(
         source_account_id=staged.source.account_id,
         source_tracked=staged.source.tracked,
     )
+    if applied_batch.transaction_id is not None:
+        # The pool it drew on (a tenant admin's batch) and every user it credited.
+        balance_alerts.evaluate_transaction(session, transaction_id=applied_batch.transaction_id)
     result = staged.result | {
         "batch_id": claimed,
         "transaction_id": applied_batch.transaction_id,

@@ -19,6 +19,7 @@ from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApprova
 from facemint.approvals.service import Held, approval_key, approved_from
 from facemint.audit import service as audit
 from facemint.auth.principal import Principal
+from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.context import RequestContext
 from facemint.errors import Forbidden
 from facemint.recharges.errors import AmountAboveCeiling, RecipientFrozen, RecipientTenantSuspended
@@ -176,6 +177,8 @@ def credit(
         reference=body.get("reference"),
     )
     if not posting.replayed:
+        # The recipient rose (may re-arm), a tenant admin's pool fell (may fire).
+        balance_alerts.evaluate_transaction(session, transaction_id=posting.transaction_id)
         audit.record(
             session,
             context=context,

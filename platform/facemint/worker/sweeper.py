@@ -5,7 +5,10 @@ locks the rows it takes with SKIP LOCKED and moves them with guarded statements)
 2. take back: running jobs whose worker stopped heartbeating go back to the queue, or fail and release;
 3. deadline: queued or running jobs past their deadline fail and release;
 4. holds: holds past their own expiry are released by the ledger (the backstop);
-5. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
+5. low-balance alerts: every alert whose account crossed its line fires (its `balance.low` event queued) or
+   re-arms (facemint.balance_alerts.evaluation): the drops holds made at submit and the rises releases made,
+   which no evaluation saw in their own transaction;
+6. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
    purged (marked only once the storage confirmed); every `orphan_sweep_interval_seconds`, files no job accounts
    for any more are removed, and staged files and unfinished uploads a crash left (see facemint.jobs.files).
 
@@ -28,6 +31,7 @@ from rq.job import JobStatus as RQStatus
 from billing.ledger import holds as ledger_holds
 from facemint import tracing
 from facemint.approvals import service as approvals
+from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, sweeps
 from facemint.worker.tasks import WorkerContext
@@ -43,6 +47,8 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     holds_expired: list[int] = field(default_factory=list)
+    alerts_fired: int = 0
+    alerts_rearmed: int = 0
     files_deleted: int = 0
     orphans_deleted: int = 0
     approvals_expired: int = 0
@@ -73,6 +79,13 @@ def sweep_once(context: WorkerContext) -> SweepReport:
             expired = ledger_holds.expire_due_holds(session, limit=BATCH)
         report.holds_expired += expired
         if len(expired) < BATCH:
+            break
+    for _ in range(MAX_BATCHES):
+        with unit_of_work(context.sessions) as session:
+            alerts = balance_alerts.sweep(session, limit=BATCH)
+        report.alerts_fired += alerts.fired
+        report.alerts_rearmed += alerts.rearmed
+        if alerts.moved < BATCH:
             break
     with unit_of_work(context.sessions) as session:
         report.approvals_expired = approvals.expire_due(session)

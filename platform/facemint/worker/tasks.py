@@ -23,10 +23,12 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facemint import log_setup, metrics, tracing
+from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.config import Settings
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, video_metering
@@ -219,7 +221,7 @@ def _run(
         status = JobStatus.canceled if how == "cancel" else JobStatus.failed
         settled = _with_retry(
             context,
-            lambda s: jobs.fail(s, job_id=job.id, attempt=attempt, code=code, detail=detail, status=status),
+            _settling(lambda s: jobs.fail(s, job_id=job.id, attempt=attempt, code=code, detail=detail, status=status)),
             what=how,
         )
         return status.value if settled is not None else "lost"
@@ -228,18 +230,20 @@ def _run(
         time.sleep(context.settings.debug_pause_before_settle_seconds)
     settled = _with_retry(
         context,
-        lambda s: jobs.complete(
-            s,
-            job_id=job.id,
-            attempt=attempt,
-            result_location=output.key,
-            content_type=output.content_type,
-            size_bytes=output.size_bytes,
-            timings_ms=output.timings_ms,
-            result_ttl_seconds=context.settings.result_ttl_seconds,
-            frames_done=output.frames_done,
-            frames_total=output.frames_total,
-            synchronous_commit=context.settings.holds_synchronous_commit,
+        _settling(
+            lambda s: jobs.complete(
+                s,
+                job_id=job.id,
+                attempt=attempt,
+                result_location=output.key,
+                content_type=output.content_type,
+                size_bytes=output.size_bytes,
+                timings_ms=output.timings_ms,
+                result_ttl_seconds=context.settings.result_ttl_seconds,
+                frames_done=output.frames_done,
+                frames_total=output.frames_total,
+                synchronous_commit=context.settings.holds_synchronous_commit,
+            )
         ),
         what="capture",
     )
@@ -261,13 +265,15 @@ def _run(
         context.storage.delete(output.key)
         canceled = _with_retry(
             context,
-            lambda s: jobs.fail(
-                s,
-                job_id=job.id,
-                attempt=attempt,
-                code="canceled",
-                detail="canceled by the caller; stopped before the capture",
-                status=JobStatus.canceled,
+            _settling(
+                lambda s: jobs.fail(
+                    s,
+                    job_id=job.id,
+                    attempt=attempt,
+                    code="canceled",
+                    detail="canceled by the caller; stopped before the capture",
+                    status=JobStatus.canceled,
+                )
             ),
             what="cancel",
         )
@@ -390,13 +396,15 @@ class VideoRun:
             self.discard_staging()
             canceled = _with_retry(
                 self.context,
-                lambda s: jobs.fail(
-                    s,
-                    job_id=self.job.id,
-                    attempt=self.attempt,
-                    code="canceled",
-                    detail="canceled by the caller before any frame was processed; nothing charged",
-                    status=JobStatus.canceled,
+                _settling(
+                    lambda s: jobs.fail(
+                        s,
+                        job_id=self.job.id,
+                        attempt=self.attempt,
+                        code="canceled",
+                        detail="canceled by the caller before any frame was processed; nothing charged",
+                        status=JobStatus.canceled,
+                    )
                 ),
                 what="cancel",
             )
@@ -416,19 +424,21 @@ class VideoRun:
     def _settle_partial(self, output: Output, seconds: int) -> str:
         settled = _with_retry(
             self.context,
-            lambda s: jobs.cancel_with_partial_result(
-                s,
-                job_id=self.job.id,
-                attempt=self.attempt,
-                seconds=seconds,
-                frames_done=output.frames_done or 0,
-                frames_total=output.frames_total or 0,
-                result_location=output.key,
-                content_type=output.content_type,
-                size_bytes=output.size_bytes,
-                timings_ms=output.timings_ms,
-                result_ttl_seconds=self.context.settings.result_ttl_seconds,
-                synchronous_commit=self.context.settings.holds_synchronous_commit,
+            _settling(
+                lambda s: jobs.cancel_with_partial_result(
+                    s,
+                    job_id=self.job.id,
+                    attempt=self.attempt,
+                    seconds=seconds,
+                    frames_done=output.frames_done or 0,
+                    frames_total=output.frames_total or 0,
+                    result_location=output.key,
+                    content_type=output.content_type,
+                    size_bytes=output.size_bytes,
+                    timings_ms=output.timings_ms,
+                    result_ttl_seconds=self.context.settings.result_ttl_seconds,
+                    synchronous_commit=self.context.settings.holds_synchronous_commit,
+                )
             ),
             what="capture",
         )
@@ -440,7 +450,9 @@ class VideoRun:
 
 def _retry_or_fail(context: WorkerContext, job: Any, attempt: int, *, code: str, detail: str) -> str:
     row = _with_retry(
-        context, lambda s: jobs.retry(s, job_id=job.id, attempt=attempt, code=code, detail=detail), what="retry"
+        context,
+        _settling(lambda s: jobs.retry(s, job_id=job.id, attempt=attempt, code=code, detail=detail)),
+        what="retry",
     )
     if row is None:
         return "lost"
@@ -470,6 +482,20 @@ def _after_settlement(context: WorkerContext, job: Any, outcome: str) -> None:
 def _record_timings(context: WorkerContext, timings_ms: dict[str, float]) -> None:
     with contextlib.suppress(RedisError):  # metrics never fail a job
         metrics.record_stage_timings(context.redis, timings_ms)
+
+
+def _settling(settle: Callable[[Session], Row[Any] | None]) -> Callable[[Session], Row[Any] | None]:
+    """A settlement, then the low-balance alerts of the job's account in the same transaction: a capture brings
+    the drop its hold made at submit to the alerts (the submit path evaluates none), a release may re-arm one. A
+    retry that queued the job again moved no tokens: nothing to evaluate."""
+
+    def run(session: Session) -> Row[Any] | None:
+        row = settle(session)
+        if row is not None and row.status in TERMINAL_STATUSES:
+            balance_alerts.evaluate_accounts(session, account_ids=[row.account_id])
+        return row
+
+    return run
 
 
 def _with_retry(context: WorkerContext, work: Callable[[Session], T], *, what: str) -> T:

@@ -51,6 +51,8 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "users": READ_WRITE,
     "api_keys": READ_WRITE,
     "webhook_events": READ_WRITE,
+    "abuse_rules": READ_WRITE,  # retired by `deleted_at`, never deleted
+    "abuse_triggers": READ_WRITE,  # resolved once (a trigger in the migration), never deleted
     "alembic_version": OWNER_ONLY,
 }
 # Columns only the database writes (their defaults), which the service may therefore not name: the journal is

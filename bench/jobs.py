@@ -23,7 +23,11 @@ canceled (no worker runs in phases 1 and 2, and a backlog of thousands is beyond
 `--baseline-src DIR` measures phases 1 and 2 also against the API of another checkout (for example
 `git worktree add /tmp/before <commit>`) on the same servers, interleaved with this checkout's round by round:
 before and after in one run. `--baseline-hide` hides modules from the baseline's process (the C event loop and
-HTTP parser, to measure a checkout from before they were dependencies as it ran)."""
+HTTP parser, to measure a checkout from before they were dependencies as it ran).
+
+`--abuse-rules` measures only what the abuse rules cost a submit: closed-loop windows with the tenant's rules on
+and off (and the baseline checkout, before the rules existed, when given), interleaved round by round, then the
+check's own cost per call without HTTP (docs/benchmarks.md, "The abuse rules' cost")."""
 
 from __future__ import annotations
 
@@ -98,11 +102,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def seed(srv: common.Servers, *, members: int) -> list[str]:
+def seed(srv: common.Servers, *, members: int) -> tuple[int, list[str]]:
+    """The members' tenant and one API key per member."""
     settings = srv.settings()
     engine = create_engine(sqlalchemy_url(srv.database_url))
     with Session(engine) as session:
-        _, accounts = common.seed_members(session, n=members, prefix="jobs")
+        tenant_id, accounts = common.seed_members(session, n=members, prefix="jobs")
         common.fund_set_based(session, account_ids=accounts, amount=10_000_000, key="bench-jobs-fund")
         session.commit()
         user_ids = session.execute(
@@ -119,7 +124,7 @@ def seed(srv: common.Servers, *, members: int) -> list[str]:
             keys.append(key)
         session.commit()
     engine.dispose()
-    return keys
+    return tenant_id, keys
 
 
 async def _one(client: httpx.AsyncClient, key: str, latencies: list[float], codes: dict[int, int]) -> None:
@@ -405,6 +410,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=50)
     parser.add_argument("--e2e-jobs", type=int, default=400)
     parser.add_argument("--handover-rate", type=float, default=3.0)
+    parser.add_argument(
+        "--abuse-rules",
+        action="store_true",
+        help="only the abuse rules' cost: closed-loop submits with the tenant's rules on and off (and the baseline)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     common.bounded(1500)
@@ -420,7 +430,7 @@ def main() -> None:
     write_demo_models(models)
     with common.servers("jobs") as srv, ExitStack() as stack:
         out["environment"] = common.describe(srv)
-        keys = seed(srv, members=args.members)
+        tenant_id, keys = seed(srv, members=args.members)
         db = create_engine(sqlalchemy_url(srv.database_url))
         env = {"FACEMINT_DATA_DIR": str(tmp / "data"), "FACEMINT_PREFER_WAIT_MAX_SECONDS": "0"}
         base, proc = stack.enter_context(procs.api_process(srv, workers=args.api_workers, **env))
@@ -433,6 +443,12 @@ def main() -> None:
             b_base, b_proc = stack.enter_context(procs.api_process(srv, workers=args.api_workers, **baseline_env))
             apis.append(Api("baseline", b_base, b_proc))
             out["baseline"] = {"src": str(src), "hidden": hide}
+        if args.abuse_rules:
+            out["abuse_rules"] = abuse_phases(apis, db, srv.redis_url, keys, args, tenant_id=tenant_id)
+            db.dispose()
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=2, default=str))
+            return
         out["submits"] = submit_phases(apis, db, srv.redis_url, keys, args)
         for api in apis:
             print_summary(
@@ -445,6 +461,110 @@ def main() -> None:
         db.dispose()
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+# --- the abuse rules' cost on the submit path (--abuse-rules) ---------------------------------------------------
+
+# Rules the benchmark's traffic never triggers (what is measured is counting and evaluating them on every submit):
+# one of each kind; the same-face rule is the worker's and costs the submit nothing.
+ABUSE_RULES = [
+    {"kind": "jobs_per_window", "max_jobs": 1_000_000, "window_seconds": 60},
+    {"kind": "spend_rate", "multiple": 1000.0, "baseline_hours": 24, "window_seconds": 600, "min_tokens": 10**12},
+    {"kind": "same_face_per_window", "max_jobs": 1_000_000, "window_seconds": 3600},
+]
+
+
+def set_abuse_rules(db: Engine, redis_url: str, tenant_id: int, *, enabled: bool) -> None:
+    """Turn the tenant's rules on or off as a change through the admin API would: a new version, mirrored."""
+    from redis import Redis
+
+    from facemint.abuse import counters
+    from facemint.abuse.orm import AbuseRule
+
+    with Session(db) as session:
+        if not session.scalar(text("SELECT count(*) FROM abuse_rules WHERE tenant_id = :t"), {"t": tenant_id}):
+            session.add_all(AbuseRule(tenant_id=tenant_id, action="flag", **rule) for rule in ABUSE_RULES)
+        session.execute(
+            text("UPDATE abuse_rules SET enabled = :on WHERE tenant_id = :t"), {"on": enabled, "t": tenant_id}
+        )
+        session.execute(
+            text("UPDATE tenants SET abuse_rules_version = abuse_rules_version + 1 WHERE id = :t"), {"t": tenant_id}
+        )
+        session.commit()
+        rule_set = counters.load_rule_set(session, tenant_id=tenant_id)
+    redis = Redis.from_url(redis_url)
+    assert counters.publish(redis, tenant_id=tenant_id, rule_set=rule_set)
+    redis.close()
+
+
+def abuse_call_cost(db: Engine, redis_url: str, tenant_id: int, *, calls: int = 3000) -> dict:
+    """The abuse check's own cost, without HTTP: `check_submit` called in a loop, with the rules on and off. CPU of
+    this process (the API's side of the call) and of Redis (the script), per call."""
+    from redis import Redis
+
+    from facemint.abuse import counters
+
+    redis = Redis.from_url(redis_url)
+    redis_cpu = cpu_meters(psutil.Process(), db, redis_url)["redis"]
+    user_id = 10**9  # no seeded user: its counters are its own
+
+    def never() -> counters.RuleSet:
+        raise AssertionError("the rules are mirrored before each run")
+
+    figures = {}
+    for enabled in (False, True, False, True):
+        set_abuse_rules(db, redis_url, tenant_id, enabled=enabled)
+        cpu, wall, server = time.process_time(), time.perf_counter(), redis_cpu()
+        for _ in range(calls):
+            counters.check_submit(redis, tenant_id=tenant_id, user_id=user_id, tokens=1, load=never)
+        name = "rules" if enabled else "no rules"
+        figures.setdefault(name, []).append(
+            {
+                "client_cpu_us": round((time.process_time() - cpu) / calls * 1e6, 1),
+                "wall_us": round((time.perf_counter() - wall) / calls * 1e6, 1),
+                "redis_cpu_us": round((redis_cpu() - server) / calls * 1e6, 1),
+            }
+        )
+    redis.close()
+    return {name: {k: min(run[k] for run in runs) for k in runs[0]} for name, runs in figures.items()}
+
+
+def abuse_phases(
+    apis: list[Api], db: Engine, redis_url: str, keys: list[str], args: argparse.Namespace, *, tenant_id: int
+) -> dict:
+    """Closed-loop submit windows, interleaved round by round: this checkout with the tenant's three rules on, with
+    none (every submit still runs the check, which finds an empty rule set), and the baseline checkout if given
+    (the code before the abuse rules). Medians of the rounds, and the check's own cost per call."""
+    submits = loadgen.Submits(BODY, BOUNDARY, keys)
+    this = next(api for api in apis if api.name == "this")
+    modes: list[tuple[str, Api, bool | None]] = [("rules", this, True), ("no rules", this, False)]
+    modes += [("baseline", api, None) for api in apis if api.name == "baseline"]
+    set_abuse_rules(db, redis_url, tenant_id, enabled=False)
+    for api in apis:  # warm-up: connections, prepared statements, the interpreter's caches
+        loadgen.run(api.base, submits, seconds=2, connections=args.concurrency, generator=args.generator)
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in modes}
+    for r in range(args.rounds):
+        for name, api, enabled in modes if r % 2 == 0 else modes[::-1]:
+            if enabled is not None:
+                set_abuse_rules(db, redis_url, tenant_id, enabled=enabled)
+            result = window(api, db, redis_url, submits, args, 0.0)
+            runs[name].append(result)
+            print(
+                f"round {r + 1} {name:9s} {result['per_second']}/s {result['codes']} CPU ms/submit"
+                f" {result['cpu_ms_per_submit']} (load {result['load_1min']})",
+                flush=True,
+            )
+    figures: dict = {name: median_of(windows) for name, windows in runs.items()}
+    figures["check_per_call"] = abuse_call_cost(db, redis_url, tenant_id)
+    print(f"\nabuse rules, closed loop ({args.concurrency} connections), medians of {args.rounds} round(s):")
+    for name in runs:
+        cpu = figures[name]["cpu_ms_per_submit"]
+        print(
+            f"  {name:9s} {figures[name]['per_second']:7.1f}/s  CPU ms/submit: API {cpu['api']:.2f},"
+            f" Postgres {cpu['postgres']:.2f}, Redis {cpu['redis']:.3f}"
+        )
+    print(f"  the check alone, per call (best of 2 x 3000 calls): {figures['check_per_call']}", flush=True)
+    return figures
 
 
 # --- phases 3 and 4: hand-over and end to end -----------------------------------------------------------------

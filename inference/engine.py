@@ -127,6 +127,11 @@ class VideoResult:
     content_type: str = "video/mp4"
 
 
+# Given a job's source face embedding (normalised) once it is computed: the worker's abuse check. Raising stops the
+# swap before it starts.
+SourceFaceHook = Callable[[NDArray[np.float32]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What a job computes once: the source face with its embedding, the face choice, the reference face's
@@ -271,10 +276,12 @@ class Engine:
         quality: int = 90,
         processors: str | Sequence[str] = DEFAULT_PROCESSORS,
         checkpoint: Callable[[str], None] | None = None,
+        on_source_face: SourceFaceHook | None = None,
     ) -> SwapResult:
         """Swap the source face onto the target image's chosen faces. `processors`: "face_swapper" (always) and
         optionally "face_enhancer". `checkpoint(stage)` runs before each stage; raising there stops the swap at
-        that stage boundary (how a worker honours a cancel)."""
+        that stage boundary (how a worker honours a cancel). `on_source_face(embedding)` is given the source
+        face's normalised embedding as soon as it exists, before any swap; raising there stops the swap too."""
         selection = self._selection(faces, reference)
         pipeline = self._processors(processors)
         fmt = media_output_format(output_format, quality)  # checked before any work is done
@@ -301,6 +308,8 @@ class Engine:
         check("embed")
         with timer.stage("embed"):
             job = self._plan(source_image, source_faces, selection, reference_image, reference_faces, pipeline)
+        if on_source_face is not None:
+            on_source_face(job.source_face.normed_embedding)
 
         frame = np.array(target_image.pixels, copy=True)
         check("swap")
@@ -342,6 +351,7 @@ class Engine:
         threads: int = 0,
         progress: Callable[[int, int], None] | None = None,
         checkpoint: Callable[[str], None] | None = None,
+        on_source_face: SourceFaceHook | None = None,
     ) -> VideoResult:
         """Swap the source face onto the faces of every frame of the video `target` (within `trim`) and write
         an MP4 to `output` (H.264 yuv420p at `crf`, the original audio copied; see `inference.video_pipeline`).
@@ -355,7 +365,7 @@ class Engine:
         `batch_frames` frames at a time go to a pool of `threads` threads (0: min(4, CPUs)). `progress(done,
         total)` is called after each batch; `checkpoint("batch")` before each: when it raises, the frames
         already done are finalised into a playable, shorter `output` (no file when there are none) and the same
-        exception is re-raised."""
+        exception is re-raised. `on_source_face` as for `swap`: before the first frame."""
         selection = self._selection(faces, reference)
         pipeline = self._processors(processors)
         if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= MAX_CRF:
@@ -373,7 +383,9 @@ class Engine:
             probe, trim_start=trim.start if trim else None, trim_end=trim.end if trim else None
         )  # a trim resolved on another probe is checked against this one
         prepare_clock = time.perf_counter()
-        work = self.frame_swapper(source, faces=selection, reference=reference, processors=pipeline)
+        work = self.frame_swapper(
+            source, faces=selection, reference=reference, processors=pipeline, on_source_face=on_source_face
+        )
         prepare_ms = (time.perf_counter() - prepare_clock) * 1000
 
         outcome = run_pipeline(
@@ -436,6 +448,7 @@ class Engine:
         faces: FaceSelection | str = FaceSelection(),
         reference: bytes | None = None,
         processors: str | Sequence[str] = DEFAULT_PROCESSORS,
+        on_source_face: SourceFaceHook | None = None,
     ) -> Callable[[NDArray[np.uint8]], FrameReport]:
         """The per-frame step of a video (detect, choose, swap, paste, enhance, in place on a BGR frame), with the
         source face and embedding (and the reference's) computed once, here. `swap_video` hands it to its pool;
@@ -451,6 +464,8 @@ class Engine:
             raise NoSourceFace("no face was found in the source image")
         reference_faces = self._detect(reference_image.pixels) if reference_image is not None else []
         job = self._plan(source_image, source_faces, selection, reference_image, reference_faces, pipeline)
+        if on_source_face is not None:
+            on_source_face(job.source_face.normed_embedding)
         return lambda pixels: self._video_frame(job, pixels)
 
     def _selection(self, faces: FaceSelection | str, reference: bytes | None) -> FaceSelection:

@@ -6,15 +6,25 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
+from redis import Redis
 from sqlalchemy.orm import Session
 
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind, TransactionKind
+from facemint.abuse import freezing
+from facemint.abuse import service as abuse_service
+from facemint.abuse.counters import Triggered
+from facemint.abuse.orm import AbuseRule, AbuseTrigger, RuleAction, RuleKind
+from facemint.abuse.schemas import AbuseRuleCreate
 from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
+from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.config import Settings
+from facemint.context import RequestContext
+from facemint.db import run_after_commit
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan, Tenant
 from facemint.tenants.schemas import TenantCreate
@@ -91,3 +101,61 @@ def fund(session: Session, *, account_id: int, amount: int) -> int:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def add_abuse_rule(
+    session: Session,
+    redis: Redis,
+    *,
+    tenant_id: int,
+    kind: RuleKind,
+    action: RuleAction = RuleAction.freeze,
+    **params: Any,
+) -> AbuseRule:
+    """A tenant's abuse rule, made by a platform admin through the service, committed and mirrored into Redis (the
+    after-commit step the request boundary would run)."""
+    admin = create_user(session, role=Role.platform_admin, password=None)
+    principal = Principal(
+        user_id=admin.id,
+        email=admin.email,
+        role=Role.platform_admin,
+        tenant_id=None,
+        account_id=admin.account_id,
+        plan="platform",
+        scopes=scopes_for_role(Role.platform_admin),
+    )
+    rule = abuse_service.create_rule(
+        session,
+        context=RequestContext(principal=principal, request_id=None, ip="127.0.0.1"),
+        redis=redis,
+        tenant_id=tenant_id,
+        data=AbuseRuleCreate(kind=kind, action=action, **params),
+    )
+    session.commit()
+    run_after_commit(session)
+    return rule
+
+
+def record_abuse_trigger(session: Session, redis: Redis, *, rule: AbuseRule, user_id: int) -> AbuseTrigger:
+    """An open trigger of `rule` for the user, as the rule's check records one (a flag: nobody is frozen)."""
+    (trigger,) = freezing.record_triggers(
+        session,
+        redis=redis,
+        tenant_id=rule.tenant_id,
+        user_id=user_id,
+        job_public_id=None,
+        triggered=[
+            Triggered(
+                rule_id=rule.id,
+                kind=rule.kind,
+                action=RuleAction.flag.value,
+                window_start=1_800_000_000,
+                window_seconds=rule.window_seconds,
+                generation=0,
+                observed={"count": 2, "limit": 1},
+                first=True,
+            )
+        ],
+    )
+    session.commit()
+    return trigger

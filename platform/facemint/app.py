@@ -11,6 +11,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from facemint import health, tracing
+from facemint.abuse.endpoints import rules_router as abuse_rules_router
+from facemint.abuse.endpoints import triggers_router as abuse_triggers_router
 from facemint.api_keys.endpoints import router as api_keys_router
 from facemint.approvals.endpoints import router as approvals_router
 from facemint.audit.endpoints import router as audit_router
@@ -131,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_admin_router,
         zendesk_endpoints.webhook_router,
         zendesk_endpoints.admin_router,
+        abuse_rules_router,
+        abuse_triggers_router,
     ):
         app.include_router(router)
     install_metrics(app)

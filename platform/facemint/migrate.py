@@ -56,6 +56,8 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "zendesk_results": READ_WRITE,
     "zendesk_tickets": READ_WRITE,
     "balance_alerts": READ_WRITE,  # thresholds, and whether each is armed (removing one stamps it)
+    "abuse_rules": READ_WRITE,  # retired by `deleted_at`, never deleted
+    "abuse_triggers": READ_WRITE,  # resolved once (a trigger in the migration), never deleted
     "alembic_version": OWNER_ONLY,
 }
 # Columns only the database writes (their defaults), which the service may therefore not name: the journal is

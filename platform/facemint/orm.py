@@ -5,6 +5,7 @@ from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
 from billing.reports import orm as rollup_orm  # noqa: F401  (registers the journal's rollup)
 from billing.sealing import orm as sealing_orm  # noqa: F401  (registers the sealing tables)
+from facemint.abuse.orm import AbuseRule, AbuseTrigger
 from facemint.api_keys.orm import ApiKey
 from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)
 from facemint.audit.orm import AuditEvent
@@ -18,6 +19,8 @@ from facemint.users.orm import User
 from facemint.webhooks.orm import WebhookDelivery, WebhookEvent
 
 __all__ = [
+    "AbuseRule",
+    "AbuseTrigger",
     "ApiKey",
     "AuditEvent",
     "BalanceAlert",

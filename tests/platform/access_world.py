@@ -21,11 +21,17 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from PIL import Image
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind, TransactionKind
 from billing.pricing import service as pricing
+from facemint.abuse import freezing
+from facemint.abuse import service as abuse_service
+from facemint.abuse.counters import Triggered
+from facemint.abuse.orm import RuleAction, RuleKind
+from facemint.abuse.schemas import AbuseRuleCreate
 from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
 from facemint.approvals import service as approvals
@@ -270,6 +276,52 @@ class Side:
 
         return int(self._once("zendesk_asset_id", make))
 
+    @property
+    def abuse_rule_id(self) -> int:
+        """A `jobs_per_window` flag rule of this tenant, made by its admin."""
+
+        def make() -> int:
+            rule = abuse_service.create_rule(
+                self.world.session,
+                context=self._as_admin(),
+                redis=self.world.redis,
+                tenant_id=self.tenant.id,
+                data=AbuseRuleCreate(
+                    kind=RuleKind.jobs_per_window, action=RuleAction.flag, max_jobs=1000, window_seconds=60
+                ),
+            )
+            return rule.id
+
+        return int(self._once("abuse_rule_id", make))
+
+    @property
+    def abuse_trigger_id(self) -> int:
+        """An open trigger of that rule for `subject` (a flag: nobody is frozen)."""
+
+        def make() -> int:
+            (trigger,) = freezing.record_triggers(
+                self.world.session,
+                redis=self.world.redis,
+                tenant_id=self.tenant.id,
+                user_id=self.subject.id,
+                job_public_id=None,
+                triggered=[
+                    Triggered(
+                        rule_id=self.abuse_rule_id,
+                        kind=RuleKind.jobs_per_window.value,
+                        action=RuleAction.flag.value,
+                        window_start=1_800_000_000,
+                        window_seconds=60,
+                        generation=0,
+                        observed={"count": 1001, "limit": 1000},
+                        first=True,
+                    )
+                ],
+            )
+            return trigger.id
+
+        return int(self._once("abuse_trigger_id", make))
+
     def _as_admin(self) -> RequestContext:
         return self.world.context(self.admin, self.tenant)
 
@@ -354,6 +406,14 @@ class World:
         self.other = Side(self, OTHER)
         self._staff: dict[Role, WorldUser] = {}
         self._signer: WorldUser | None = None
+        self._redis: Redis | None = None
+
+    @property
+    def redis(self) -> Redis:
+        """Where the services mirror what they change (abuse rules) once the world commits."""
+        if self._redis is None:
+            self._redis = Redis.from_url(self.settings.redis_url or "")
+        return self._redis
 
     def side(self, variant: str) -> Side:
         """The tenant a cell's objects belong to: "own" (and "peer") the callers' tenant, "other" the other one."""
@@ -549,6 +609,14 @@ def batch(world: World, variant: str, role: Role) -> Call:
         content=f"email,amount\n{side.subject.email},5\n".encode(),
         headers={"Content-Type": "text/csv"},
     )
+
+
+def abuse_rule_path(suffix: str = "", **kwargs: Any) -> Builder:
+    def build_call(world: World, variant: str, role: Role) -> Call:
+        side = world.side(variant)
+        return Call(f"/admin/v1/tenants/{side.tenant.id}/abuse-rules/{side.abuse_rule_id}{suffix}", **kwargs)
+
+    return build_call
 
 
 def renamed_tenant(world: World, variant: str, role: Role) -> Call:

@@ -48,6 +48,7 @@ from tests.platform.access_world import (
     Call,
     Side,
     World,
+    abuse_rule_path,
     admin_job_path,
     batch,
     body_for,
@@ -202,6 +203,37 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ),
     ("PUT", "/admin/v1/tenants/{tenant_id}/events-webhook"): rule(
         S.webhooks_write, N.tenant_object, tenant_path("/events-webhook", json={"url": None})
+    ),
+    # Abuse rules and their triggers: tenant admins for their own tenant, ops for any; finance reads.
+    ("GET", "/admin/v1/tenants/{tenant_id}/abuse-rules"): rule(
+        S.abuse_read, N.tenant_object, tenant_path("/abuse-rules")
+    ),
+    ("POST", "/admin/v1/tenants/{tenant_id}/abuse-rules"): rule(
+        S.abuse_write,
+        N.tenant_object,
+        tenant_path(
+            "/abuse-rules",
+            json={"kind": "jobs_per_window", "action": "flag", "max_jobs": 100, "window_seconds": 60},
+        ),
+        ok=201,
+    ),
+    ("GET", "/admin/v1/tenants/{tenant_id}/abuse-rules/{rule_id}"): rule(
+        S.abuse_read, N.tenant_object, abuse_rule_path()
+    ),
+    ("PATCH", "/admin/v1/tenants/{tenant_id}/abuse-rules/{rule_id}"): rule(
+        S.abuse_write, N.tenant_object, abuse_rule_path(json={"enabled": False})
+    ),
+    ("DELETE", "/admin/v1/tenants/{tenant_id}/abuse-rules/{rule_id}"): rule(
+        S.abuse_write, N.tenant_object, abuse_rule_path(), ok=204
+    ),
+    ("GET", "/admin/v1/abuse/triggers"): rule(S.abuse_read, N.tenant_object, tenant_filter("/admin/v1/abuse/triggers")),
+    ("GET", "/admin/v1/abuse/triggers/{trigger_id}"): rule(
+        S.abuse_read, N.tenant_object, object_path("/admin/v1/abuse/triggers/{}", "abuse_trigger_id")
+    ),
+    ("POST", "/admin/v1/abuse/triggers/{trigger_id}/resolve"): rule(
+        S.abuse_write,
+        N.tenant_object,
+        object_path("/admin/v1/abuse/triggers/{}/resolve", "abuse_trigger_id", json={"note": "reviewed"}),
     ),
     # Who may read the signing secret is who may rotate it: not finance.
     ("GET", "/admin/v1/tenants/{tenant_id}/webhook-secret"): rule(
@@ -616,6 +648,13 @@ PROBES = [
     Probe("GET", lambda side: str(side.batch_id), MISSING_ID, lambda v: Call(f"/admin/v1/recharges/batches/{v}")),
     Probe("GET", lambda side: str(side.approval_id), MISSING_ID, lambda v: Call(f"/admin/v1/recharge-approvals/{v}")),
     Probe("GET", lambda side: side.job_of(side.member), "job_" + "0" * 24, lambda v: Call(f"/v1/jobs/{v}")),
+    Probe("GET", lambda side: str(side.abuse_trigger_id), MISSING_ID, lambda v: Call(f"/admin/v1/abuse/triggers/{v}")),
+    Probe(
+        "POST",
+        lambda side: str(side.abuse_trigger_id),
+        MISSING_ID,
+        lambda v: Call(f"/admin/v1/abuse/triggers/{v}/resolve", json={"unfreeze": True}),
+    ),
     Probe(
         "GET",
         lambda side: str(side.subject.id),

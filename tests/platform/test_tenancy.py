@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from redis import Redis
 from sqlalchemy.orm import Session
 
+from facemint.abuse.orm import RuleAction, RuleKind
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import scopes_for_role
 from facemint.config import Settings
@@ -24,7 +26,7 @@ from facemint.integrations.zendesk.schemas import ConnectorWrite
 from facemint.storage import LocalStorage
 from facemint.tenants.orm import Plan, Tenant
 from facemint.users.orm import Role, User
-from tests.factories import create_tenant, fund
+from tests.factories import add_abuse_rule, create_tenant, fund, record_abuse_trigger
 from tests.jobs.admin_job_factory import queued_job, result_png
 from tests.platform.conftest import Caller, MakeCaller
 
@@ -71,10 +73,14 @@ class World:
     admin_b: Caller
     member_b: Caller
     key_b_id: int
+    rule_a_id: int
+    rule_b_id: int
+    trigger_a_id: int
+    trigger_b_id: int
 
 
 @pytest.fixture
-def world(client: TestClient, session: Session, make_caller: MakeCaller) -> World:
+def world(client: TestClient, session: Session, redis_client: Redis, make_caller: MakeCaller) -> World:
     # The largest plan's rate limits: the route walk sends every admin operation with the same keys in a minute.
     tenant_a = create_tenant(session, name="tenant-a", plan=Plan.enterprise)
     tenant_b = create_tenant(session, name="tenant-b", plan=Plan.enterprise)
@@ -88,7 +94,33 @@ def world(client: TestClient, session: Session, make_caller: MakeCaller) -> Worl
     member_a = make_caller(Role.member, tenant_a)
     renamed = client.patch(f"/admin/v1/users/{member_a.id}", json={"name": "Al"}, headers=admin_a.headers)
     assert renamed.status_code == 200, renamed.text
-    return World(tenant_a, tenant_b, admin_a, member_a, admin_b, member_b, listing["items"][0]["id"])
+    # Each tenant has an abuse rule and a trigger of it to review.
+    rule_a = add_abuse_rule(session, redis_client, tenant_id=tenant_a.id, **RULE_PARAMS)
+    rule_b = add_abuse_rule(session, redis_client, tenant_id=tenant_b.id, **RULE_PARAMS)
+    trigger_a = record_abuse_trigger(session, redis_client, rule=rule_a, user_id=member_a.id)
+    trigger_b = record_abuse_trigger(session, redis_client, rule=rule_b, user_id=member_b.id)
+    return World(
+        tenant_a,
+        tenant_b,
+        admin_a,
+        member_a,
+        admin_b,
+        member_b,
+        listing["items"][0]["id"],
+        rule_a.id,
+        rule_b.id,
+        trigger_a.id,
+        trigger_b.id,
+    )
+
+
+RULE = {"kind": "jobs_per_window", "action": "flag", "max_jobs": 100, "window_seconds": 60}
+RULE_PARAMS: dict[str, Any] = {
+    "kind": RuleKind.jobs_per_window,
+    "action": RuleAction.flag,
+    "max_jobs": 100,
+    "window_seconds": 60,
+}
 
 
 class TestTenantIsolation:
@@ -115,6 +147,16 @@ class TestTenantIsolation:
             ("GET", f"/admin/v1/tenants/{tenant_b}/pool/alert", None),
             ("PUT", f"/admin/v1/tenants/{tenant_b}/pool/alert", {"threshold": 5}),
             ("DELETE", f"/admin/v1/tenants/{tenant_b}/pool/alert", None),
+            ("GET", f"/admin/v1/tenants/{tenant_b}/abuse-rules", None),
+            ("POST", f"/admin/v1/tenants/{tenant_b}/abuse-rules", RULE),
+            ("GET", f"/admin/v1/tenants/{tenant_b}/abuse-rules/{world.rule_b_id}", None),
+            ("PATCH", f"/admin/v1/tenants/{tenant_b}/abuse-rules/{world.rule_b_id}", {"enabled": False}),
+            ("DELETE", f"/admin/v1/tenants/{tenant_b}/abuse-rules/{world.rule_b_id}", None),
+            # Tenant A's own path, naming B's rule: still not there.
+            ("GET", f"/admin/v1/tenants/{world.tenant_a.id}/abuse-rules/{world.rule_b_id}", None),
+            ("GET", f"/admin/v1/abuse/triggers?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/abuse/triggers/{world.trigger_b_id}", None),
+            ("POST", f"/admin/v1/abuse/triggers/{world.trigger_b_id}/resolve", {"unfreeze": True}),
         ]:
             response = client.request(method, path, json=body, headers=a)
             assert response.status_code == 404, (method, path, response.text)
@@ -126,6 +168,10 @@ class TestTenantIsolation:
         assert client.get(f"/admin/v1/users/{user_b}/balance/alert", headers=world.admin_b.headers).status_code == 404
         assert client.get(f"/admin/v1/tenants/{tenant_b}/pool/alert", headers=world.admin_b.headers).status_code == 404
         assert client.get("/v1/balance", headers=world.member_b.headers).status_code == 200
+        rules = client.get(f"/admin/v1/tenants/{tenant_b}/abuse-rules", headers=world.admin_b.headers).json()
+        assert [(r["id"], r["enabled"]) for r in rules] == [(world.rule_b_id, True)]
+        trigger = client.get(f"/admin/v1/abuse/triggers/{world.trigger_b_id}", headers=world.admin_b.headers).json()
+        assert trigger["status"] == "open"
 
     def test_lists_only_show_the_own_tenant(self, client: TestClient, world: World) -> None:
         a, tenant_a = world.admin_a.headers, world.tenant_a.id
@@ -145,6 +191,10 @@ class TestTenantIsolation:
         # And B sees only its own.
         events_b = client.get("/admin/v1/audit-events", headers=world.admin_b.headers).json()["items"]
         assert {e["tenant_id"] for e in events_b} == {world.tenant_b.id}
+        triggers = client.get("/admin/v1/abuse/triggers", headers=a).json()["items"]
+        assert [t["id"] for t in triggers] == [world.trigger_a_id]
+        triggers_b = client.get("/admin/v1/abuse/triggers", headers=world.admin_b.headers).json()["items"]
+        assert [t["id"] for t in triggers_b] == [world.trigger_b_id]
 
     def test_cannot_create_users_in_another_tenant(self, client: TestClient, world: World) -> None:
         body = {"email": "intruder@example.test", "role": "member", "tenant_id": world.tenant_b.id}
@@ -253,6 +303,8 @@ class TestRouteWalk:
             "approval_id": held.json()["id"],
             # A queued job of the member's (its price held on the funded account), for /admin/v1/jobs/{job_id}.
             "job_id": queued_job(session, settings, member.user).public_id,
+            "rule_id": world.rule_a_id,
+            "trigger_id": world.trigger_a_id,
         }
 
     def test_without_credentials_every_operation_is_401(

@@ -41,6 +41,9 @@ class Scope(StrEnum):
     # A job's result image is the customer's content: seen by those who run the service and the tenant's own
     # admin, not by finance's read-everything role.
     jobs_admin_results = "jobs:admin-results"
+    # A tenant's abuse rules and the triggers they raised (read), and changing rules or resolving triggers (write).
+    abuse_read = "abuse:read"
+    abuse_write = "abuse:write"
     # /v1: the caller's own account.
     balance_read = "balance:read"
     balance_alert_write = "balance-alert:write"  # set or remove the caller's own low-balance alert (never money)
@@ -71,6 +74,7 @@ _READ_ALL = {
     Scope.prices_read,
     Scope.jobs_admin_read,
     Scope.integrations_read,
+    Scope.abuse_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -98,6 +102,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.jobs_admin_read,
             Scope.jobs_admin_write,
             Scope.jobs_admin_results,
+            Scope.abuse_read,
+            Scope.abuse_write,
         }
         | _V1
     ),

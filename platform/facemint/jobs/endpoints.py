@@ -88,11 +88,15 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
     responses={
         200: {"description": "a replay of this Idempotency-Key, or finished within `Prefer: wait`"},
         402: {"description": "not enough tokens: nothing was queued"},
+        403: {
+            "description": "a missing scope, a frozen user or suspended tenant, or an abuse rule of the tenant froze "
+            "the account at this submit (`account_frozen`): nothing was recorded or held"
+        },
         429: {
             "description": "rate limited, too many jobs queued or running for the tenant's plan, or too many "
             "`Prefer: wait` requests waiting"
         },
-        503: {"description": "the queue is unavailable: nothing was recorded or held"},
+        503: {"description": "the queue (or the abuse checks) is unavailable: nothing was recorded or held"},
     },
 )
 async def submit_swap(

@@ -1,7 +1,7 @@
 """The life of a metered job, each step one conditional statement in the caller's transaction:
 
 submit   (request)  record the job and reserve its hold together; the queue entry is made after commit
-claim    (worker)   queued -> running, attempt + 1; losing the race means someone else has it
+claim    (worker)   queued -> running, attempt + 1; losing the race means someone else has it (or its user is frozen)
 progress (worker)   the running attempt's frames done of total (a video), at most once a second; `job.progress`
                     webhooks at 10 % steps when asked for
 complete (worker)   running (this attempt) -> succeeded, and capture the hold
@@ -234,6 +234,7 @@ def claim(session: Session, *, public_id: str, worker_id: str) -> Row[Any] | Non
                             frames_done = NULL, frames_total = NULL, progress_at = NULL
             WHERE public_id = :id AND status = 'queued' AND attempts < max_attempts AND deadline_at > now()
               AND cancel_requested_at IS NULL
+              AND NOT EXISTS (SELECT FROM users u WHERE u.id = jobs.user_id AND u.status = 'frozen')
             RETURNING {JOB_COLUMNS}
             """
         ),

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.ledger import service as ledger
 from billing.ledger.service import request_hash
 from facemint import tracing
+from facemint.abuse import checks as abuse_checks
 from facemint.auth.principal import Principal
 from facemint.config import Settings
 from facemint.db import after_commit, after_rollback, unit_of_work
@@ -222,6 +223,18 @@ def submit_swap(
     job = outcome.job
     if outcome.replayed:
         storage.delete_prefix(prefix)  # the job this key made has its own inputs
+    else:
+        # The tenant's abuse rules, counted and evaluated in one Redis call; a freeze refuses this submit (403).
+        with tracing.span("job.abuse_check", {"facemint.job_id": swap.public_id}):
+            abuse_checks.on_submit(
+                session,
+                redis=redis,
+                sessions=sessions,
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                job_public_id=job.public_id,
+                tokens=job.tokens_held,
+            )
     if job.status == "queued":
         # A replay queues too: if the first request's commit landed but its reply was lost, it never queued the
         # job. The queue entry is unique per job, so a job already queued is not queued twice.

@@ -45,6 +45,9 @@ class Tenant(Base):
     webhook_secret: Mapped[str] = mapped_column(Text, default=new_webhook_secret)
     # Where account events (low balance, abuse) are sent; None: the tenant receives none.
     events_webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Moves on with every change to the tenant's abuse rules (facemint.abuse.service), so the Redis copy of the
+    # rules is only ever replaced by a newer one.
+    abuse_rules_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

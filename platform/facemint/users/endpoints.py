@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
+from facemint.abuse import freezing
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
-from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
+from facemint.deps import RedisDep, SessionDep, SettingsDep, page_params, request_context, require
 from facemint.pagination import Page, PageParams, make_page
 from facemint.users import service as user_service
 from facemint.users.orm import Role, UserStatus
@@ -98,9 +99,13 @@ def freeze_user(
 
 @router.post("/{user_id}/unfreeze", response_model=UserRead)
 def unfreeze_user(
-    user_id: int, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
+    user_id: int, request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep, principal: Writer
 ) -> UserRead:
-    return _set_status(user_id, UserStatus.active, request, session, settings, principal)
+    """Unfreeze a user (however it was frozen); its abuse counters start afresh, as when a trigger is resolved
+    with an unfreeze."""
+    user = user_service.get(session, user_id=user_id, tenant_scope=principal.tenant_scope)
+    freezing.unfreeze_user(session, context=request_context(request, principal, settings), redis=redis, user=user)
+    return UserRead.model_validate(user)
 
 
 @router.post("/{user_id}/revoke-sessions", response_model=UserRead)

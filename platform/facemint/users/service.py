@@ -271,6 +271,32 @@ def set_status(session: Session, *, context: RequestContext, user: User, status:
     return user
 
 
+def freeze_by_rule(session: Session, *, user_id: int, reason: dict[str, object]) -> bool:
+    """Freeze an active user because an abuse rule said so (`facemint.abuse.freezing`): no person acts, so the
+    audit event has no actor and `reason` names the rules. Its sessions end, as with any freeze. False when the
+    user was not active (already frozen: nothing changes)."""
+    tenant_id = session.execute(
+        sa.update(User)
+        .where(User.id == user_id, User.status == UserStatus.active.value)
+        .values(status=UserStatus.frozen.value, credentials_version=User.credentials_version + 1)
+        .returning(User.tenant_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if tenant_id is None:
+        return False
+    audit.record(
+        session,
+        context=None,
+        action="user.freeze",
+        target_type="user",
+        target_id=user_id,
+        tenant_id=tenant_id[0],
+        before={"status": UserStatus.active.value},
+        after={"status": UserStatus.frozen.value, **reason},
+    )
+    return True
+
+
 def bootstrap_admin(session: Session, *, email: str, password: str) -> tuple[User, bool]:
     """Create or update a platform admin from the command line. Idempotent: returns (user, created)."""
     existing = get_by_email(session, email=email)

@@ -28,10 +28,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facemint import log_setup, metrics, tracing
+from facemint.abuse import checks as abuse_checks
 from facemint.balance_alerts import evaluation as balance_alerts
 from facemint.config import Settings
 from facemint.db import unit_of_work
 from facemint.jobs import files, queue, video_metering
+from facemint.jobs import frozen as frozen_jobs
 from facemint.jobs import queries as job_queries
 from facemint.jobs import service as jobs
 from facemint.jobs.orm import TERMINAL_STATUSES, JobStatus
@@ -125,6 +127,10 @@ def _claim_and_run(public_id: str) -> str:
     context = current()
     job = _claim(context, public_id)
     if job is None:
+        if _with_retry(context, lambda s: frozen_jobs.release_if_owner_frozen(s, public_id=public_id), what="release"):
+            logger.info("job %s released without running: its account is frozen", public_id)
+            _notify(context, public_id, "canceled")
+            return "canceled"
         logger.info("job %s is not claimable (already running, finished or canceled): skipped", public_id)
         return "skipped"
     attempt = job.attempts
@@ -201,6 +207,9 @@ def _run(
         if video is not None and heartbeat.cancel_requested.is_set():
             return video.settle_cancel()
         failure = ("cancel", "canceled", f"canceled by the caller; stopped before the {stop} stage")
+    except abuse_checks.FrozenByRule as frozen:
+        # Stopped before the swap began: released in full, like the account's other queued jobs.
+        failure = ("cancel", frozen_jobs.FROZEN_CODE, str(frozen))
     except ObjectMissing:
         # Inputs are deleted only once a job is finished: a missing input means this run is stale.
         failure = ("fail", "input_missing", "the job's inputs are gone")
@@ -305,11 +314,17 @@ def _swap_image(context: WorkerContext, job: Any, attempt: int, checkpoint: Call
             quality=options["quality"],
             processors=_processors(options),
             checkpoint=checkpoint,
+            on_source_face=_source_face_check(context, job),
         )
         tracing.record_stages(span, result.timings_ms, sequential=True)
     key = files.attempt_result_key(job.public_id, attempt, result.format)
     context.storage.put(key, result.image)
     return Output(key=key, content_type=result.content_type, size_bytes=len(result.image), timings_ms=result.timings_ms)
+
+
+def _source_face_check(context: WorkerContext, job: Any) -> Callable[[Any], None] | None:
+    """The abuse rules' same-face check, run by the engine once it has the source face's embedding."""
+    return abuse_checks.source_face_check(redis=context.redis, sessions=context.sessions, job=job)
 
 
 def _faces(options: dict[str, Any]) -> FaceSelection:
@@ -354,6 +369,7 @@ class VideoRun:
                 crf=options.get("crf", self.context.settings.video_crf),
                 progress=self.progress,
                 checkpoint=checkpoint,
+                on_source_face=_source_face_check(self.context, self.job),
             )
             tracing.record_stages(span, result.timings_ms, sequential=False)
         self._store()
@@ -475,8 +491,12 @@ def _after_settlement(context: WorkerContext, job: Any, outcome: str) -> None:
             _with_retry(context, lambda s: jobs.mark_inputs_deleted(s, job_ids=[job.id]), what="inputs")
     except Exception:  # the sweeper purges and marks it later
         logger.warning("could not purge the inputs of %s", job.public_id, exc_info=True)
+    _notify(context, job.public_id, outcome)
+
+
+def _notify(context: WorkerContext, public_id: str, outcome: str) -> None:
     with contextlib.suppress(RedisError):  # waiters re-check Postgres every second
-        queue.notify_finished(context.redis, public_id=job.public_id, status=outcome)
+        queue.notify_finished(context.redis, public_id=public_id, status=outcome)
 
 
 def _record_timings(context: WorkerContext, timings_ms: dict[str, float]) -> None:

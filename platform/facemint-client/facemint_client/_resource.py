@@ -1,11 +1,16 @@
 """Resources are written once for both clients. A resource method builds a `Call` (`@endpoint`), a flow
 (`@flow`) or a `Listing` (`@paged`); the decorator turns it into a method that runs it on the resource's runner.
 On a `Resource[Sync]` the method returns the value, on a `Resource[Async]` a coroutine of it, and a listing
-becomes a `SyncPager` or an `AsyncPager`: type checkers see exactly that (the overloads below)."""
+becomes a `SyncPager` or an `AsyncPager`: type checkers see exactly that (the overloads below).
+
+Each decorator names the API routes its method calls, as the API's OpenAPI document writes them
+(`@endpoint("GET /v1/jobs/{job_id}")`): that is the registry `operations()` reads, to hold the client against the
+server's document."""
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
@@ -16,6 +21,40 @@ from facemint_client.models import Page
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An API operation: its HTTP method and path template (`Route.parse("GET /v1/jobs/{job_id}")`)."""
+
+    method: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> Route:
+        method, _, path = text.partition(" ")
+        if method not in _HTTP_METHODS or not path.startswith("/") or " " in path:
+            raise ValueError(f"a route is 'METHOD /path/{{param}}', not {text!r}")
+        return cls(method, path)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether a request (`POST`, `/admin/v1/tenants/7/suspend`) is a call of this route."""
+        pattern = "".join(
+            "[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", self.path)
+        )
+        return method == self.method and re.fullmatch(pattern, path) is not None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _declared(routes: tuple[str, ...]) -> tuple[Route, ...]:
+    if not routes:
+        raise ValueError("a resource method names the route(s) it calls")
+    return tuple(Route.parse(route) for route in routes)
 
 
 class Sync:
@@ -39,10 +78,22 @@ class Resource(Generic[M]):
         return config
 
 
+class Group:
+    """A namespace of resources on a client (`client.admin`): `operations()` looks inside it."""
+
+
 class Operation(Generic[P, T]):
-    def __init__(self, build: Callable[Concatenate[Any, P], Flow[T]], like: Callable[..., Any]) -> None:
+    def __init__(
+        self, build: Callable[Concatenate[Any, P], Flow[T]], like: Callable[..., Any], routes: tuple[Route, ...]
+    ) -> None:
         self._build = build
         self._like = like
+        self.routes = routes
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """The method as written (its signature and annotations)."""
+        return self._like
 
     @overload
     def __get__(self, obj: None, owner: Any) -> Self: ...
@@ -61,15 +112,27 @@ class Operation(Generic[P, T]):
         return bound
 
 
-def endpoint(method: Callable[Concatenate[Any, P], Call[T]]) -> Operation[P, T]:
-    def build(resource: Any, *args: Any, **kwargs: Any) -> Flow[T]:
-        return execute(resource._config, method(resource, *args, **kwargs))
+def endpoint(*routes: str) -> Callable[[Callable[Concatenate[Any, P], Call[T]]], Operation[P, T]]:
+    """A method that builds one `Call` of `routes` (usually one; more when a follow-up reads another)."""
+    declared = _declared(routes)
 
-    return Operation(build, method)
+    def decorate(method: Callable[Concatenate[Any, P], Call[T]]) -> Operation[P, T]:
+        def build(resource: Any, *args: Any, **kwargs: Any) -> Flow[T]:
+            return execute(resource._config, method(resource, *args, **kwargs))
+
+        return Operation(build, method, declared)
+
+    return decorate
 
 
-def flow(method: Callable[Concatenate[Any, P], Flow[T]]) -> Operation[P, T]:
-    return Operation(method, method)
+def flow(*routes: str) -> Callable[[Callable[Concatenate[Any, P], Flow[T]]], Operation[P, T]]:
+    """A method that is a flow of calls of `routes`."""
+    declared = _declared(routes)
+
+    def decorate(method: Callable[Concatenate[Any, P], Flow[T]]) -> Operation[P, T]:
+        return Operation(method, method, declared)
+
+    return decorate
 
 
 # --- pagination ----------------------------------------------------------------------------------------------
@@ -151,8 +214,13 @@ class AsyncPager(Generic[T]):
 
 
 class Paged(Generic[P, T]):
-    def __init__(self, build: Callable[Concatenate[Any, P], Listing[T]]) -> None:
+    def __init__(self, build: Callable[Concatenate[Any, P], Listing[T]], routes: tuple[Route, ...]) -> None:
         self._build = build
+        self.routes = routes
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        return self._build
 
     @overload
     def __get__(self, obj: None, owner: Any) -> Self: ...
@@ -171,10 +239,36 @@ class Paged(Generic[P, T]):
         return bound
 
 
-def paged(method: Callable[Concatenate[Any, P], Listing[T]]) -> Paged[P, T]:
-    return Paged(method)
+def paged(*routes: str) -> Callable[[Callable[Concatenate[Any, P], Listing[T]]], Paged[P, T]]:
+    """A method that lists `routes` (one GET), page after page."""
+    declared = _declared(routes)
+
+    def decorate(method: Callable[Concatenate[Any, P], Listing[T]]) -> Paged[P, T]:
+        return Paged(method, declared)
+
+    return decorate
 
 
 def listing(path: str, item: type[T], *, limit: int | None, **params: Any) -> Listing[T]:
     """A listing of `path` with these filters (None left out); `limit` is the page size (1 to 200)."""
     return Listing(path, item, query(limit=limit, **params))
+
+
+# --- the route registry --------------------------------------------------------------------------------------
+
+
+def operations(root: object, prefix: str = "") -> Iterator[tuple[str, Operation[Any, Any] | Paged[Any, Any]]]:
+    """Every operation reachable from a client, by the name it is called by (`admin.tenants.get`), each with the
+    `routes` it declares."""
+    for name, value in vars(root).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, Group):
+            yield from operations(value, f"{prefix}{name}.")
+        elif isinstance(value, Resource):
+            members: dict[str, Any] = {}
+            for cls in reversed(type(value).__mro__):
+                members.update(vars(cls))
+            for attr, member in sorted(members.items()):
+                if isinstance(member, Operation | Paged):
+                    yield f"{prefix}{name}.{attr}", member

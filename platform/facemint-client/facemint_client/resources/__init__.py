@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Generic
 
-from facemint_client._resource import M
+from facemint_client._resource import Group, M
 from facemint_client.resources.account import Account, Auth
 from facemint_client.resources.directory import ApiKeys, Audit, Prices, Tenants, Users
 from facemint_client.resources.jobs import Jobs
@@ -14,7 +14,7 @@ from facemint_client.resources.reports import AdminJobs, Finance, Reports
 __all__ = ["Account", "Admin", "Auth", "Jobs"]
 
 
-class Admin(Generic[M]):
+class Admin(Group, Generic[M]):
     """The `/admin/v1` API (what ops scripts use): `client.admin.tenants`, `.users`, `.api_keys`, `.recharges`,
     `.approvals`, `.balances`, `.finance`, `.reports`, `.prices`, `.audit`, `.jobs`."""
 

@@ -11,7 +11,7 @@ from facemint_client.models import AccessToken, Balance, LedgerEntry, Usage
 
 
 class Auth(Resource[M]):
-    @endpoint
+    @endpoint("POST /auth/token")
     def token(self, email: str, password: str) -> Call[AccessToken]:
         """An access token (JWT) for a user's email and password: pass it as the client's `api_key`."""
         # Issuing a second token on a retry is harmless (both die together when the user's credentials change).
@@ -23,7 +23,7 @@ class Auth(Resource[M]):
             replay_safe=True,
         )
 
-    @endpoint
+    @endpoint("POST /auth/revoke")
     def revoke(self) -> Call[None]:
         """Sign the caller's user out everywhere: every access token issued so far stops working (API keys
         do not)."""
@@ -31,17 +31,17 @@ class Auth(Resource[M]):
 
 
 class Account(Resource[M]):
-    @endpoint
+    @endpoint("GET /v1/balance")
     def balance(self) -> Call[Balance]:
         """The caller's tokens: `available` to spend, `held` by running jobs, `balance` in all."""
         return Call(method="GET", path="/v1/balance", parse=parse_json(Balance))
 
-    @endpoint
+    @endpoint("GET /v1/usage")
     def usage(self, *, start: date | None = None, end: date | None = None) -> Call[Usage]:
         """Charges by UTC day and operation, `start` to `end` inclusive (default: the last 30 days)."""
         return Call(method="GET", path="/v1/usage", params=query(start=start, end=end), parse=parse_json(Usage))
 
-    @paged
+    @paged("GET /v1/ledger")
     def ledger(self, *, limit: int | None = None) -> Listing[LedgerEntry]:
         """The caller's ledger entries, newest first."""
         return listing("/v1/ledger", LedgerEntry, limit=limit)

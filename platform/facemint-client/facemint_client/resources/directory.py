@@ -21,18 +21,18 @@ def _fields(**values: Any) -> dict[str, Any]:
 
 
 class Tenants(Resource[M]):
-    @endpoint
+    @endpoint("POST /admin/v1/tenants")
     def create(self, name: str, *, plan: str = "free") -> Call[Tenant]:
         """A tenant (`plan`: free, pro, enterprise), with its token pool."""
         return Call(
             method="POST", path="/admin/v1/tenants", json={"name": name, "plan": plan}, parse=parse_json(Tenant)
         )
 
-    @endpoint
+    @endpoint("GET /admin/v1/tenants/{tenant_id}")
     def get(self, tenant_id: int) -> Call[Tenant]:
         return Call(method="GET", path=f"/admin/v1/tenants/{tenant_id}", parse=parse_json(Tenant))
 
-    @endpoint
+    @endpoint("PATCH /admin/v1/tenants/{tenant_id}")
     def update(
         self, tenant_id: int, *, name: str | None = None, plan: str | None = None, status: str | None = None
     ) -> Call[Tenant]:
@@ -44,19 +44,19 @@ class Tenants(Resource[M]):
             replay_safe=True,
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/tenants/{tenant_id}/suspend")
     def suspend(self, tenant_id: int) -> Call[Tenant]:
         return Call(
             method="POST", path=f"/admin/v1/tenants/{tenant_id}/suspend", parse=parse_json(Tenant), replay_safe=True
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/tenants/{tenant_id}/activate")
     def activate(self, tenant_id: int) -> Call[Tenant]:
         return Call(
             method="POST", path=f"/admin/v1/tenants/{tenant_id}/activate", parse=parse_json(Tenant), replay_safe=True
         )
 
-    @endpoint
+    @endpoint("GET /admin/v1/tenants/{tenant_id}/webhook-secret")
     def webhook_secret(self, tenant_id: int) -> Call[str]:
         """The tenant's webhook signing secret (`whsec_...`), for `verify_webhook`."""
         return Call(
@@ -65,7 +65,7 @@ class Tenants(Resource[M]):
             parse=lambda response: parse_json(WebhookSecret)(response).secret,
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/tenants/{tenant_id}/webhook-secret/rotate")
     def rotate_webhook_secret(self, tenant_id: int) -> Call[str]:
         """A new signing secret; the old one stops signing at once."""
         return Call(
@@ -74,7 +74,7 @@ class Tenants(Resource[M]):
             parse=lambda response: parse_json(WebhookSecret)(response).secret,
         )
 
-    @paged
+    @paged("GET /admin/v1/tenants")
     def list(
         self, *, status: str | None = None, plan: str | None = None, name: str | None = None, limit: int | None = None
     ) -> Listing[Tenant]:
@@ -83,7 +83,7 @@ class Tenants(Resource[M]):
 
 
 class Users(Resource[M]):
-    @endpoint
+    @endpoint("POST /admin/v1/users")
     def create(
         self,
         email: str,
@@ -97,11 +97,11 @@ class Users(Resource[M]):
         body = _fields(email=email, role=role, tenant_id=tenant_id, name=name, password=password)
         return Call(method="POST", path="/admin/v1/users", json=body, parse=parse_json(User))
 
-    @endpoint
+    @endpoint("GET /admin/v1/users/{user_id}")
     def get(self, user_id: int) -> Call[User]:
         return Call(method="GET", path=f"/admin/v1/users/{user_id}", parse=parse_json(User))
 
-    @endpoint
+    @endpoint("PATCH /admin/v1/users/{user_id}")
     def update(
         self, user_id: int, *, name: str | None = None, role: str | None = None, password: str | None = None
     ) -> Call[User]:
@@ -113,22 +113,22 @@ class Users(Resource[M]):
             replay_safe=True,
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/users/{user_id}/freeze")
     def freeze(self, user_id: int) -> Call[User]:
         return Call(method="POST", path=f"/admin/v1/users/{user_id}/freeze", parse=parse_json(User), replay_safe=True)
 
-    @endpoint
+    @endpoint("POST /admin/v1/users/{user_id}/unfreeze")
     def unfreeze(self, user_id: int) -> Call[User]:
         return Call(method="POST", path=f"/admin/v1/users/{user_id}/unfreeze", parse=parse_json(User), replay_safe=True)
 
-    @endpoint
+    @endpoint("POST /admin/v1/users/{user_id}/revoke-sessions")
     def revoke_sessions(self, user_id: int) -> Call[User]:
         """Every access token the user holds stops working (its API keys do not)."""
         return Call(
             method="POST", path=f"/admin/v1/users/{user_id}/revoke-sessions", parse=parse_json(User), replay_safe=True
         )
 
-    @paged
+    @paged("GET /admin/v1/users")
     def list(
         self,
         *,
@@ -154,7 +154,7 @@ class Users(Resource[M]):
 
 
 class ApiKeys(Resource[M]):
-    @endpoint
+    @endpoint("POST /admin/v1/api-keys")
     def create(
         self, user_id: int, *, name: str, scopes: Sequence[str], expires_at: datetime | None = None
     ) -> Call[ApiKeyCreated]:
@@ -164,15 +164,15 @@ class ApiKeys(Resource[M]):
             body["expires_at"] = expires_at.isoformat()
         return Call(method="POST", path="/admin/v1/api-keys", json=body, parse=parse_json(ApiKeyCreated))
 
-    @endpoint
+    @endpoint("GET /admin/v1/api-keys/{key_id}")
     def get(self, key_id: int) -> Call[ApiKey]:
         return Call(method="GET", path=f"/admin/v1/api-keys/{key_id}", parse=parse_json(ApiKey))
 
-    @endpoint
+    @endpoint("DELETE /admin/v1/api-keys/{key_id}")
     def revoke(self, key_id: int) -> Call[ApiKey]:
         return Call(method="DELETE", path=f"/admin/v1/api-keys/{key_id}", parse=parse_json(ApiKey), replay_safe=True)
 
-    @paged
+    @paged("GET /admin/v1/api-keys")
     def list(
         self,
         *,
@@ -192,13 +192,13 @@ class ApiKeys(Resource[M]):
 
 
 class Prices(Resource[M]):
-    @endpoint
+    @endpoint("POST /admin/v1/prices")
     def set(self, operation: str, tokens_per_unit: int, *, note: str | None = None) -> Call[Price]:
         """A new price version for `operation`; jobs submitted after it pay it."""
         body = _fields(operation=operation, tokens_per_unit=tokens_per_unit, note=note)
         return Call(method="POST", path="/admin/v1/prices", json=body, parse=parse_json(Price))
 
-    @endpoint
+    @endpoint("GET /admin/v1/prices")
     def list(self, *, operation: str | None = None, current: bool | None = None) -> Call[builtins.list[Price]]:
         """Every version, newest first per operation (`current=True`: the price in force only). Not paginated."""
         return Call(
@@ -210,7 +210,7 @@ class Prices(Resource[M]):
 
 
 class Audit(Resource[M]):
-    @paged
+    @paged("GET /admin/v1/audit-events")
     def list(
         self,
         *,

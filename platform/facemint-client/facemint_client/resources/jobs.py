@@ -70,7 +70,7 @@ def wait_for(
 
 
 class Jobs(Resource[M]):
-    @endpoint
+    @endpoint("POST /v1/swaps")
     def submit(
         self,
         source: FileInput,
@@ -116,7 +116,7 @@ class Jobs(Resource[M]):
             timeout=self._config.timeout,
         )
 
-    @flow
+    @flow("POST /v1/swaps", "GET /v1/jobs/{job_id}")
     def run(
         self,
         source: FileInput,
@@ -182,11 +182,11 @@ class Jobs(Resource[M]):
             )
         )
 
-    @endpoint
+    @endpoint("GET /v1/jobs/{job_id}")
     def get(self, job_id: str) -> Call[Job]:
         return _get(job_id)
 
-    @flow
+    @flow("GET /v1/jobs/{job_id}")
     def wait(
         self, job_id: str, *, timeout: float = 300.0, poll_interval: float = 0.5, max_poll_interval: float = 5.0
     ) -> Flow[Job]:
@@ -197,36 +197,36 @@ class Jobs(Resource[M]):
             self._config, job_id, timeout=timeout, poll_interval=poll_interval, max_poll_interval=max_poll_interval
         )
 
-    @endpoint
+    @endpoint("POST /v1/jobs/{job_id}/cancel")
     def cancel(self, job_id: str) -> Call[Job]:
         """Cancel a queued job (its hold released) or ask a running one to stop; 409 `JobAlreadyFinished` once it
         has finished."""
         return Call(method="POST", path=f"/v1/jobs/{job_id}/cancel", parse=parse_json(Job))
 
-    @endpoint
+    @endpoint("DELETE /v1/jobs/{job_id}")
     def delete_files(self, job_id: str) -> Call[Job]:
         """Delete a finished job's input and result files now; the job and its charges stay."""
         return Call(method="DELETE", path=f"/v1/jobs/{job_id}", parse=parse_json(Job), replay_safe=True)
 
-    @endpoint
+    @endpoint("GET /v1/jobs/{job_id}/webhooks")
     def webhooks(self, job_id: str) -> Call[list[WebhookEventRecord]]:
         """The job's webhook events and every delivery attempt."""
         return Call(method="GET", path=f"/v1/jobs/{job_id}/webhooks", parse=parse_list(WebhookEventRecord))
 
-    @flow
+    @flow("GET /v1/jobs/{job_id}/result")
     def download(self, job_id: str) -> Flow[bytes]:
         """The result's bytes (an image, or a video: prefer `download_to` for those)."""
         body = bytearray()
         yield from stream(self._config, _result(job_id), body.extend)
         return bytes(body)
 
-    @flow
+    @flow("GET /v1/jobs/{job_id}/result")
     def download_to(self, job_id: str, path: str | os.PathLike[str]) -> Flow[Path]:
         """Stream the result into `path` (written beside it first, then renamed: never a partial file there)."""
         yield from to_file(path, lambda write: stream(self._config, _result(job_id), write))
         return Path(path)
 
-    @paged
+    @paged("GET /v1/jobs")
     def list(
         self,
         *,

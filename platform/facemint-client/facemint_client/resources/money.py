@@ -49,7 +49,7 @@ def _fields(**values: Any) -> dict[str, Any]:
 
 
 class Recharges(Resource[M]):
-    @endpoint
+    @endpoint("POST /admin/v1/recharges")
     def create(
         self,
         amount: int,
@@ -74,7 +74,7 @@ class Recharges(Resource[M]):
             idempotency_key=idempotency_key,
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/recharges/batch")
     def batch(
         self,
         items: Sequence[Mapping[str, Any]] | None = None,
@@ -111,17 +111,17 @@ class Recharges(Resource[M]):
             idempotency_key=idempotency_key,
         )
 
-    @endpoint
+    @endpoint("GET /admin/v1/recharges/batches/{batch_id}")
     def get_batch(self, batch_id: int) -> Call[BatchDetail]:
         """An applied batch with its stored result (the failed rows included)."""
         return Call(method="GET", path=f"/admin/v1/recharges/batches/{batch_id}", parse=parse_json(BatchDetail))
 
-    @paged
+    @paged("GET /admin/v1/recharges/batches")
     def batches(self, *, tenant_id: int | None = None, limit: int | None = None) -> Listing[BatchSummary]:
         """Applied batches, newest first."""
         return listing("/admin/v1/recharges/batches", BatchSummary, limit=limit, tenant_id=tenant_id)
 
-    @paged
+    @paged("GET /admin/v1/recharges/batches/{batch_id}/rows")
     def batch_rows(self, batch_id: int, *, limit: int | None = None) -> Listing[BatchRow]:
         """The rows a batch credited, in file order."""
         return listing(f"/admin/v1/recharges/batches/{batch_id}/rows", BatchRow, limit=limit)
@@ -137,22 +137,26 @@ def _read(upload: Upload) -> bytes:
 
 
 class Approvals(Resource[M]):
-    @endpoint
+    @endpoint("GET /admin/v1/recharge-approvals/{approval_id}")
     def get(self, approval_id: int) -> Call[ApprovalDetail]:
         """One approval, with what approving it would apply."""
         return _get_approval(approval_id)
 
-    @endpoint
+    @endpoint(
+        "POST /admin/v1/recharge-approvals/{approval_id}/approve", "GET /admin/v1/recharge-approvals/{approval_id}"
+    )
     def approve(self, approval_id: int, *, note: str | None = None) -> Call[Approval]:
         """Approve (another operator's request): it is applied then, exactly once."""
         return _decide(approval_id, "approve", "approved", note)
 
-    @endpoint
+    @endpoint(
+        "POST /admin/v1/recharge-approvals/{approval_id}/reject", "GET /admin/v1/recharge-approvals/{approval_id}"
+    )
     def reject(self, approval_id: int, *, note: str | None = None) -> Call[Approval]:
         """Reject (or, the requester, withdraw) a pending request: nothing is applied."""
         return _decide(approval_id, "reject", "rejected", note)
 
-    @paged
+    @paged("GET /admin/v1/recharge-approvals")
     def list(
         self,
         *,
@@ -197,12 +201,12 @@ def _decide(approval_id: int, action: str, outcome: str, note: str | None) -> Ca
 
 
 class Balances(Resource[M]):
-    @endpoint
+    @endpoint("GET /admin/v1/tenants/{tenant_id}/pool")
     def pool(self, tenant_id: int) -> Call[AccountBalance]:
         """A tenant pool's balance."""
         return Call(method="GET", path=f"/admin/v1/tenants/{tenant_id}/pool", parse=parse_json(AccountBalance))
 
-    @endpoint
+    @endpoint("POST /admin/v1/adjustments")
     def adjust(
         self, user_id: int, amount: int, *, reason: str, idempotency_key: str | None = None
     ) -> Call[Posting | Approval]:
@@ -216,7 +220,7 @@ class Balances(Resource[M]):
             idempotency_key=idempotency_key,
         )
 
-    @endpoint
+    @endpoint("POST /admin/v1/transactions/{transaction_id}/reversal")
     def reverse(
         self, transaction_id: int, *, reason: str, idempotency_key: str | None = None
     ) -> Call[Posting | Approval]:
@@ -230,7 +234,7 @@ class Balances(Resource[M]):
             idempotency_key=idempotency_key,
         )
 
-    @paged
+    @paged("GET /admin/v1/balances")
     def list(
         self, *, tenant_id: int | None = None, user_id: int | None = None, limit: int | None = None
     ) -> Listing[AccountBalance]:

@@ -85,7 +85,7 @@ class _Tail:
 class Finance(Resource[M]):
     """Finance logs, newest first: `start` inclusive, `end` exclusive (UTC unless they carry an offset)."""
 
-    @paged
+    @paged("GET /admin/v1/finance/recharges")
     def recharges(
         self,
         *,
@@ -101,7 +101,7 @@ class Finance(Resource[M]):
     ) -> Listing[RechargeLogRow]:
         return _log("recharges", RechargeLogRow, **_filters(locals()))
 
-    @paged
+    @paged("GET /admin/v1/finance/usage")
     def usage(
         self,
         *,
@@ -117,7 +117,7 @@ class Finance(Resource[M]):
     ) -> Listing[UsageLogRow]:
         return _log("usage", UsageLogRow, **_filters(locals()))
 
-    @paged
+    @paged("GET /admin/v1/finance/ledger")
     def ledger(
         self,
         *,
@@ -133,7 +133,7 @@ class Finance(Resource[M]):
     ) -> Listing[LedgerLogRow]:
         return _log("ledger", LedgerLogRow, **_filters(locals()))
 
-    @paged
+    @paged("GET /admin/v1/finance/audit")
     def audit(
         self,
         *,
@@ -149,7 +149,12 @@ class Finance(Resource[M]):
     ) -> Listing[AuditEvent]:
         return _log("audit", AuditEvent, **_filters(locals()))
 
-    @flow
+    @flow(
+        "GET /admin/v1/finance/recharges/export",
+        "GET /admin/v1/finance/usage/export",
+        "GET /admin/v1/finance/ledger/export",
+        "GET /admin/v1/finance/audit/export",
+    )
     def export(
         self,
         log: LogName,
@@ -201,7 +206,7 @@ class Finance(Resource[M]):
         rows = headers.get("x-export-rows")
         return ExportInfo(rows=int(rows) if rows else None, as_of=headers.get("x-export-as-of"), bytes=tail.size)
 
-    @endpoint
+    @endpoint("GET /admin/v1/finance/reports/daily")
     def daily_report(
         self, *, start: date | None = None, end: date | None = None, tenant_id: int | None = None
     ) -> Call[DailyReport]:
@@ -214,7 +219,7 @@ class Finance(Resource[M]):
             parse=parse_json(DailyReport),
         )
 
-    @endpoint
+    @endpoint("GET /admin/v1/finance/reports/liability")
     def liability(self, *, at: datetime | None = None, tenant_id: int | None = None) -> Call[LiabilityReport]:
         """Tokens outstanding on user and pool accounts, now or at a past instant."""
         return Call(
@@ -232,33 +237,33 @@ def _filters(values: dict[str, Any]) -> dict[str, Any]:
 class Reports(Resource[M]):
     """Platform-wide checks (platform staff only) and the dashboard."""
 
-    @endpoint
+    @endpoint("GET /admin/v1/reconciliation")
     def reconciliation(self) -> Call[Reconciliation]:
         """Every ledger check over one snapshot, not recorded (`facemint reconcile` over HTTP)."""
         return Call(method="GET", path="/admin/v1/reconciliation", parse=parse_json(Reconciliation))
 
-    @endpoint
+    @endpoint("POST /admin/v1/reconciliation/runs")
     def run_reconciliation(self) -> Call[ReconciliationRun]:
         """Reconcile now and record the outcome (a read-only check: running it twice records two runs)."""
         return Call(
             method="POST", path="/admin/v1/reconciliation/runs", parse=parse_json(ReconciliationRun), replay_safe=True
         )
 
-    @paged
+    @paged("GET /admin/v1/reconciliation/runs")
     def reconciliation_runs(self, *, limit: int | None = None) -> Listing[ReconciliationRun]:
         return listing("/admin/v1/reconciliation/runs", ReconciliationRun, limit=limit)
 
-    @endpoint
+    @endpoint("GET /admin/v1/ledger/seals")
     def seals(self) -> Call[builtins.list[StreamSeal]]:
         """The newest seal of each ledger stream."""
         return Call(method="GET", path="/admin/v1/ledger/seals", parse=parse_list(StreamSeal))
 
-    @endpoint
+    @endpoint("POST /admin/v1/ledger/seals")
     def seal(self) -> Call[SealRun]:
         """Seal the finished rows not sealed yet (409 `sealer_busy` while a worker's sealer works)."""
         return Call(method="POST", path="/admin/v1/ledger/seals", parse=parse_json(SealRun), replay_safe=True)
 
-    @endpoint
+    @endpoint("GET /admin/v1/reports/dashboard")
     def dashboard(self, *, tz: str | None = None, fresh: bool | None = None) -> Call[Dashboard]:
         return Call(
             method="GET",
@@ -271,20 +276,20 @@ class Reports(Resource[M]):
 class AdminJobs(Resource[M]):
     """Jobs across users (a tenant admin: its tenant's)."""
 
-    @endpoint
+    @endpoint("GET /admin/v1/jobs/{job_id}")
     def get(self, job_id: str) -> Call[AdminJobDetail]:
         """The job with its hold (held, captured, released), timings and webhook attempts."""
         return Call(method="GET", path=f"/admin/v1/jobs/{job_id}", parse=parse_json(AdminJobDetail))
 
-    @endpoint
+    @endpoint("POST /admin/v1/jobs/{job_id}/cancel")
     def cancel(self, job_id: str) -> Call[AdminJobDetail]:
         return Call(method="POST", path=f"/admin/v1/jobs/{job_id}/cancel", parse=parse_json(AdminJobDetail))
 
-    @endpoint
+    @endpoint("GET /admin/v1/jobs/{job_id}/webhooks")
     def webhooks(self, job_id: str) -> Call[builtins.list[WebhookEventRecord]]:
         return Call(method="GET", path=f"/admin/v1/jobs/{job_id}/webhooks", parse=parse_list(WebhookEventRecord))
 
-    @endpoint
+    @endpoint("GET /admin/v1/jobs/{job_id}/thumbnail")
     def thumbnail(self, job_id: str) -> Call[bytes]:
         """An image result, at most 256 pixels a side (needs `jobs:admin-results`)."""
         return Call(
@@ -294,7 +299,7 @@ class AdminJobs(Resource[M]):
             headers={"Accept": "*/*"},
         )
 
-    @paged
+    @paged("GET /admin/v1/jobs")
     def list(
         self,
         *,

@@ -12,15 +12,20 @@ import time
 import pytest
 
 from facemint_client import (
+    AbuseChecksUnavailable,
+    AccountFrozen,
     APIConnectionError,
     AsyncFacemint,
+    Conflict,
     Facemint,
     IdempotencyConflict,
     LedgerContention,
+    NotFound,
     RateLimited,
     RetryPolicy,
     ServerError,
     ServiceUnavailable,
+    UserFrozen,
 )
 from facemint_client._retry import parse_retry_after
 from tests.sdk.scripted_peer import Answer, scripted_peer
@@ -42,6 +47,11 @@ TENANT = {
     "created_at": "2026-12-05T10:00:00+00:00",
     "updated_at": "2026-12-05T10:00:00+00:00",
 }
+STAMP = "2026-12-05T10:00:00+00:00"
+ALERT = {"account": "user", "user_id": 1, "tenant_id": 3, "threshold": 10, "hysteresis": 1, "rearm_at": 11}
+RULE = {"id": 4, "tenant_id": 3, "kind": "jobs_per_window", "action": "freeze", "window_seconds": 60, "max_jobs": 2}
+TRIGGER = {"id": 5, "tenant_id": 3, "rule_id": 4, "user_id": 1, "status": "resolved", "unfroze": True}
+JOB = {"id": "job_1", "operation": "swap.image", "status": "queued", "created_at": STAMP}
 # No jitter unless a test wants it: the schedule is then exact.
 EXACT = RetryPolicy(max_retries=3, initial_delay=0.2, max_delay=10.0, jitter=0.0)
 
@@ -195,6 +205,65 @@ def test_a_lost_answer_is_retried_only_where_a_replay_applies_nothing_twice() ->
     with scripted_peer(Answer(0, hang_up=True), Answer(200, TENANT)) as peer:
         assert client(peer.url).admin.tenants.suspend(3).id == 3
     assert len(peer.seen) == 2  # a state change: applying it twice leaves the same state
+
+
+def test_setting_a_state_is_retried_after_a_500_and_an_unkeyed_rule_is_not_created_twice() -> None:
+    with scripted_peer(Answer.problem(500, "internal_error"), Answer(200, ALERT)) as peer:
+        assert client(peer.url).admin.balance_alerts.set_user(1, 10).threshold == 10
+    assert [(seen.method, seen.path) for seen in peer.seen] == [("PUT", "/admin/v1/users/1/balance/alert")] * 2
+    with scripted_peer(Answer(0, hang_up=True), Answer(201, RULE)) as peer, pytest.raises(APIConnectionError):
+        client(peer.url).admin.abuse_rules.create(
+            3, kind="jobs_per_window", action="freeze", window_seconds=60, max_jobs=2
+        )
+    assert len(peer.seen) == 1  # the rule may exist now: look before creating it again
+
+
+def test_a_delete_whose_answer_was_lost_is_done_when_its_retry_meets_not_found() -> None:
+    with scripted_peer(Answer(0, hang_up=True), Answer.problem(404, "abuse_rule_not_found")) as peer:
+        assert client(peer.url).admin.abuse_rules.delete(3, 4) is None
+    assert [seen.method for seen in peer.seen] == ["DELETE", "DELETE"]
+    with scripted_peer(Answer(0, hang_up=True), Answer.problem(404, "zendesk_asset_not_found")) as peer:
+        assert client(peer.url).admin.zendesk.delete_asset(3, 4) is None
+    # Without a lost answer, not found is the caller's to know.
+    with scripted_peer(Answer.problem(404, "abuse_rule_not_found")) as peer, pytest.raises(NotFound):
+        client(peer.url).admin.abuse_rules.delete(3, 4)
+    assert len(peer.seen) == 1
+
+
+def test_a_resolve_whose_answer_was_lost_reads_the_trigger_back() -> None:
+    script = [Answer(0, hang_up=True), Answer.problem(409, "abuse_trigger_resolved"), Answer(200, TRIGGER)]
+    with scripted_peer(*script) as peer:
+        trigger = client(peer.url).admin.abuse_triggers.resolve(5, note="ok", unfreeze=True)
+    assert (trigger.status, trigger.unfroze) == ("resolved", True)
+    assert [(seen.method, seen.path) for seen in peer.seen] == [
+        ("POST", "/admin/v1/abuse/triggers/5/resolve"),
+        ("POST", "/admin/v1/abuse/triggers/5/resolve"),
+        ("GET", "/admin/v1/abuse/triggers/5"),
+    ]
+    # Resolved, but not as this call asked (someone else closed it without unfreezing): the refusal stands.
+    script = [
+        Answer(0, hang_up=True),
+        Answer.problem(409, "abuse_trigger_resolved"),
+        Answer(200, {**TRIGGER, "unfroze": False}),
+    ]
+    with scripted_peer(*script) as peer, pytest.raises(Conflict) as raised:
+        client(peer.url).admin.abuse_triggers.resolve(5, unfreeze=True)
+    assert raised.value.code == "abuse_trigger_resolved"
+
+
+def test_unavailable_abuse_checks_are_retried_under_the_same_key_and_a_freeze_is_not() -> None:
+    unavailable = Answer.problem(503, "abuse_checks_unavailable", **{"Retry-After": "0"})
+    with scripted_peer(unavailable, Answer(201, JOB)) as peer:
+        assert client(peer.url).jobs.submit(b"source", b"target").id == "job_1"
+    assert len(peer.seen) == 2
+    assert len({seen.headers["idempotency-key"] for seen in peer.seen}) == 1
+    with scripted_peer(*[unavailable] * 3) as peer, pytest.raises(AbuseChecksUnavailable):
+        client(peer.url, RetryPolicy(max_retries=2, initial_delay=0.01)).jobs.submit(b"source", b"target")
+    assert len(peer.seen) == 3
+    with scripted_peer(Answer.problem(403, "account_frozen")) as peer, pytest.raises(AccountFrozen) as frozen:
+        client(peer.url).jobs.submit(b"source", b"target")
+    assert len(peer.seen) == 1
+    assert isinstance(frozen.value, UserFrozen)
 
 
 def test_an_unreachable_api_is_retried_then_reported() -> None:

@@ -9,6 +9,8 @@ from facemint_client._resource import AsyncPager, SyncPager
 from facemint_client._retry import RetryPolicy
 from facemint_client._version import __version__
 from facemint_client.errors import (
+    AbuseChecksUnavailable,
+    AccountFrozen,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -52,6 +54,8 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AbuseChecksUnavailable",
+    "AccountFrozen",
     "ApprovalNotPending",
     "AsyncFacemint",
     "AsyncPager",

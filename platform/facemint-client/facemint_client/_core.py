@@ -97,7 +97,8 @@ class Call(Generic[T]):
     `idempotent`: the operation moves tokens or creates a job, so it carries an Idempotency-Key (the caller's, or
     one made here), the same on every retry. `replay_safe`: sending it twice cannot apply it twice (default: a
     read, or `idempotent`); decides whether a 5xx or a broken connection is retried. `recover`: after an attempt
-    whose outcome is unknown, turns the next attempt's refusal into a call that reads what the first one did."""
+    whose outcome is unknown, turns the next attempt's refusal into a call that reads what the first one did, or
+    into the call's value (`Settled`) when the refusal itself shows it (a delete that meets "not found")."""
 
     method: str
     path: str
@@ -112,13 +113,30 @@ class Call(Generic[T]):
     idempotency_key: str | None = None
     replay_safe: bool | None = None
     timeout: float | None = None
-    recover: Callable[[APIError], Call[T] | None] | None = None
+    recover: Callable[[APIError], Call[T] | Settled[T] | None] | None = None
 
     @property
     def safe_to_replay(self) -> bool:
         if self.replay_safe is not None:
             return self.replay_safe
         return self.method in _SAFE_METHODS or self.idempotent
+
+
+@dataclass(frozen=True, slots=True)
+class Settled(Generic[T]):
+    """`recover`'s answer when a retry's refusal proves the first attempt did what was asked: the call's value."""
+
+    value: T
+
+
+def deleted_unless_found(*codes: str) -> Callable[[APIError], Settled[None] | None]:
+    """`recover` for a delete the server answers "not found" once it is done (`codes`): after a lost answer, that
+    refusal means the first attempt deleted it."""
+
+    def recover(error: APIError) -> Settled[None] | None:
+        return Settled(None) if error.code in codes else None
+
+    return recover
 
 
 def query(**values: Any) -> dict[str, str]:
@@ -252,9 +270,9 @@ class Attempts:
         error.idempotency_key = self.key
         raise error from exc
 
-    def after_response(self, response: ApiResponse) -> float | Call[Any] | None:
-        """None when the response is a success; else the wait before retrying, or a follow-up call (`recover`);
-        raises the mapped error when it is not retried."""
+    def after_response(self, response: ApiResponse) -> float | Call[Any] | Settled[Any] | None:
+        """None when the response is a success; else the wait before retrying, or a follow-up call or the value
+        (`recover`); raises the mapped error when it is not retried."""
         if response.status < 400:
             return None
         error = self.error(response)
@@ -298,6 +316,9 @@ def execute(config: ClientConfig, call: Call[T]) -> Flow[T]:
         step = attempts.after_response(answer)
         if step is None:
             return call.parse(answer)
+        if isinstance(step, Settled):
+            settled: T = step.value
+            return settled
         if isinstance(step, Call):
             result: T = yield from execute(config, step)
             return result

@@ -7,7 +7,7 @@ A retry is safe when the server applied nothing, or when applying twice is impos
 - 5xx and a connection that broke after sending may have applied the request, so they are retried only when a
   replay cannot apply it twice: reads, requests carrying an Idempotency-Key (the server replays the first
   outcome) and requests that only set a state (suspend, freeze, revoke). A 503 whose code says nothing was
-  started (`service_unavailable`, `queue_unavailable`) is retried for any request.
+  started (`service_unavailable`, `queue_unavailable`, `abuse_checks_unavailable`) is retried for any request.
 An idempotency conflict (409 `idempotency_key_reused`) or any other 4xx is never retried."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from datetime import UTC
 import httpx
 
 CONTENTION_CODES = frozenset({"ledger_contention"})
-# 503s the API answers before doing any work (the rate limiter or the queue unreachable).
-REFUSED_BEFORE_WORK_CODES = frozenset({"service_unavailable", "queue_unavailable"})
+# 503s the API answers before doing any work (the rate limiter, the queue or the abuse checks unreachable).
+REFUSED_BEFORE_WORK_CODES = frozenset({"service_unavailable", "queue_unavailable", "abuse_checks_unavailable"})
 ALWAYS_RETRIED_STATUSES = frozenset({408, 429})
 
 

@@ -50,6 +50,15 @@ class Upload:
             return (self.filename, self.stream, self.content_type), None
         return (self.filename, self.data or b"", self.content_type), None
 
+    def read(self) -> bytes:
+        """The whole file, for a body sent as it is (a CSV, an image)."""
+        (_, body, _), handle = self.open()
+        try:
+            return body if isinstance(body, bytes) else bytes(body.read())
+        finally:
+            if handle is not None:
+                handle.close()
+
 
 def _guess(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"

@@ -1,5 +1,6 @@
-"""Response models of the `/admin/v1` API: tenants, users, keys, recharges and batches, approvals, balances and
-postings, prices, audit, finance logs and reports, admin job views."""
+"""Response models of the `/admin/v1` API: tenants (and their account events), users, keys, recharges and
+batches, approvals, balances and postings, prices, audit, finance logs and reports, admin job views, abuse rules
+and triggers. The Zendesk connector's are in `facemint_client.zendesk_models`."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ class ApiKeyCreated(ApiKey):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WebhookSecret:
     secret: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventsWebhook:
+    """Where a tenant's account events (`balance.low`, abuse) are sent; None: nowhere."""
+
+    url: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AccountEvent(WebhookEventRecord):
+    """A tenant's account event (`event_type` e.g. `balance.low`), with the body sent (`payload`) and every
+    delivery attempt."""
+
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 # --- money ---------------------------------------------------------------------------------------------------
@@ -428,3 +444,49 @@ class AdminJob(Job):
 class AdminJobDetail(AdminJob):
     hold: JobHold
     webhooks: list[WebhookEventRecord]
+
+
+# --- abuse ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AbuseRule:
+    """A tenant's abuse rule. `kind`: `jobs_per_window` or `same_face_per_window` (with `max_jobs`), or
+    `spend_rate` (with `multiple`, `baseline_hours` and `min_tokens`); `action`: `flag` or `freeze`."""
+
+    id: int
+    tenant_id: int
+    kind: str
+    action: str
+    enabled: bool
+    window_seconds: int
+    max_jobs: int | None
+    multiple: float | None
+    baseline_hours: int | None
+    min_tokens: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AbuseTrigger:
+    """What a rule caught: the user, the window and what was counted (`observed`); `open` until resolved (`note`,
+    and `unfroze` when resolving it unfroze the user)."""
+
+    id: int
+    tenant_id: int
+    rule_id: int
+    user_id: int
+    kind: str
+    action: str
+    window_start: datetime
+    window_seconds: int
+    generation: int
+    observed: dict[str, Any]
+    job_public_id: str | None
+    status: str  # open | resolved
+    resolved_by_user_id: int | None
+    resolved_at: datetime | None
+    note: str | None
+    unfroze: bool
+    created_at: datetime

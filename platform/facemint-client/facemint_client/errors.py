@@ -120,6 +120,14 @@ class UserFrozen(PermissionDenied):
     codes = ("user_frozen",)
 
 
+class AccountFrozen(UserFrozen):
+    """403 `account_frozen`: one of the tenant's abuse rules froze the caller's user at this submit; nothing was
+    recorded or held. Its later calls answer `UserFrozen` until someone unfreezes it (`client.admin.users.unfreeze`,
+    or `client.admin.abuse_triggers.resolve(..., unfreeze=True)`)."""
+
+    codes = ("account_frozen",)
+
+
 class TenantSuspended(PermissionDenied):
     codes = ("tenant_suspended",)
 
@@ -225,6 +233,13 @@ class ServerError(APIError):
 
 class ServiceUnavailable(ServerError):
     status_code = 503
+
+
+class AbuseChecksUnavailable(ServiceUnavailable):
+    """503 `abuse_checks_unavailable`: the tenant's abuse checks could not run, so the submit was refused before
+    anything was recorded or held; retried automatically (after `Retry-After`), like any refusal before work."""
+
+    codes = ("abuse_checks_unavailable",)
 
 
 # --- client-side ---------------------------------------------------------------------------------------------

@@ -66,6 +66,26 @@ class Usage:
     items: list[UsageRow]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BalanceAlert:
+    """A low-balance alert on an account (`account`: `user` or `tenant_pool`): the tenant's events URL gets one
+    `balance.low` event when `available` drops below `threshold`, and another only after it is back at `rearm_at`
+    (`threshold + hysteresis`). `armed` is False from the alert that fired until then."""
+
+    account: str
+    user_id: int | None
+    tenant_id: int | None
+    threshold: int
+    hysteresis: int
+    rearm_at: int
+    armed: bool
+    available: int
+    fired_at: datetime | None
+    rearmed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
 # --- jobs ----------------------------------------------------------------------------------------------------
 
 

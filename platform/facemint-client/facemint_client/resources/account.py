@@ -1,5 +1,5 @@
 """`/auth` (access tokens, sign out everywhere) and the caller's own account under `/v1`: balance, ledger,
-usage."""
+usage, and its low-balance alert."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import date
 
 from facemint_client._core import Call, parse_json, query
 from facemint_client._resource import Listing, M, Resource, endpoint, listing, paged
-from facemint_client.models import AccessToken, Balance, LedgerEntry, Usage
+from facemint_client.models import AccessToken, Balance, BalanceAlert, LedgerEntry, Usage
+from facemint_client.resources import alerts
 
 
 class Auth(Resource[M]):
@@ -45,3 +46,20 @@ class Account(Resource[M]):
     def ledger(self, *, limit: int | None = None) -> Listing[LedgerEntry]:
         """The caller's ledger entries, newest first."""
         return listing("/v1/ledger", LedgerEntry, limit=limit)
+
+    @endpoint("GET /v1/balance/alert")
+    def alert(self) -> Call[BalanceAlert]:
+        """The caller's low-balance alert (`NotFound`, code `balance_alert_not_found`, when none is set)."""
+        return alerts.get_alert("/v1/balance/alert")
+
+    @endpoint("PUT /v1/balance/alert")
+    def set_alert(self, threshold: int, *, hysteresis: int | None = None) -> Call[BalanceAlert]:
+        """Alert the caller's tenant (its events URL, `balance.low`) once when the caller's available tokens drop
+        below `threshold`; again only after they are back at `threshold + hysteresis` (default: a tenth of the
+        threshold, at least 1). Replaces the alert set before, if any."""
+        return alerts.set_alert("/v1/balance/alert", threshold, hysteresis)
+
+    @endpoint("DELETE /v1/balance/alert")
+    def remove_alert(self) -> Call[None]:
+        """Remove the caller's alert (nothing set: nothing to do)."""
+        return alerts.remove_alert("/v1/balance/alert")

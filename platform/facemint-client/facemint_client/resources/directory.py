@@ -1,4 +1,5 @@
-"""`/admin/v1`: tenants (and their webhook secret), users, API keys, the price book and the audit trail.
+"""`/admin/v1`: tenants (their webhook secret, events URL and account events), users, API keys, the price book and
+the audit trail.
 
 Creating a tenant, user, key or price carries no Idempotency-Key (the API takes none there), so such a call is
 retried only when nothing reached the server; a state change (suspend, freeze, revoke, update) is retried like a
@@ -13,7 +14,17 @@ from typing import Any
 
 from facemint_client._core import Call, parse_json, parse_list, query
 from facemint_client._resource import Listing, M, Resource, endpoint, listing, paged
-from facemint_client.admin_models import ApiKey, ApiKeyCreated, AuditEvent, Price, Tenant, User, WebhookSecret
+from facemint_client.admin_models import (
+    AccountEvent,
+    ApiKey,
+    ApiKeyCreated,
+    AuditEvent,
+    EventsWebhook,
+    Price,
+    Tenant,
+    User,
+    WebhookSecret,
+)
 
 
 def _fields(**values: Any) -> dict[str, Any]:
@@ -72,6 +83,34 @@ class Tenants(Resource[M]):
             method="POST",
             path=f"/admin/v1/tenants/{tenant_id}/webhook-secret/rotate",
             parse=lambda response: parse_json(WebhookSecret)(response).secret,
+        )
+
+    @endpoint("GET /admin/v1/tenants/{tenant_id}/events-webhook")
+    def events_webhook(self, tenant_id: int) -> Call[EventsWebhook]:
+        """Where the tenant's account events (`balance.low`, abuse) are sent."""
+        return Call(method="GET", path=f"/admin/v1/tenants/{tenant_id}/events-webhook", parse=parse_json(EventsWebhook))
+
+    @endpoint("PUT /admin/v1/tenants/{tenant_id}/events-webhook")
+    def set_events_webhook(self, tenant_id: int, url: str | None) -> Call[EventsWebhook]:
+        """Send the tenant's account events to `url` (checked like a job's webhook URL: 422 `invalid_webhook_url`),
+        or, None, nowhere. Signed with the tenant's webhook secret, as job events are."""
+        return Call(
+            method="PUT",
+            path=f"/admin/v1/tenants/{tenant_id}/events-webhook",
+            json={"url": url},
+            parse=parse_json(EventsWebhook),
+            replay_safe=True,
+        )
+
+    @endpoint("GET /admin/v1/tenants/{tenant_id}/events")
+    def events(self, tenant_id: int, *, limit: int | None = None) -> Call[builtins.list[AccountEvent]]:
+        """The tenant's account events, newest first (`limit`: 1 to 500, default 100), each with its body and every
+        delivery attempt. Not paginated."""
+        return Call(
+            method="GET",
+            path=f"/admin/v1/tenants/{tenant_id}/events",
+            params=query(limit=limit),
+            parse=parse_list(AccountEvent),
         )
 
     @paged("GET /admin/v1/tenants")

@@ -93,7 +93,7 @@ class Recharges(Resource[M]):
         if (items is None) == (csv is None):
             raise ValueError("give either items or csv")
         if csv is not None:
-            content, content_type = _read(Upload.of(csv, field="csv")), "text/csv"
+            content, content_type = Upload.of(csv, field="csv").read(), "text/csv"
         else:
             content = json.dumps({"items": [dict(item) for item in items or ()]}).encode()
             content_type = "application/json"
@@ -127,15 +127,6 @@ class Recharges(Resource[M]):
         return listing(f"/admin/v1/recharges/batches/{batch_id}/rows", BatchRow, limit=limit)
 
 
-def _read(upload: Upload) -> bytes:
-    (_, body, _), handle = upload.open()
-    try:
-        return body if isinstance(body, bytes) else bytes(body.read())
-    finally:
-        if handle is not None:
-            handle.close()
-
-
 class Approvals(Resource[M]):
     @endpoint("GET /admin/v1/recharge-approvals/{approval_id}")
     def get(self, approval_id: int) -> Call[ApprovalDetail]:
@@ -143,14 +134,16 @@ class Approvals(Resource[M]):
         return _get_approval(approval_id)
 
     @endpoint(
-        "POST /admin/v1/recharge-approvals/{approval_id}/approve", "GET /admin/v1/recharge-approvals/{approval_id}"
+        "POST /admin/v1/recharge-approvals/{approval_id}/approve",
+        "GET /admin/v1/recharge-approvals/{approval_id}",
     )
     def approve(self, approval_id: int, *, note: str | None = None) -> Call[Approval]:
         """Approve (another operator's request): it is applied then, exactly once."""
         return _decide(approval_id, "approve", "approved", note)
 
     @endpoint(
-        "POST /admin/v1/recharge-approvals/{approval_id}/reject", "GET /admin/v1/recharge-approvals/{approval_id}"
+        "POST /admin/v1/recharge-approvals/{approval_id}/reject",
+        "GET /admin/v1/recharge-approvals/{approval_id}",
     )
     def reject(self, approval_id: int, *, note: str | None = None) -> Call[Approval]:
         """Reject (or, the requester, withdraw) a pending request: nothing is applied."""

@@ -4,8 +4,9 @@ On a `Resource[Sync]` the method returns the value, on a `Resource[Async]` a cor
 becomes a `SyncPager` or an `AsyncPager`: type checkers see exactly that (the overloads below).
 
 Each decorator names the API routes its method calls, as the API's OpenAPI document writes them
-(`@endpoint("GET /v1/jobs/{job_id}")`): that is the registry `operations()` reads, to hold the client against the
-server's document."""
+(`@endpoint("GET /v1/jobs/{job_id}")`): that is the registry `operations()` reads, and
+`tests/sdk/test_route_coverage.py` holds it against the server's document both ways, so the client can neither
+miss a route nor name one that does not exist."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Set-based batch recharge. The caller stages the valid rows (account, amount, row number, reference) in
-the `recharge_stage` temporary table; applying them is a handful of statements whatever the row count."""
+"""Set-based batch recharge. The caller stages the valid rows (account, amount, row number, reference, and the
+lot terms: priority and expiry) in the `recharge_stage` temporary table; applying them is a handful of statements
+whatever the row count."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing.errors import IdempotencyConflict, InsufficientTokens, InvalidAmount
+from billing.ledger import lots
+from billing.ledger.orm import MAX_PRIORITY, MIN_PRIORITY
 from billing.ledger.service import database_refusals
 
 STAGE_TABLE = "recharge_stage"
@@ -38,7 +41,9 @@ def create_stage(session: Session) -> str:
     session.execute(
         text(
             f"CREATE TEMP TABLE {STAGE_TABLE} (row_no integer NOT NULL, account_id bigint NOT NULL, "
-            "amount bigint NOT NULL CHECK (amount > 0), reference text) ON COMMIT DROP"
+            "amount bigint NOT NULL CHECK (amount > 0), reference text, "
+            f"priority integer CHECK (priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}), expires_at timestamptz) "
+            "ON COMMIT DROP"
         )
     )
     return STAGE_TABLE
@@ -181,6 +186,16 @@ def apply_staged(
     if row.n_entries != applied + 1:
         # A staged account vanished or is not a tracked account: refuse the batch rather than half-apply it.
         raise InvalidAmount("a staged row did not match a user account; nothing was applied")
+    # The rows' lots, set-based, under the row locks the statement above took.
+    with database_refusals():
+        lots.record_batch(
+            session,
+            transaction_id=row.transaction_id,
+            stage=STAGE_TABLE,
+            source_account_id=source_account_id,
+            source_tracked=source_tracked,
+            total=total,
+        )
     return AppliedBatch(batch_id=batch_id, transaction_id=row.transaction_id, applied=applied, total_amount=total)
 
 

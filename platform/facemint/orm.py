@@ -1,6 +1,15 @@
 """Every table of the schema, imported in one place for Alembic and the drift test."""
 
-from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
+from billing.ledger.orm import (
+    CreditLot,
+    Hold,
+    HoldLotAllocation,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    LotConsumption,
+    LotEpoch,
+)
 from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
 from billing.reports import orm as rollup_orm  # noqa: F401  (registers the journal's rollup)
@@ -19,11 +28,15 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "CreditLot",
     "Hold",
+    "HoldLotAllocation",
     "Job",
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "LotConsumption",
+    "LotEpoch",
     "Price",
     "RechargeBatch",
     "ReconciliationRun",

@@ -177,7 +177,7 @@ _BATCH_FROM_ISSUANCE_SQL = f"""
 WITH written AS (
     INSERT INTO credit_lots
         (account_id, tenant_id, source, priority, effective_at, expires_at, amount, remaining, transaction_id)
-    SELECT s.account_id, a.tenant_id, '{LotSource.recharge.value}', coalesce(s.priority, {PAID_PRIORITY}), now(),
+    SELECT s.account_id, a.tenant_id, :lot_source, coalesce(s.priority, {PAID_PRIORITY}), now(),
            s.expires_at, s.amount, s.amount, :txn
     FROM {{stage}} s JOIN ledger_accounts a ON a.id = s.account_id
     RETURNING amount
@@ -204,7 +204,7 @@ mirrored AS (
 written AS (
     INSERT INTO credit_lots
         (account_id, tenant_id, source, priority, effective_at, expires_at, amount, remaining, transaction_id)
-    SELECT m.account_id, a.tenant_id, '{LotSource.transfer.value}', m.priority, now(), m.expires_at, m.amount,
+    SELECT m.account_id, a.tenant_id, :lot_source, m.priority, now(), m.expires_at, m.amount,
            m.amount, :txn
     FROM mirrored m JOIN ledger_accounts a ON a.id = m.account_id
     RETURNING amount
@@ -215,12 +215,24 @@ SELECT (SELECT coalesce(sum(amount), 0) FROM burn) AS burned, CAST(:total AS big
 
 
 def record_batch(
-    session: Session, *, transaction_id: int, stage: str, source_account_id: int, source_tracked: bool, total: int
+    session: Session,
+    *,
+    transaction_id: int,
+    stage: str,
+    source_account_id: int,
+    source_tracked: bool,
+    total: int,
+    source: LotSource | None = None,
 ) -> None:
     """The lots of a batch just applied (its statement holds the accounts' row locks), set-based whatever its size:
-    one lot per row from issuance, or the rows' share of the pool's lots from a pool."""
+    one lot per row from issuance, or the rows' share of the pool's lots from a pool. `source` names the lots'
+    source (default `recharge` from issuance, `transfer` from a pool; recurring grants say `grant`)."""
     sql = (_BATCH_FROM_POOL_SQL if source_tracked else _BATCH_FROM_ISSUANCE_SQL).format(stage=stage)
-    row = session.execute(text(sql), {"txn": transaction_id, "source": source_account_id, "total": total}).one()
+    lot_source = source or (LotSource.transfer if source_tracked else LotSource.recharge)
+    row = session.execute(
+        text(sql),
+        {"txn": transaction_id, "source": source_account_id, "total": total, "lot_source": lot_source.value},
+    ).one()
     _check(row.burned, row.debited, row.credited, row.to_credit, transaction_id)
 
 

@@ -18,8 +18,9 @@ from billing.ledger.service import database_refusals
 
 STAGE_TABLE = "recharge_stage"
 # Batches are serialised with one transaction-scoped advisory lock: two overlapping batches would otherwise
-# lock the same accounts in different orders and deadlock. A batch holds it for as long as it applies.
-_BATCH_LOCK_KEY = 0x46_4D_42_41_54_43_48  # "FMBATCH"
+# lock the same accounts in different orders and deadlock. A batch holds it for as long as it applies (and so does
+# each recurring grant's credit, billing.grants.service, for the same reason).
+BATCH_LOCK_KEY = 0x46_4D_42_41_54_43_48  # "FMBATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ def apply_staged(
     source_tracked: bool,
 ) -> AppliedBatch:
     """Credit every staged row and debit the source once, as one balanced transaction."""
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BATCH_LOCK_KEY})
     applied, total = stage_totals(session)
     if applied == 0:
         return AppliedBatch(batch_id=batch_id, transaction_id=None, applied=0, total_amount=0)

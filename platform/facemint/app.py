@@ -22,6 +22,7 @@ from facemint.console.endpoints import install_console
 from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
+from facemint.grants.endpoints import router as grants_router
 from facemint.jobs import files
 from facemint.jobs.admin_endpoints import router as jobs_admin_router
 from facemint.jobs.endpoints import SWAPS_PATH, swap_body_limit
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finance_router,
         approvals_router,
         jobs_admin_router,
+        grants_router,
     ):
         app.include_router(router)
     install_metrics(app)

@@ -45,6 +45,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "reconciliation_runs": APPEND_ONLY,  # one row per run: the dashboard's "last reconciliation"
     "hold_lot_allocations": APPEND_ONLY,  # which lots a hold reserved from
     "lot_consumptions": APPEND_ONLY,  # which lots a debit burned
+    "grant_awards": APPEND_ONLY,  # once per (grant, period, account): the recurring grants' idempotency
     "credit_lot_epoch": READ_ONLY,  # the first transaction lots account for
     "ledger_accounts": READ_WRITE,
     "ledger_rollups": READ_WRITE,  # the sealer upserts the journal's sums (billing.reports.rollup)
@@ -53,6 +54,8 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "jobs": READ_WRITE,
     "recharge_batches": READ_WRITE,
     "recharge_approvals": READ_WRITE,
+    "credit_grants": READ_WRITE,
+    "credit_grant_periods": READ_WRITE,  # the workers add each run's figures to its period
     "tenants": READ_WRITE,
     "users": READ_WRITE,
     "api_keys": READ_WRITE,

@@ -1,5 +1,6 @@
 """Every table of the schema, imported in one place for Alembic and the drift test."""
 
+from billing.grants.orm import GrantAward
 from billing.ledger.orm import (
     CreditLot,
     Hold,
@@ -18,6 +19,7 @@ from facemint.api_keys.orm import ApiKey
 from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers the approval tables)
 from facemint.audit.orm import AuditEvent
 from facemint.db import Base
+from facemint.grants.orm import CreditGrant, CreditGrantPeriod
 from facemint.jobs.orm import Job
 from facemint.reports.orm import ReconciliationRun
 from facemint.tenants.orm import Tenant
@@ -28,9 +30,12 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "CreditGrant",
+    "CreditGrantPeriod",
     "CreditLot",
     "Hold",
     "HoldLotAllocation",
+    "GrantAward",
     "Job",
     "LedgerAccount",
     "LedgerEntry",

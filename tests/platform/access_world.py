@@ -35,6 +35,8 @@ from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.config import Settings
 from facemint.context import RequestContext
 from facemint.db import unit_of_work
+from facemint.grants import service as grant_service
+from facemint.grants.schemas import GrantCreate
 from facemint.jobs import service as jobs
 from facemint.jobs.submission import SWAP_OPERATION
 from facemint.recharges import batch as batch_service
@@ -202,6 +204,21 @@ class Side:
             return str(job.public_id)
 
         return str(self._once(f"job:{owner.id}:{finished}", make))
+
+    @property
+    def grant_id(self) -> int:
+        """A recurring grant of this tenant, paid from its pool (what its tenant admin may make and change)."""
+
+        def make() -> int:
+            grant = grant_service.create(
+                self.world.session,
+                context=None,
+                data=GrantCreate(**tenant_grant_body(self)),
+                ceiling=self.world.settings.recharge_max_amount,
+            )
+            return grant.id
+
+        return int(self._once("grant_id", make))
 
     def _as_admin(self) -> RequestContext:
         return self.world.context(self.admin, self.tenant)
@@ -466,6 +483,28 @@ def batch(world: World, variant: str, role: Role) -> Call:
         content=f"email,amount\n{side.subject.email},5\n".encode(),
         headers={"Content-Type": "text/csv"},
     )
+
+
+def tenant_grant_body(side: Side) -> dict[str, Any]:
+    """A daily grant of the side's tenant, paid from its pool."""
+    return {
+        "name": f"grant {side.marker}",
+        "scope": "tenant",
+        "tenant_id": side.tenant.id,
+        "amount": 5,
+        "period": "day",
+        "funding": "tenant_pool",
+    }
+
+
+PLAN_GRANT_BODY = {
+    "name": "plan grant",
+    "scope": "plan",
+    "plan": "free",
+    "amount": 5,
+    "period": "day",
+    "funding": "platform",
+}
 
 
 def renamed_tenant(world: World, variant: str, role: Role) -> Call:

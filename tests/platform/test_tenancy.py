@@ -13,13 +13,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from facemint.config import Settings
-from facemint.tenants.orm import Tenant
+from facemint.tenants.orm import Plan, Tenant
 from facemint.users.orm import Role
 from tests.factories import create_tenant, fund
 from tests.jobs.admin_job_factory import queued_job
 from tests.platform.conftest import Caller, MakeCaller
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# A tenant admin's daily grant for its own tenant, paid from its pool.
+GRANT = {"name": "daily", "scope": "tenant", "amount": 5, "period": "day", "funding": "tenant_pool"}
 
 
 def admin_operations(app: FastAPI) -> list[tuple[str, str]]:
@@ -54,7 +56,10 @@ class World:
 
 @pytest.fixture
 def world(client: TestClient, session: Session, make_caller: MakeCaller) -> World:
-    tenant_a, tenant_b = create_tenant(session, name="tenant-a"), create_tenant(session, name="tenant-b")
+    # Pro: the route walk sends one request per admin operation with one member's key, more than the free plan's
+    # 60 a minute.
+    tenant_a = create_tenant(session, name="tenant-a", plan=Plan.pro)
+    tenant_b = create_tenant(session, name="tenant-b", plan=Plan.pro)
     admin_b = make_caller(Role.tenant_admin, tenant_b)
     member_b = make_caller(Role.member, tenant_b)
     listing = client.get("/admin/v1/api-keys", params={"user_id": member_b.id}, headers=admin_b.headers).json()
@@ -72,6 +77,7 @@ class TestTenantIsolation:
     def test_another_tenants_objects_answer_404(self, client: TestClient, world: World) -> None:
         a, tenant_b = world.admin_a.headers, world.tenant_b.id
         user_b, key_b = world.member_b.id, world.key_b_id
+        grant_b = client.post("/admin/v1/grants", json=GRANT, headers=world.admin_b.headers).json()["id"]
         for method, path, body in [
             ("GET", f"/admin/v1/tenants/{tenant_b}", None),
             ("GET", f"/admin/v1/tenants/{tenant_b}/pool", None),
@@ -86,6 +92,11 @@ class TestTenantIsolation:
             ("GET", f"/admin/v1/api-keys?tenant_id={tenant_b}", None),
             ("GET", f"/admin/v1/balances?tenant_id={tenant_b}", None),
             ("GET", f"/admin/v1/audit-events?tenant_id={tenant_b}", None),
+            ("GET", f"/admin/v1/grants/{grant_b}", None),
+            ("PATCH", f"/admin/v1/grants/{grant_b}", {"amount": 1}),
+            ("GET", f"/admin/v1/grants/{grant_b}/periods", None),
+            ("GET", f"/admin/v1/grants?tenant_id={tenant_b}", None),
+            ("POST", "/admin/v1/grants", {**GRANT, "tenant_id": tenant_b}),
         ]:
             response = client.request(method, path, json=body, headers=a)
             assert response.status_code == 404, (method, path, response.text)
@@ -94,6 +105,8 @@ class TestTenantIsolation:
         # Nothing happened to B's objects.
         user = client.get(f"/admin/v1/users/{user_b}", headers=world.admin_b.headers).json()
         assert (user["name"], user["status"]) == ("Bea", "active")
+        assert client.get(f"/admin/v1/grants/{grant_b}", headers=world.admin_b.headers).json()["amount"] == 5
+        assert client.get("/admin/v1/grants", headers=world.admin_b.headers).json()["items"][0]["id"] == grant_b
         assert client.get("/v1/balance", headers=world.member_b.headers).status_code == 200
 
     def test_lists_only_show_the_own_tenant(self, client: TestClient, world: World) -> None:
@@ -148,6 +161,7 @@ class TestRouteWalk:
             ("POST", "/admin/v1/transactions/{transaction_id}/reversal"),
             ("GET", "/admin/v1/audit-events"),
             ("POST", "/admin/v1/recharges/batch"),
+            ("PATCH", "/admin/v1/grants/{grant_id}"),
         ]:
             assert expected in operations
         return operations
@@ -174,6 +188,8 @@ class TestRouteWalk:
             headers={**make_caller(Role.operator).headers, "Idempotency-Key": "walk-approval"},
         )
         assert held.status_code == 202, held.text
+        grant = client.post("/admin/v1/grants", json=GRANT, headers=world.admin_a.headers)
+        assert grant.status_code == 201, grant.text
         return {
             "tenant_id": world.tenant_a.id,
             "user_id": member.id,
@@ -181,6 +197,7 @@ class TestRouteWalk:
             "transaction_id": transaction_id,
             "batch_id": batch.json()["batch_id"],
             "approval_id": held.json()["id"],
+            "grant_id": grant.json()["id"],
             # A queued job of the member's (its price held on the funded account), for /admin/v1/jobs/{job_id}.
             "job_id": queued_job(session, settings, member.user).public_id,
         }

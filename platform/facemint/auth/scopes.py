@@ -27,6 +27,9 @@ class Scope(StrEnum):
     reports_read = "reports:read"
     prices_read = "prices:read"
     prices_write = "prices:write"
+    # Recurring credit grants (facemint.grants): plan and platform-funded grants are staff's even with the scope.
+    grants_read = "grants:read"
+    grants_write = "grants:write"
     webhooks_write = "webhooks:write"  # rotate the tenant's webhook signing secret
     # /admin/v1/jobs: every job within the caller's tenant scope (not only its own, as /v1's jobs:read).
     jobs_admin_read = "jobs:admin-read"
@@ -61,6 +64,7 @@ _READ_ALL = {
     Scope.reports_read,
     Scope.prices_read,
     Scope.jobs_admin_read,
+    Scope.grants_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -85,6 +89,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.jobs_admin_read,
             Scope.jobs_admin_write,
             Scope.jobs_admin_results,
+            Scope.grants_read,
+            Scope.grants_write,  # its own tenant's pool-funded grants
         }
         | _V1
     ),

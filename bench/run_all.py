@@ -26,6 +26,8 @@ BENCHMARKS = {
     "batch_recharge": ([], ["--runs", "1"]),
     "batch_phases": ([], ["--runs", "1"]),
     "holds": ([], ["--runs", "1", "--seconds", "5"]),
+    # A recurring grant's run over 10,000 users (platform-issued, rerun, pool-paid); --quick: 1,000 users, one run.
+    "grants": ([], ["--users", "1000", "--runs", "1", "--baseline", "200"]),
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
     # The engine on stand-in models (real compute): per-stage times at 720p/1080p/4K; --quick: 1080p, one run.
     "engine_standin": ([], ["--quick"]),

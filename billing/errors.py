@@ -81,3 +81,18 @@ class PriceNotFound(BillingError):
     status_code = 404
     code = "price_not_found"
     title = "No price for this operation"
+
+
+class InvalidLotTerms(BillingError):
+    status_code = 422
+    code = "invalid_lot_terms"
+    title = "Invalid credit lot terms"
+
+
+class LedgerInconsistent(BillingError):
+    """The ledger's own records disagree (lots with the balance they should add up to): nothing is written, and the
+    reconciliation says where."""
+
+    status_code = 500
+    code = "ledger_inconsistent"
+    title = "Ledger records disagree"

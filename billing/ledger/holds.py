@@ -2,6 +2,10 @@
 outcome is one SQL statement guarded by `status = 'held'`, so a capture racing a release resolves exactly one of
 them, and the database's `holds_one_way` trigger keeps a resolved hold from ever changing again.
 
+A hold takes its tokens from the account's credit lots at reserve, in the burn order (`hold_lot_allocations`); its
+capture burns those allocations in the same order (the captured tokens, recorded in `lot_consumptions`) and gives
+the rest back; a release or expiry gives them all back. A lot that expires meanwhile keeps what a hold took from it.
+
 Services never commit: the caller's request or job boundary does."""
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from billing.errors import (
 from billing.ledger.schemas import HoldResult
 from billing.ledger.service import database_refusals, get_balance, request_hash
 
-# Reserve and capture are database functions (migration 0009): prepared once per connection with cached plans,
+# Reserve and capture are database functions (migrations 0009 and 0010): prepared once per connection with cached plans,
 # called through the driver with positional arguments, which skips the ORM's statement handling on the hot path.
 _RESERVE_CALL = "SELECT hold_id, reserved, available FROM facemint_hold_reserve(%s, %s, %s, %s, %s, %s)"
 
@@ -147,6 +151,17 @@ released AS (
     UPDATE ledger_accounts a SET held = a.held - per_account.amount
     FROM per_account WHERE a.id = per_account.account_id
     RETURNING a.id
+),
+-- The holds' lots give back what the holds took from them, once the accounts are locked (released): every writer of
+-- an account's lots holds its row lock.
+per_lot AS (
+    SELECT al.lot_id, sum(al.amount) AS amount
+    FROM hold_lot_allocations al JOIN hold ON hold.id = al.hold_id
+    WHERE EXISTS (SELECT 1 FROM released)
+    GROUP BY al.lot_id
+),
+freed AS (
+    UPDATE credit_lots l SET held = l.held - per_lot.amount FROM per_lot WHERE l.id = per_lot.lot_id
 )
 SELECT hold.id, hold.account_id, hold.amount, hold.status, NULL AS captured_amount FROM hold
 """

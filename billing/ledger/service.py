@@ -5,7 +5,7 @@ Services never commit: the caller's request or job boundary does. A raised error
 roll back (a statement may already have inserted a header row that only the rollback removes).
 
 Accounts, postings and reading the journal are here; holds (reserve, capture, release, expiry) are
-`billing.ledger.holds`."""
+`billing.ledger.holds`; which lots a posting burns and writes, and the lots' expiry, `billing.ledger.lots`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -25,16 +26,23 @@ from billing.errors import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidAmount,
+    InvalidLotTerms,
     LedgerContention,
+    LedgerInconsistent,
     NotReversible,
     TransactionNotFound,
 )
-from billing.ledger.orm import AccountKind, TransactionKind
-from billing.ledger.schemas import Balance, Posting
+from billing.ledger import lots
+from billing.ledger.orm import MAX_PRIORITY, MIN_PRIORITY, PAID_PRIORITY, AccountKind, LotSource, TransactionKind
+from billing.ledger.schemas import Balance, LotTerms, Posting
 
 # Postgres SQLSTATEs that mean "the database refused, nothing was applied".
 _CONTENTION_STATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock not available
 _CHECK_VIOLATION = "23514"
+# The rules an account's lots break when they no longer add up to its balance (a bug, never a caller's doing).
+_LOT_RULES = ("credit_lots_cover_the_balance", "ck_credit_lots_within_amount")
+# How far a caller's clock may run ahead of the database's when it names a lot's effective time.
+_CLOCK_SKEW = timedelta(seconds=5)
 
 
 def request_hash(payload: Any) -> bytes:
@@ -54,6 +62,8 @@ def database_refusals() -> Iterator[None]:
             raise LedgerContention("the ledger was busy with a conflicting update; retry") from exc
         if state == _CHECK_VIOLATION and "available_nonnegative" in str(exc.orig):
             raise InsufficientTokens("not enough tokens available") from exc
+        if state == _CHECK_VIOLATION and any(rule in str(exc.orig) for rule in _LOT_RULES):
+            raise LedgerInconsistent(f"credit lots disagree with the balance: {exc.orig}".strip()) from exc
         raise
 
 
@@ -176,11 +186,15 @@ def post(
     reason: str | None = None,
     reference: str | None = None,
     reverses_transaction_id: int | None = None,
+    lot_terms: LotTerms | None = None,
 ) -> Posting:
-    """Post a balanced transaction of (account_id, amount) legs in one statement.
+    """Post a balanced transaction of (account_id, amount) legs in one statement, then its lots in a second (under
+    the accounts' row locks the first took): each tracked debit burns lots in the burn order, each tracked credit
+    lands in lots written with `lot_terms` (`billing.ledger.lots.record_posting` says which).
 
     A repeated idempotency key with the same request hash replays the first posting; with another hash it is
     refused. A leg that would take a tracked account's available below zero refuses the whole posting."""
+    check_lot_terms(lot_terms)
     if len(legs) < 2 or sum(amount for _, amount in legs) != 0 or any(a == 0 for _, a in legs):
         raise InvalidAmount("a transaction needs two or more non-zero legs that sum to zero")
     if len({account for account, _ in legs}) != len(legs):
@@ -215,6 +229,15 @@ def post(
             f"not enough tokens: {total} needed, {available} available",
             needed=total,
             available=available,
+        )
+    if row.n_tracked:
+        lots.record_posting(
+            session,
+            transaction_id=row.transaction_id,
+            kind=kind,
+            legs=legs,
+            terms=lot_terms,
+            reverses_transaction_id=reverses_transaction_id,
         )
     return Posting(
         transaction_id=row.transaction_id,
@@ -269,6 +292,7 @@ def transfer(
     actor: str | None,
     reason: str | None = None,
     reference: str | None = None,
+    lot_terms: LotTerms | None = None,
 ) -> Posting:
     if amount <= 0:
         raise InvalidAmount("amount must be a positive integer")
@@ -282,7 +306,65 @@ def transfer(
         actor=actor,
         reason=reason,
         reference=reference,
+        lot_terms=lot_terms,
     )
+
+
+def credit(
+    session: Session,
+    *,
+    account_id: int,
+    amount: int,
+    source: LotSource,
+    priority: int = PAID_PRIORITY,
+    effective_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    idempotency_key: str,
+    request_hash: bytes,
+    tenant_id: int | None,
+    actor: str | None,
+    reason: str | None = None,
+    reference: str | None = None,
+    kind: TransactionKind = TransactionKind.recharge,
+    from_kind: AccountKind = AccountKind.issuance,
+) -> Posting:
+    """Credit a user or pool account with one lot, from a system account (issuance by default): the entry point for
+    whatever grants tokens on a schedule. `effective_at` may be earlier than now (a grant for a period that began
+    before it was written), never later: a lot is written when it takes effect, and is spendable at once. The
+    idempotency key makes it once-only (a scheduler's rerun replays)."""
+    return transfer(
+        session,
+        kind=kind,
+        from_account_id=system_account_id(session, kind=from_kind),
+        to_account_id=account_id,
+        amount=amount,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        tenant_id=tenant_id,
+        actor=actor,
+        reason=reason,
+        reference=reference,
+        lot_terms=LotTerms(priority=priority, expires_at=expires_at, effective_at=effective_at, source=source.value),
+    )
+
+
+def check_lot_terms(terms: LotTerms | None) -> None:
+    """Refuse terms no lot may have: a priority out of range, an expiry not after the lot takes effect, or a lot
+    that takes effect in the future (a lot is written when it takes effect)."""
+    if terms is None:
+        return
+    if terms.priority is not None and not MIN_PRIORITY <= terms.priority <= MAX_PRIORITY:
+        raise InvalidLotTerms(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+    now = datetime.now(UTC)
+    for name, value in (("expires_at", terms.expires_at), ("effective_at", terms.effective_at)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidLotTerms(f"{name} needs a time zone")
+    if terms.effective_at is not None and terms.effective_at > now + _CLOCK_SKEW:
+        raise InvalidLotTerms("effective_at is in the future: write the lot when it takes effect")
+    if terms.expires_at is not None and terms.expires_at <= (terms.effective_at or now):
+        raise InvalidLotTerms("expires_at must be after the lot takes effect")
+    if terms.source is not None and terms.source not in set(LotSource) - {LotSource.migration}:
+        raise InvalidLotTerms(f"unknown lot source {terms.source}")
 
 
 def reverse(
@@ -310,6 +392,9 @@ def reverse(
         raise TransactionNotFound(f"transaction {transaction_id} not found")
     if original.kind == TransactionKind.reversal:
         raise NotReversible("a reversal cannot be reversed; post an adjustment instead")
+    if original.kind == TransactionKind.expiry:
+        # Its lots would come back with the expiry they reached, and expire again at the next sweep.
+        raise NotReversible("an expiry cannot be reversed; post an adjustment instead")
     existing = session.execute(
         text("SELECT idempotency_key FROM ledger_transactions WHERE reverses_transaction_id = :id"),
         {"id": transaction_id},

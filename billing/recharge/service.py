@@ -1,5 +1,6 @@
-"""Set-based batch recharge. The caller stages the valid rows (account, amount, row number, reference) in
-the `recharge_stage` temporary table; applying them is a handful of statements whatever the row count."""
+"""Set-based batch recharge. The caller stages the valid rows (account, amount, row number, reference, and the
+lot terms: priority and expiry) in the `recharge_stage` temporary table; applying them is a handful of statements
+whatever the row count."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing.errors import IdempotencyConflict, InsufficientTokens, InvalidAmount
+from billing.ledger import lots
+from billing.ledger.orm import MAX_PRIORITY, MIN_PRIORITY
 from billing.ledger.service import database_refusals
 
 STAGE_TABLE = "recharge_stage"
 # Batches are serialised with one transaction-scoped advisory lock: two overlapping batches would otherwise
-# lock the same accounts in different orders and deadlock. A batch holds it for as long as it applies.
-_BATCH_LOCK_KEY = 0x46_4D_42_41_54_43_48  # "FMBATCH"
+# lock the same accounts in different orders and deadlock. A batch holds it for as long as it applies (and so does
+# each recurring grant's credit, billing.grants.service, for the same reason).
+BATCH_LOCK_KEY = 0x46_4D_42_41_54_43_48  # "FMBATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +42,9 @@ def create_stage(session: Session) -> str:
     session.execute(
         text(
             f"CREATE TEMP TABLE {STAGE_TABLE} (row_no integer NOT NULL, account_id bigint NOT NULL, "
-            "amount bigint NOT NULL CHECK (amount > 0), reference text) ON COMMIT DROP"
+            "amount bigint NOT NULL CHECK (amount > 0), reference text, "
+            f"priority integer CHECK (priority BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}), expires_at timestamptz) "
+            "ON COMMIT DROP"
         )
     )
     return STAGE_TABLE
@@ -118,7 +124,7 @@ def apply_staged(
     source_tracked: bool,
 ) -> AppliedBatch:
     """Credit every staged row and debit the source once, as one balanced transaction."""
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BATCH_LOCK_KEY})
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BATCH_LOCK_KEY})
     applied, total = stage_totals(session)
     if applied == 0:
         return AppliedBatch(batch_id=batch_id, transaction_id=None, applied=0, total_amount=0)
@@ -181,6 +187,16 @@ def apply_staged(
     if row.n_entries != applied + 1:
         # A staged account vanished or is not a tracked account: refuse the batch rather than half-apply it.
         raise InvalidAmount("a staged row did not match a user account; nothing was applied")
+    # The rows' lots, set-based, under the row locks the statement above took.
+    with database_refusals():
+        lots.record_batch(
+            session,
+            transaction_id=row.transaction_id,
+            stage=STAGE_TABLE,
+            source_account_id=source_account_id,
+            source_tracked=source_tracked,
+            total=total,
+        )
     return AppliedBatch(batch_id=batch_id, transaction_id=row.transaction_id, applied=applied, total_amount=total)
 
 

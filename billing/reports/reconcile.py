@@ -14,6 +14,16 @@ from sqlalchemy.orm import Session
 
 from billing.reports import rollup
 
+# Each tracked account's net movement per transaction, from the first transaction lots account for (those before it
+# left their balances as `migration` lots, migration 0010): what its lots must have burned or received.
+_NET_PER_ACCOUNT = """
+SELECT en.transaction_id, en.account_id, sum(en.amount) AS amount
+FROM ledger_entries en JOIN ledger_accounts a ON a.id = en.account_id
+WHERE a.balance_tracked
+  AND en.transaction_id >= coalesce((SELECT first_transaction_id FROM credit_lot_epoch), 0)
+GROUP BY en.transaction_id, en.account_id
+"""
+
 CHECKS: dict[str, tuple[str, str]] = {
     "transaction_unbalanced": (
         "every transaction's entries sum to zero",
@@ -97,6 +107,87 @@ CHECKS: dict[str, tuple[str, str]] = {
         WHERE h.resolved_at IS DISTINCT FROM t.created_at
         """,
     ),
+    "lot_balance_mismatch": (
+        "each tracked account's credit lots add up to its balance (what they have left) and its held tokens",
+        """
+        SELECT a.id, format('balance %s, lots %s; held %s, lots %s', a.balance, coalesce(l.remaining, 0), a.held,
+                            coalesce(l.held, 0)) AS detail
+        FROM ledger_accounts a
+        LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held FROM credit_lots
+                   GROUP BY account_id) l ON l.account_id = a.id
+        WHERE a.balance_tracked AND (a.balance <> coalesce(l.remaining, 0) OR a.held <> coalesce(l.held, 0))
+        """,
+    ),
+    "lot_account_mismatch": (
+        "each lot is on a user or pool account and carries that account's tenant",
+        """
+        SELECT l.id, coalesce(l.tenant_id::text, 'none') || ' on account ' || a.id AS detail
+        FROM credit_lots l JOIN ledger_accounts a ON a.id = l.account_id
+        WHERE NOT a.balance_tracked OR l.tenant_id IS DISTINCT FROM a.tenant_id
+        """,
+    ),
+    "lot_burned_mismatch": (
+        "each lot's amount less what it has left is what debits burned of it",
+        """
+        SELECT l.id, l.amount - l.remaining - coalesce(c.amount, 0) AS detail
+        FROM credit_lots l
+        LEFT JOIN (SELECT lot_id, sum(amount) AS amount FROM lot_consumptions GROUP BY lot_id) c ON c.lot_id = l.id
+        WHERE l.amount - l.remaining <> coalesce(c.amount, 0)
+        """,
+    ),
+    "lot_held_mismatch": (
+        "each lot holds exactly what the open holds took from it",
+        """
+        SELECT l.id, l.held - coalesce(h.amount, 0) AS detail
+        FROM credit_lots l
+        LEFT JOIN (SELECT al.lot_id, sum(al.amount) AS amount FROM hold_lot_allocations al
+                   JOIN holds h ON h.id = al.hold_id WHERE h.status = 'held' GROUP BY al.lot_id) h ON h.lot_id = l.id
+        WHERE l.held <> coalesce(h.amount, 0)
+        """,
+    ),
+    "hold_allocation_mismatch": (
+        "each open hold (and every hold that took lots) took exactly its amount, from lots of its own account",
+        """
+        SELECT h.id, coalesce(a.amount, 0) AS detail
+        FROM holds h
+        LEFT JOIN (SELECT al.hold_id, sum(al.amount) AS amount, min(l.account_id) AS low, max(l.account_id) AS high
+                   FROM hold_lot_allocations al JOIN credit_lots l ON l.id = al.lot_id GROUP BY al.hold_id) a
+               ON a.hold_id = h.id
+        WHERE (h.status = 'held' OR a.hold_id IS NOT NULL)
+          AND (a.amount IS DISTINCT FROM h.amount OR a.low <> h.account_id OR a.high <> h.account_id)
+        """,
+    ),
+    "lot_debit_mismatch": (
+        "each debit of a tracked account (since lots) burned exactly its tokens from that account's lots",
+        f"""
+        SELECT transaction_id AS id, format('account %s: debited %s, lots burned %s', account_id,
+                                            coalesce(-e.amount, 0), coalesce(c.amount, 0)) AS detail
+        FROM ({_NET_PER_ACCOUNT} HAVING sum(en.amount) < 0) e
+        FULL JOIN (SELECT c.transaction_id, l.account_id, sum(c.amount) AS amount
+                   FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id GROUP BY 1, 2) c
+             USING (transaction_id, account_id)
+        WHERE coalesce(-e.amount, 0) <> coalesce(c.amount, 0)
+        """,
+    ),
+    "lot_credit_mismatch": (
+        "each credit of a tracked account (since lots) landed in lots of that account for exactly its tokens",
+        f"""
+        SELECT transaction_id AS id, format('account %s: credited %s, lots %s', account_id, coalesce(e.amount, 0),
+                                            coalesce(l.amount, 0)) AS detail
+        FROM ({_NET_PER_ACCOUNT} HAVING sum(en.amount) > 0) e
+        FULL JOIN (SELECT transaction_id, account_id, sum(amount) AS amount FROM credit_lots
+                   WHERE transaction_id IS NOT NULL GROUP BY 1, 2) l
+             USING (transaction_id, account_id)
+        WHERE coalesce(e.amount, 0) <> coalesce(l.amount, 0)
+        """,
+    ),
+    "lot_expiry_overdue": (
+        "no lot keeps tokens it does not hold a minute past its expiry (one that does means no sweeper runs)",
+        """
+        SELECT l.id, l.remaining - l.held AS detail FROM credit_lots l
+        WHERE l.expires_at < now() - interval '1 minute' AND l.remaining > 0 AND l.remaining > l.held
+        """,
+    ),
     "rollup_mismatch": (
         "the journal's rollup equals the sealed entries it sums (each span, bucket, tenant and kinds)",
         rollup.RECONCILE_SQL,
@@ -173,7 +264,9 @@ def reconcile(
               coalesce((SELECT sum(balance) FROM ledger_accounts WHERE balance_tracked), 0) AS outstanding,
               coalesce((SELECT sum(held) FROM ledger_accounts WHERE balance_tracked), 0) AS held,
               coalesce((SELECT -sum(e.amount) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id
-                        WHERE a.kind = 'adjustments'), 0) AS adjusted
+                        WHERE a.kind = 'adjustments'), 0) AS adjusted,
+              coalesce((SELECT sum(e.amount) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id
+                        WHERE a.kind = 'expired'), 0) AS expired
             """
         )
     ).one()
@@ -182,15 +275,13 @@ def reconcile(
         report.discrepancies.append(
             Discrepancy("journal_unbalanced", "all entries together sum to zero", [], [report.totals["journal_sum"]])
         )
-    # Conservation: what was issued or adjusted in is either still outstanding on accounts or consumed.
+    # Conservation: what was issued or adjusted in is still outstanding on accounts, consumed, or expired.
     created = report.totals["issued"] + report.totals["adjusted"]
-    if created != report.totals["outstanding"] + report.totals["consumed"]:
+    gone = report.totals["outstanding"] + report.totals["consumed"] + report.totals["expired"]
+    if created != gone:
         report.discrepancies.append(
             Discrepancy(
-                "tokens_not_conserved",
-                "issued + adjusted = outstanding + consumed",
-                [],
-                [created - report.totals["outstanding"] - report.totals["consumed"]],
+                "tokens_not_conserved", "issued + adjusted = outstanding + consumed + expired", [], [created - gone]
             )
         )
     return report

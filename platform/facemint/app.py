@@ -26,6 +26,7 @@ from facemint.console.endpoints import install_console
 from facemint.console.web import BULK_UPLOAD_PATH
 from facemint.db import make_engine, make_sessionmaker
 from facemint.finance.endpoints import router as finance_router
+from facemint.grants.endpoints import router as grants_router
 from facemint.integrations.zendesk import endpoints as zendesk_endpoints
 from facemint.jobs import files
 from facemint.jobs.admin_endpoints import router as jobs_admin_router
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         zendesk_endpoints.admin_router,
         abuse_rules_router,
         abuse_triggers_router,
+        grants_router,
     ):
         app.include_router(router)
     install_metrics(app)

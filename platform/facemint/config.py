@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     # The workers reconcile the books (`facemint reconcile`'s checks, recorded in reconciliation_runs) when the
     # newest recorded run is this old; one worker at a time. 0: never (run it from cron or the console instead).
     reconcile_interval_seconds: float = Field(default=900.0, ge=0, le=7 * 86400)
+    # The workers grant recurring credit grants' current periods (facemint.grants.issuing) this often; 0: never.
+    # Platform-funded grants are credited `grant_chunk_size` accounts per transaction.
+    grant_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
+    grant_chunk_size: int = Field(default=5000, ge=1, le=100_000)
     result_ttl_seconds: int = Field(default=86400, ge=60)
     prefer_wait_max_seconds: int = Field(default=60, ge=0, le=300)
     # Concurrent `Prefer: wait` requests per tenant (429 beyond): waiting holds no thread, but a connection.

@@ -27,6 +27,8 @@ _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 APPEND_ONLY = ("SELECT", "INSERT")
 # State that moves (its triggers say how: holds, jobs and approvals one way; balances only with their entries).
 READ_WRITE = ("SELECT", "INSERT", "UPDATE")
+# Written once by its migration, read by the service.
+READ_ONLY = ("SELECT",)
 OWNER_ONLY: tuple[str, ...] = ()
 
 # Every relation in the schema, and what the service may do to it. No DELETE anywhere: the service never deletes a
@@ -41,12 +43,19 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "prices": APPEND_ONLY,  # a new price is a new version
     "webhook_deliveries": APPEND_ONLY,  # one row per attempt
     "reconciliation_runs": APPEND_ONLY,  # one row per run: the dashboard's "last reconciliation"
+    "hold_lot_allocations": APPEND_ONLY,  # which lots a hold reserved from
+    "lot_consumptions": APPEND_ONLY,  # which lots a debit burned
+    "grant_awards": APPEND_ONLY,  # once per (grant, period, account): the recurring grants' idempotency
+    "credit_lot_epoch": READ_ONLY,  # the first transaction lots account for
     "ledger_accounts": READ_WRITE,
     "ledger_rollups": READ_WRITE,  # the sealer upserts the journal's sums (billing.reports.rollup)
     "holds": READ_WRITE,
+    "credit_lots": READ_WRITE,  # remaining and held move with the account's balance and held
     "jobs": READ_WRITE,
     "recharge_batches": READ_WRITE,
     "recharge_approvals": READ_WRITE,
+    "credit_grants": READ_WRITE,
+    "credit_grant_periods": READ_WRITE,  # the workers add each run's figures to its period
     "tenants": READ_WRITE,
     "users": READ_WRITE,
     "api_keys": READ_WRITE,

@@ -1,6 +1,16 @@
 """Every table of the schema, imported in one place for Alembic and the drift test."""
 
-from billing.ledger.orm import Hold, LedgerAccount, LedgerEntry, LedgerTransaction
+from billing.grants.orm import GrantAward
+from billing.ledger.orm import (
+    CreditLot,
+    Hold,
+    HoldLotAllocation,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    LotConsumption,
+    LotEpoch,
+)
 from billing.pricing.orm import Price
 from billing.recharge.orm import RechargeBatch
 from billing.reports import orm as rollup_orm  # noqa: F401  (registers the journal's rollup)
@@ -11,6 +21,7 @@ from facemint.approvals import orm as approvals_orm  # noqa: F401  (registers th
 from facemint.audit.orm import AuditEvent
 from facemint.balance_alerts.orm import BalanceAlert
 from facemint.db import Base
+from facemint.grants.orm import CreditGrant, CreditGrantPeriod
 from facemint.integrations.zendesk.orm import ZendeskAsset, ZendeskConnector, ZendeskResult, ZendeskTicket
 from facemint.jobs.orm import Job
 from facemint.reports.orm import ReconciliationRun
@@ -25,11 +36,18 @@ __all__ = [
     "AuditEvent",
     "BalanceAlert",
     "Base",
+    "CreditGrant",
+    "CreditGrantPeriod",
+    "CreditLot",
     "Hold",
+    "HoldLotAllocation",
+    "GrantAward",
     "Job",
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "LotConsumption",
+    "LotEpoch",
     "Price",
     "RechargeBatch",
     "ReconciliationRun",

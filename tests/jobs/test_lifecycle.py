@@ -6,15 +6,20 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
+from sqlalchemy import text
 from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.orm import Session
 
+from billing.ledger import lots
+from billing.ledger import service as ledger
+from billing.ledger.orm import LotSource
 from facemint.app import create_app
 from facemint.config import Settings
 from facemint.jobs import queue
@@ -428,3 +433,42 @@ class TestList:
         problem(
             job_client.get("/v1/jobs", params={"cursor": "not-a-cursor"}, headers=payer.headers), 422, "invalid_cursor"
         )
+
+
+class TestCreditLots:
+    def test_a_job_holds_its_expiring_grant_until_it_is_charged_and_the_sweep_expires_only_the_rest(
+        self,
+        job_client: TestClient,
+        make_payer: Callable[..., Payer],
+        drain: Callable[..., None],
+        sweep: Callable[..., Any],
+        engine: DbEngine,
+        owner_engine: DbEngine,
+        session: Session,
+    ) -> None:
+        payer = make_payer(2)  # paid tokens: priority 50, never expire
+        grant = ledger.credit(
+            session,
+            account_id=payer.account_id,
+            amount=3,
+            source=LotSource.grant,
+            priority=10,
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+            idempotency_key="test-grant",
+            request_hash=b"grant",
+            tenant_id=payer.tenant_id,
+            actor="test",
+        )
+        session.commit()
+        (lot,) = lots.lots_of_transaction(session, transaction_id=grant.transaction_id)
+        job = accepted(job_client, payer)  # one token, held from the grant (it burns first)
+        with owner_engine.begin() as conn:  # the grant's time comes while the job waits
+            conn.execute(text("UPDATE credit_lots SET expires_at = now() WHERE id = :id"), {"id": lot.lot_id})
+        assert sweep().tokens_expired == 2
+        assert balance(engine, payer.account_id) == (3, 1)
+        drain()
+        assert job_row(engine, job["id"]).status == "succeeded"
+        assert balance(engine, payer.account_id) == (2, 0)  # the held grant token was charged, the paid ones kept
+        assert sweep().tokens_expired == 0
+        remaining = {r.remaining for r in lots.account_lots(session, account_ids=[payer.account_id])[payer.account_id]}
+        assert remaining == {2}

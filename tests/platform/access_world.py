@@ -43,6 +43,8 @@ from facemint.balance_alerts.schemas import BalanceAlertSet
 from facemint.config import Settings
 from facemint.context import RequestContext
 from facemint.db import unit_of_work
+from facemint.grants import service as grant_service
+from facemint.grants.schemas import GrantCreate
 from facemint.integrations.zendesk import service as zendesk
 from facemint.integrations.zendesk.orm import AssetKind
 from facemint.integrations.zendesk.schemas import ConnectorWrite
@@ -321,6 +323,21 @@ class Side:
             return trigger.id
 
         return int(self._once("abuse_trigger_id", make))
+
+    @property
+    def grant_id(self) -> int:
+        """A recurring grant of this tenant, paid from its pool (what its tenant admin may make and change)."""
+
+        def make() -> int:
+            grant = grant_service.create(
+                self.world.session,
+                context=None,
+                data=GrantCreate(**tenant_grant_body(self)),
+                ceiling=self.world.settings.recharge_max_amount,
+            )
+            return grant.id
+
+        return int(self._once("grant_id", make))
 
     def _as_admin(self) -> RequestContext:
         return self.world.context(self.admin, self.tenant)
@@ -617,6 +634,28 @@ def abuse_rule_path(suffix: str = "", **kwargs: Any) -> Builder:
         return Call(f"/admin/v1/tenants/{side.tenant.id}/abuse-rules/{side.abuse_rule_id}{suffix}", **kwargs)
 
     return build_call
+
+
+def tenant_grant_body(side: Side) -> dict[str, Any]:
+    """A daily grant of the side's tenant, paid from its pool."""
+    return {
+        "name": f"grant {side.marker}",
+        "scope": "tenant",
+        "tenant_id": side.tenant.id,
+        "amount": 5,
+        "period": "day",
+        "funding": "tenant_pool",
+    }
+
+
+PLAN_GRANT_BODY = {
+    "name": "plan grant",
+    "scope": "plan",
+    "plan": "free",
+    "amount": 5,
+    "period": "day",
+    "funding": "platform",
+}
 
 
 def renamed_tenant(world: World, variant: str, role: Role) -> Call:

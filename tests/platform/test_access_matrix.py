@@ -43,6 +43,7 @@ from tests.platform.access_world import (
     OTHER,
     OWN,
     PEER,
+    PLAN_GRANT_BODY,
     REASON,
     Builder,
     Call,
@@ -63,6 +64,7 @@ from tests.platform.access_world import (
     sign_in,
     swap,
     tenant_filter,
+    tenant_grant_body,
     tenant_path,
     unique,
     user_alert,
@@ -378,6 +380,28 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/tickets"): rule(
         S.integrations_read, N.tenant_object, zendesk_path("/tickets", configured=False)
     ),
+    # Recurring grants: a tenant admin makes and changes its tenant's pool-funded grants; plan grants are staff's.
+    ("POST", "/admin/v1/grants"): (
+        Rule(S.grants_write, N.tenant_object, body_for("/admin/v1/grants", tenant_grant_body), ok=201),
+        Rule(
+            S.grants_write,
+            N.nothing,
+            fixed("/admin/v1/grants", json=PLAN_GRANT_BODY),
+            ok=201,
+            staff_only="forbidden",
+            case="plan",
+        ),
+    ),
+    ("GET", "/admin/v1/grants"): rule(S.grants_read, N.tenant_object, tenant_filter("/admin/v1/grants")),
+    ("GET", "/admin/v1/grants/{grant_id}"): rule(
+        S.grants_read, N.tenant_object, object_path("/admin/v1/grants/{}", "grant_id")
+    ),
+    ("PATCH", "/admin/v1/grants/{grant_id}"): rule(
+        S.grants_write, N.tenant_object, object_path("/admin/v1/grants/{}", "grant_id", json={"amount": 7})
+    ),
+    ("GET", "/admin/v1/grants/{grant_id}/periods"): rule(
+        S.grants_read, N.tenant_object, object_path("/admin/v1/grants/{}/periods", "grant_id")
+    ),
     # Finance views: every tenant for staff, its own for a tenant admin.
     **{
         ("GET", f"/admin/v1/finance/{view}"): rule(
@@ -647,6 +671,8 @@ PROBES = [
     Probe("GET", lambda side: str(side.subject_key_id), MISSING_ID, lambda v: Call(f"/admin/v1/api-keys/{v}")),
     Probe("GET", lambda side: str(side.batch_id), MISSING_ID, lambda v: Call(f"/admin/v1/recharges/batches/{v}")),
     Probe("GET", lambda side: str(side.approval_id), MISSING_ID, lambda v: Call(f"/admin/v1/recharge-approvals/{v}")),
+    Probe("GET", lambda side: str(side.grant_id), MISSING_ID, lambda v: Call(f"/admin/v1/grants/{v}")),
+    Probe("PATCH", lambda side: str(side.grant_id), MISSING_ID, lambda v: Call(f"/admin/v1/grants/{v}", json={})),
     Probe("GET", lambda side: side.job_of(side.member), "job_" + "0" * 24, lambda v: Call(f"/v1/jobs/{v}")),
     Probe("GET", lambda side: str(side.abuse_trigger_id), MISSING_ID, lambda v: Call(f"/admin/v1/abuse/triggers/{v}")),
     Probe(

@@ -99,7 +99,8 @@ class TestMigrate:
             assert {"users", "tenants", "api_keys", "ledger_accounts", "ledger_entries", "recharge_batches"} <= tables
             with fresh.connect() as conn:
                 # The service's role reads what it needs; Alembic's bookkeeping is the owner's.
-                assert conn.execute(text("SELECT count(*) FROM ledger_accounts")).scalar_one() == 3
+                # The system accounts only: issuance, usage revenue, adjustments and expired.
+                assert conn.execute(text("SELECT count(*) FROM ledger_accounts")).scalar_one() == 4
                 assert not conn.execute(text("SELECT has_table_privilege('alembic_version', 'SELECT')")).scalar_one()
             owner = create_engine(sqlalchemy_url(fresh_owner_url))
             with owner.connect() as conn:

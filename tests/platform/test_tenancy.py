@@ -31,6 +31,8 @@ from tests.jobs.admin_job_factory import queued_job, result_png
 from tests.platform.conftest import Caller, MakeCaller
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# A tenant admin's daily grant for its own tenant, paid from its pool.
+GRANT = {"name": "daily", "scope": "tenant", "amount": 5, "period": "day", "funding": "tenant_pool"}
 
 
 def admin_operations(app: FastAPI) -> list[tuple[str, str]]:
@@ -127,6 +129,7 @@ class TestTenantIsolation:
     def test_another_tenants_objects_answer_404(self, client: TestClient, world: World) -> None:
         a, tenant_b = world.admin_a.headers, world.tenant_b.id
         user_b, key_b = world.member_b.id, world.key_b_id
+        grant_b = client.post("/admin/v1/grants", json=GRANT, headers=world.admin_b.headers).json()["id"]
         for method, path, body in [
             ("GET", f"/admin/v1/tenants/{tenant_b}", None),
             ("GET", f"/admin/v1/tenants/{tenant_b}/pool", None),
@@ -157,6 +160,11 @@ class TestTenantIsolation:
             ("GET", f"/admin/v1/abuse/triggers?tenant_id={tenant_b}", None),
             ("GET", f"/admin/v1/abuse/triggers/{world.trigger_b_id}", None),
             ("POST", f"/admin/v1/abuse/triggers/{world.trigger_b_id}/resolve", {"unfreeze": True}),
+            ("GET", f"/admin/v1/grants/{grant_b}", None),
+            ("PATCH", f"/admin/v1/grants/{grant_b}", {"amount": 1}),
+            ("GET", f"/admin/v1/grants/{grant_b}/periods", None),
+            ("GET", f"/admin/v1/grants?tenant_id={tenant_b}", None),
+            ("POST", "/admin/v1/grants", {**GRANT, "tenant_id": tenant_b}),
         ]:
             response = client.request(method, path, json=body, headers=a)
             assert response.status_code == 404, (method, path, response.text)
@@ -167,6 +175,8 @@ class TestTenantIsolation:
         assert (user["name"], user["status"]) == ("Bea", "active")
         assert client.get(f"/admin/v1/users/{user_b}/balance/alert", headers=world.admin_b.headers).status_code == 404
         assert client.get(f"/admin/v1/tenants/{tenant_b}/pool/alert", headers=world.admin_b.headers).status_code == 404
+        assert client.get(f"/admin/v1/grants/{grant_b}", headers=world.admin_b.headers).json()["amount"] == 5
+        assert client.get("/admin/v1/grants", headers=world.admin_b.headers).json()["items"][0]["id"] == grant_b
         assert client.get("/v1/balance", headers=world.member_b.headers).status_code == 200
         rules = client.get(f"/admin/v1/tenants/{tenant_b}/abuse-rules", headers=world.admin_b.headers).json()
         assert [(r["id"], r["enabled"]) for r in rules] == [(world.rule_b_id, True)]
@@ -229,6 +239,7 @@ class TestRouteWalk:
             ("POST", "/admin/v1/transactions/{transaction_id}/reversal"),
             ("GET", "/admin/v1/audit-events"),
             ("POST", "/admin/v1/recharges/batch"),
+            ("PATCH", "/admin/v1/grants/{grant_id}"),
         ]:
             assert expected in operations
         return operations
@@ -293,6 +304,8 @@ class TestRouteWalk:
             data=result_png(64, 64),
         )
         session.commit()
+        grant = client.post("/admin/v1/grants", json=GRANT, headers=world.admin_a.headers)
+        assert grant.status_code == 201, grant.text
         return {
             "asset_id": asset.id,
             "tenant_id": world.tenant_a.id,
@@ -301,6 +314,7 @@ class TestRouteWalk:
             "transaction_id": transaction_id,
             "batch_id": batch.json()["batch_id"],
             "approval_id": held.json()["id"],
+            "grant_id": grant.json()["id"],
             # A queued job of the member's (its price held on the funded account), for /admin/v1/jobs/{job_id}.
             "job_id": queued_job(session, settings, member.user).public_id,
             "rule_id": world.rule_a_id,

@@ -30,6 +30,9 @@ class Scope(StrEnum):
     reports_read = "reports:read"
     prices_read = "prices:read"
     prices_write = "prices:write"
+    # Recurring credit grants (facemint.grants): plan and platform-funded grants are staff's even with the scope.
+    grants_read = "grants:read"
+    grants_write = "grants:write"
     webhooks_write = "webhooks:write"  # rotate the tenant's webhook signing secret
     # The tenant's integrations (Zendesk): connector settings, assets, rules and the tickets handled. Reading shows
     # no credential (fingerprints only); writing sets them.
@@ -75,6 +78,7 @@ _READ_ALL = {
     Scope.jobs_admin_read,
     Scope.integrations_read,
     Scope.abuse_read,
+    Scope.grants_read,
 }
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -104,6 +108,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.jobs_admin_results,
             Scope.abuse_read,
             Scope.abuse_write,
+            Scope.grants_read,
+            Scope.grants_write,  # its own tenant's pool-funded grants
         }
         | _V1
     ),

@@ -354,6 +354,8 @@ def _reversible(session: Session, *, transaction_id: int, tenant_scope: int | No
         raise TransactionNotFound(f"transaction {transaction_id} not found")
     if original.kind == TransactionKind.reversal:
         raise NotReversible("a reversal cannot be reversed; post an adjustment instead")
+    if original.kind == TransactionKind.expiry:
+        raise NotReversible("an expiry cannot be reversed; post an adjustment instead")
     reversed_by = session.scalar(
         select(LedgerTransaction.id).where(LedgerTransaction.reverses_transaction_id == transaction_id)
     )

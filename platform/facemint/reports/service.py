@@ -18,6 +18,7 @@ from billing.sealing import service as sealing
 from billing.sealing.orm import STREAMS
 from billing.sealing.schemas import SealResult, StreamDigest
 from facemint.db import snapshot_session
+from facemint.grants import service as grants
 from facemint.pagination import newest_first
 from facemint.reports.errors import SealerBusy
 from facemint.reports.orm import ReconciliationRun
@@ -100,7 +101,7 @@ JOB_CHECKS: dict[str, tuple[str, str]] = {
 
 
 def reconcile_all(session: Session) -> ReconciliationReport:
-    return reconcile(session, extra_checks=JOB_CHECKS)
+    return reconcile(session, extra_checks={**JOB_CHECKS, **grants.RECONCILIATION_CHECKS})
 
 
 # --- recorded runs -----------------------------------------------------------------------------------------

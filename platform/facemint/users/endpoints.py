@@ -42,6 +42,7 @@ def list_users(
         str | None, Query(max_length=320, description="emails starting with this (index-backed search)")
     ] = None,
     user_id: Annotated[int | None, Query(gt=0, lt=2**63, description="exactly this user")] = None,
+    label: Annotated[str | None, Query(max_length=32, description="users carrying this label")] = None,
 ) -> Page[UserRead]:
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
@@ -54,6 +55,7 @@ def list_users(
         email_contains=email,
         email_prefix=email_prefix,
         user_id=user_id,
+        label=label,
         before_id=page.before_id,
         limit=page.limit,
     )

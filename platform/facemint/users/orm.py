@@ -4,6 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Index, Integer, Text, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from facemint.db import Base
@@ -18,6 +19,8 @@ class Role(StrEnum):
 
 
 STAFF_ROLES = frozenset({Role.platform_admin, Role.operator, Role.finance})
+# Labels a tenant gives its users ("vip"), which a tenant's recurring grants may select on (facemint.grants).
+MAX_LABELS = 16
 
 
 class UserStatus(StrEnum):
@@ -39,6 +42,7 @@ class User(Base):
         CheckConstraint("(totp_secret IS NULL) = (totp_enrolled_at IS NULL)", name="totp_enrolled"),
         # The console's search by the start of an email (LIKE 'prefix%'; migration 0007).
         Index("ix_users_email_pattern", "email", postgresql_ops={"email": "text_pattern_ops"}),
+        CheckConstraint(f"cardinality(labels) <= {MAX_LABELS}", name="labels_count"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -52,6 +56,7 @@ class User(Base):
     # tokens carry the version they were issued under and die when it moves on.
     credentials_version: Mapped[int] = mapped_column(Integer, server_default="1")
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_accounts.id"), unique=True)
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     # The console's second factor (RFC 6238, base32), once enrolled: signing in and approving need a current code.
     totp_secret: Mapped[str | None] = mapped_column(Text)
     totp_enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

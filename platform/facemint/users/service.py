@@ -36,6 +36,7 @@ def snapshot(user: User) -> dict[str, object]:
         "role": user.role,
         "status": user.status,
         "tenant_id": user.tenant_id,
+        "labels": list(user.labels or []),
     }
 
 
@@ -142,6 +143,7 @@ def create(
         status=UserStatus.active.value,
         password_hash=password_hash or (hash_password(data.password) if data.password else None),
         account_id=ledger.open_account(session, kind=AccountKind.user, tenant_id=tenant_id),
+        labels=sorted(set(data.labels)),
     )
     session.add(user)
     try:
@@ -186,12 +188,15 @@ def list_users(
     limit: int,
     email_prefix: str | None = None,
     user_id: int | None = None,
+    label: str | None = None,
 ) -> list[User]:
     """Newest first. `email_prefix` is the search that stays fast over many users (a `LIKE 'prefix%'` the
     `text_pattern_ops` index on email serves); `email_contains` scans."""
     query = within_tenant(select(User), User.tenant_id, tenant_scope=tenant_scope, tenant_id=tenant_id)
     if user_id is not None:
         query = query.where(User.id == user_id)
+    if label:
+        query = query.where(User.labels.contains([label.strip().lower()]))
     if email_prefix:
         query = query.where(User.email.startswith(email_prefix.strip().lower(), autoescape=True))
     if role:
@@ -229,6 +234,9 @@ def update(session: Session, *, context: RequestContext | None, user: User, data
         _end_sessions(user)
     if data.name is not None:
         user.name = data.name
+    if data.labels is not None:
+        # Labels grant nothing but what a tenant's grants select on: open to whoever manages the user.
+        user.labels = sorted(set(data.labels))
     session.flush()
     after = snapshot(user)
     if after != before or data.password is not None:

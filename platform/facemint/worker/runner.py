@@ -3,8 +3,9 @@
 RQ's default worker forks a work-horse per job, which reloads the models and breaks CUDA contexts; a
 `SimpleWorker` runs each job in its own process instead. `--concurrency N` starts N such processes (each with
 its own warm engine) under a supervisor that restarts one that dies. Every worker also runs, in background
-threads, the sweeper, the sealer, the webhook sender, the Zendesk replies, its heartbeat (for /metrics) and the
-periodic reconciliation (one worker at a time, every `reconcile_interval_seconds`)."""
+threads, the sweeper, the sealer, the webhook sender, the Zendesk replies, its heartbeat (for /metrics), the periodic
+reconciliation (one worker at a time, every `reconcile_interval_seconds`) and the recurring grants' scheduler
+(every `grant_interval_seconds`, `facemint.worker.granting`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from facemint.integrations.zendesk.replies import ReplySender
 from facemint.reports import service as reports
 from facemint.storage import make_storage
 from facemint.webhooks.sender import WebhookSender
-from facemint.worker import sweeper, tasks
+from facemint.worker import granting, sweeper, tasks
 
 logger = logging.getLogger("facemint.worker")
 # How often a worker looks whether the periodic reconciliation is due (one indexed read): a run is then at most
@@ -92,6 +93,14 @@ def run_worker(settings: Settings, *, queues: list[str], burst: bool = False, en
     if settings.reconcile_interval_seconds > 0:
         check_every = min(settings.reconcile_interval_seconds, RECONCILE_CHECK_SECONDS)
         background.append(sweeper.Periodic("reconciler", check_every, lambda: _reconcile(context, db_engine)))
+    if settings.grant_interval_seconds > 0:
+        background.append(
+            sweeper.Periodic(
+                "grants",
+                settings.grant_interval_seconds,
+                lambda: granting.grant_once(context.sessions, chunk_size=settings.grant_chunk_size),
+            )
+        )
     # Concurrent and fair across tenants (see facemint.webhooks.sender); looks for due events every second.
     webhook_sender = WebhookSender(context.sessions, settings=settings)
     for thread in background:

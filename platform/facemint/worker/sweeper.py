@@ -5,10 +5,12 @@ locks the rows it takes with SKIP LOCKED and moves them with guarded statements)
 2. take back: running jobs whose worker stopped heartbeating go back to the queue, or fail and release;
 3. deadline: queued or running jobs past their deadline fail and release;
 4. holds: holds past their own expiry are released by the ledger (the backstop);
-5. low-balance alerts: every alert whose account crossed its line fires (its `balance.low` event queued) or
+5. lots: credit lots past their expiry lose what no hold holds, through one `expiry` transaction per account
+   (billing.ledger.lots; a hold released above leaves its tokens to this step, one captured burns them);
+6. low-balance alerts: every alert whose account crossed its line fires (its `balance.low` event queued) or
    re-arms (facemint.balance_alerts.evaluation): the drops holds made at submit and the rises releases made,
-   which no evaluation saw in their own transaction;
-6. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
+   which no evaluation saw in their own transaction, and the drops expiry made;
+7. files: inputs and stray attempt results of finished jobs, and results deleted or past their expiry, are
    purged (marked only once the storage confirmed); every `orphan_sweep_interval_seconds`, files no job accounts
    for any more are removed, and staged files and unfinished uploads a crash left (see facemint.jobs.files).
 
@@ -29,6 +31,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
 from billing.ledger import holds as ledger_holds
+from billing.ledger import lots as ledger_lots
 from facemint import tracing
 from facemint.approvals import service as approvals
 from facemint.balance_alerts import evaluation as balance_alerts
@@ -49,6 +52,7 @@ class SweepReport:
     holds_expired: list[int] = field(default_factory=list)
     alerts_fired: int = 0
     alerts_rearmed: int = 0
+    tokens_expired: int = 0  # what expired lots lost, in `expiry` transactions
     files_deleted: int = 0
     orphans_deleted: int = 0
     approvals_expired: int = 0
@@ -79,6 +83,12 @@ def sweep_once(context: WorkerContext) -> SweepReport:
             expired = ledger_holds.expire_due_holds(session, limit=BATCH)
         report.holds_expired += expired
         if len(expired) < BATCH:
+            break
+    for _ in range(MAX_BATCHES):
+        with unit_of_work(context.sessions) as session:
+            expiries = ledger_lots.expire_due_lots(session, limit=BATCH)
+        report.tokens_expired += sum(e.amount for e in expiries)
+        if not expiries:
             break
     for _ in range(MAX_BATCHES):
         with unit_of_work(context.sessions) as session:

@@ -350,3 +350,19 @@ def test_every_file_and_module_the_documents_name_exists() -> None:
     files = _project_files()
     missing = sorted({f"{document}: {name}" for document, name in named if not _exists(name, files)})
     assert missing == []
+
+
+def test_the_readme_roles_table_lists_what_each_role_holds() -> None:
+    from facemint.auth.scopes import ROLE_SCOPES, Scope
+    from facemint.users.orm import Role
+
+    table: dict[str, set[str]] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        row = re.match(r"^\| `(finance|tenant_admin|member)` \| (.*) \|$", line)
+        if row:
+            table[row.group(1)] = set(re.findall(r"`([a-z-]+:[a-z-]+)`", row.group(2)))
+    v1 = {scope.value for scope in ROLE_SCOPES[Role.member]}
+    for role in (Role.finance, Role.tenant_admin, Role.member):
+        listed = table[role.value] | (v1 if role is Role.tenant_admin else set())
+        assert listed == {scope.value for scope in ROLE_SCOPES[role]}, role
+    assert all(Scope(value) for value in set().union(*table.values()))

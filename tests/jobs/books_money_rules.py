@@ -22,7 +22,7 @@ from facemint.recharges import batch as batches
 from facemint.recharges import service as recharges
 from facemint.recharges.parsing import parse_csv
 from facemint.recharges.schemas import RechargeCreate
-from tests.jobs.books_model import THRESHOLD_AMOUNT, Approval
+from tests.jobs.books_model import THRESHOLD_AMOUNT, Approval, Terms
 from tests.jobs.books_world import (
     AMOUNTS,
     BATCH_TARGETS,
@@ -147,6 +147,7 @@ class MoneyRules(BooksWorld):
             return
         self._expect(error, None)
         legs = {self._source(requester): -total, **credited}
+        batch_rows = [(account, amount, Terms()) for account, amount in credited.items()]
         reason = books.hold_reason(requester, total, largest=max(credited.values(), default=0))
         if reason is not None:
             assert outcome.held is not None, outcome
@@ -158,6 +159,7 @@ class MoneyRules(BooksWorld):
                 reason=reason,
                 expiring=expiring,
                 legs=legs,
+                rows=batch_rows,
             )
             self._remember("batch", action, ("held", approval_id))
             return
@@ -165,7 +167,7 @@ class MoneyRules(BooksWorld):
         result = outcome.result
         assert (result["applied"], result["total_amount"], len(result["failed"])) == (len(credited), total, failed)
         if total:
-            books.post(result["transaction_id"], "recharge", legs)
+            books.post(result["transaction_id"], "recharge", legs, rows=batch_rows)
             event("batch posted")
         else:
             assert result["transaction_id"] is None  # nothing to credit: a batch row, no transaction
@@ -336,7 +338,13 @@ class MoneyRules(BooksWorld):
         if approval.kind == "reversal":
             books.reverse(outcome.transaction_id, original)
         else:
-            books.post(outcome.transaction_id, _txn_kind(approval.kind), approval.legs)
+            books.post(
+                outcome.transaction_id,
+                _txn_kind(approval.kind),
+                approval.legs,
+                terms=approval.terms,
+                rows=approval.rows,
+            )
         approval.status = "approved"
         event(f"approved: {approval.kind}")
         self.approval_txn[approval.id] = outcome.transaction_id

@@ -112,7 +112,8 @@ pieces AS (
     WHERE c.transaction_id = CAST(:reverses AS bigint)
 ),
 mirrored AS (
-    SELECT c.account_id, c.tenant_id, p.priority, p.expires_at, sum({_overlap("c", "p")}) AS amount
+    SELECT c.account_id, c.tenant_id, coalesce(CAST(:priority AS integer), p.priority) AS priority,
+           least(CAST(:expires_at AS timestamptz), p.expires_at) AS expires_at, sum({_overlap("c", "p")}) AS amount
     FROM credits c JOIN pieces p ON p.grp = c.grp AND {_overlaps("c", "p")}
     GROUP BY 1, 2, 3, 4
 ),
@@ -127,8 +128,7 @@ written AS (
     SELECT account_id, tenant_id,
            CASE WHEN CAST(:reverses AS bigint) IS NULL THEN '{LotSource.transfer.value}'
                 ELSE '{LotSource.reversal.value}' END,
-           coalesce(CAST(:priority AS integer), priority), now(),
-           least(CAST(:expires_at AS timestamptz), expires_at), amount, amount, :txn
+           priority, now(), expires_at, amount, amount, :txn
     FROM mirrored
     UNION ALL
     SELECT account_id, tenant_id, :source, coalesce(CAST(:priority AS integer), {PAID_PRIORITY}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from hypothesis import event
@@ -49,6 +50,11 @@ RECIPIENTS = (*PAYERS, "pool")  # "pool": tenant T's pool (staff only)
 BATCH_TARGETS = (*PAYERS, "nobody")
 NOBODY = 999_999_999  # a user id no row has
 AMOUNTS = st.integers(1, 80)  # around THRESHOLD_AMOUNT, so some are held
+# Credited tokens' lot terms: a priority (None: the default 50) and an expiry in whole days after GRANTED_AT (fixed
+# per run, so a draw is the same example whatever the clock; None: never).
+PRIORITIES = st.sampled_from([None, 0, 10, 90])
+EXPIRY_DAYS = st.sampled_from([None, 1, 2, 30])
+GRANTED_AT = datetime.now(UTC).replace(microsecond=0)
 MAX_ATTEMPTS = 2
 ACTIVE_CAP = 3  # queued plus running jobs per tenant
 JOB_DEADLINE_SECONDS = 900
@@ -181,6 +187,10 @@ class BooksWorld(RuleBasedStateMachine):
                 (lot.lot_id, lot.account_id, lot.source, lot.priority, lot.expires_at, lot.amount)
                 for lot in lots.lots_of_transaction(session, transaction_id=transaction_id)
             ]
+
+    @staticmethod
+    def _expiry(days: int | None) -> datetime | None:
+        return None if days is None else GRANTED_AT + timedelta(days=days)
 
     def _account(self, who: str) -> int:
         return self.pool if who == "pool" else self.actors[who].account_id

@@ -24,7 +24,6 @@ FACEMINT_STATE_MACHINE_STEPS run it longer, FACEMINT_STATE_MACHINE_NO_SHRINK=1 s
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, event
@@ -44,12 +43,18 @@ from facemint.jobs import service as jobs
 from facemint.jobs.orm import JobStatus
 from tests.jobs.books_model import Hold, Job, Terms
 from tests.jobs.books_money_rules import MoneyRules
-from tests.jobs.books_world import ACTIVE_CAP, JOB_DEADLINE_SECONDS, MAX_ATTEMPTS, PAYERS, TENANT_OF, WORKER
+from tests.jobs.books_world import (
+    ACTIVE_CAP,
+    EXPIRY_DAYS,
+    JOB_DEADLINE_SECONDS,
+    MAX_ATTEMPTS,
+    PAYERS,
+    TENANT_OF,
+    WORKER,
+)
 
 EXAMPLES = int(os.environ.get("FACEMINT_STATE_MACHINE_EXAMPLES", "30"))
 STEPS = int(os.environ.get("FACEMINT_STATE_MACHINE_STEPS", "30"))
-# Grants expire whole days after this (fixed per run, so a draw is the same example whatever the clock).
-GRANTED_AT = datetime.now(UTC).replace(microsecond=0)
 # Shrinking a failure of a long run can take Hypothesis minutes; exploratory runs may skip it.
 PHASES = [Phase.explicit, Phase.generate] if os.environ.get("FACEMINT_STATE_MACHINE_NO_SHRINK") else list(Phase)
 
@@ -492,12 +497,12 @@ class BooksMachine(MoneyRules):
         payer=st.sampled_from((*PAYERS, "pool")),
         amount=st.integers(1, 40),
         priority=st.sampled_from([0, 10, 50, 90]),
-        days=st.sampled_from([None, 1, 2, 30]),
+        days=EXPIRY_DAYS,
     )
     def grant(self, payer: str, amount: int, priority: int, days: int | None) -> None:
         """Tokens granted straight on the ledger (`billing.ledger.service.credit`), at a priority, maybe expiring."""
         account = self._account(payer)
-        expires_at = None if days is None else GRANTED_AT + timedelta(days=days)
+        expires_at = self._expiry(days)
         posting, error = self._run(
             lambda s: ledger.credit(
                 s,

@@ -60,7 +60,8 @@ def _burn(debits: str, *, first: str = "NULL") -> str:
         UPDATE credit_lots l SET remaining = l.remaining - b.amount FROM burn b WHERE l.id = b.id
     ),
     consumed AS (
-        INSERT INTO lot_consumptions (transaction_id, lot_id, amount) SELECT :txn, b.id, b.amount FROM burn b
+        INSERT INTO lot_consumptions (transaction_id, account_id, lot_id, amount)
+        SELECT :txn, b.account_id, b.id, b.amount FROM burn b
     ),"""
 
 
@@ -109,7 +110,7 @@ pieces AS (
     SELECT l.account_id, sum(c.amount) OVER (PARTITION BY l.account_id ORDER BY {BURN_ORDER}) - c.amount, c.amount,
            l.priority, l.expires_at
     FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id
-    WHERE c.transaction_id = CAST(:reverses AS bigint)
+    WHERE c.transaction_id = CAST(:reverses AS bigint) AND c.account_id IN (SELECT account_id FROM credits)
 ),
 mirrored AS (
     SELECT c.account_id, c.tenant_id, coalesce(CAST(:priority AS integer), p.priority) AS priority,
@@ -295,8 +296,8 @@ lowered AS (
     WHERE l.id = d.id AND p.account_id = d.account_id
 ),
 consumed AS (
-    INSERT INTO lot_consumptions (transaction_id, lot_id, amount)
-    SELECT p.transaction_id, d.id, d.amount FROM due d JOIN posted p ON p.account_id = d.account_id
+    INSERT INTO lot_consumptions (transaction_id, account_id, lot_id, amount)
+    SELECT p.transaction_id, d.account_id, d.id, d.amount FROM due d JOIN posted p ON p.account_id = d.account_id
 )
 SELECT p.account_id, p.transaction_id, p.amount, (SELECT count(*) FROM entries) AS entries
 FROM posted p ORDER BY p.account_id

@@ -224,6 +224,8 @@ class CreditLot(BillingBase):
         Index(
             "ix_credit_lots_expires_at", "expires_at", postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL")
         ),
+        # A transaction's lots on one account: an entry's lots (the finance ledger log), a reversal's original lots.
+        Index("ix_credit_lots_transaction_account", "transaction_id", "account_id"),
         {"postgresql_with": {"fillfactor": "80"}},
     )
 
@@ -238,7 +240,7 @@ class CreditLot(BillingBase):
     remaining: Mapped[int] = mapped_column(BigInteger)
     held: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The transaction whose credit made the lot (NULL only for the balances lots were introduced over).
-    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"), index=True)
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -262,6 +264,8 @@ class LotConsumption(BillingBase):
     __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
 
     transaction_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"), primary_key=True)
+    # The lot's account (an entry's consumptions are one index range); reconciliation checks it is the lot's.
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     lot_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("credit_lots.id"), primary_key=True)
     amount: Mapped[int] = mapped_column(BigInteger)
 

@@ -49,7 +49,7 @@ def _burn(debits: str, *, first: str = "NULL") -> str:
                    ORDER BY coalesce(l.transaction_id = {first}, false) DESC, {BURN_ORDER}
                ) AS upto
         FROM credit_lots l JOIN {debits} d ON d.account_id = l.account_id
-        WHERE l.remaining > 0 AND l.remaining > l.held
+        WHERE NOT l.spent AND l.remaining > l.held
     ),
     burn AS (
         SELECT id, account_id, priority, expires_at, least(free, need - (upto - free)) AS amount,
@@ -243,7 +243,7 @@ _DUE_ACCOUNTS_SQL = text(
 SELECT a.id FROM ledger_accounts a
 WHERE a.id IN (
     SELECT l.account_id FROM credit_lots l
-    WHERE l.expires_at <= now() AND l.remaining > 0 AND l.remaining > l.held
+    WHERE l.expires_at <= now() AND NOT l.spent AND l.remaining > l.held
     ORDER BY l.expires_at
     LIMIT :limit
 ) AND a.balance_tracked
@@ -261,7 +261,7 @@ _EXPIRE_SQL = text(
 WITH due AS (
     SELECT l.id, l.account_id, l.remaining - l.held AS amount
     FROM credit_lots l
-    WHERE l.account_id = ANY(CAST(:accounts AS bigint[])) AND l.expires_at <= now() AND l.remaining > 0
+    WHERE l.account_id = ANY(CAST(:accounts AS bigint[])) AND l.expires_at <= now() AND NOT l.spent
       AND l.remaining > l.held
 ),
 per_account AS (
@@ -333,7 +333,7 @@ def account_lots(session: Session, *, account_ids: Sequence[int], limit: int = 5
             f"""
             SELECT * FROM (
                 SELECT {_LOT_COLUMNS}, row_number() OVER (PARTITION BY l.account_id ORDER BY {BURN_ORDER}) AS n
-                FROM credit_lots l WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND l.remaining > 0
+                FROM credit_lots l WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND NOT l.spent
             ) x WHERE n <= :limit ORDER BY account_id, n
             """
         ),
@@ -352,7 +352,7 @@ def next_expiries(session: Session, *, account_ids: Sequence[int]) -> dict[int, 
             """
             SELECT DISTINCT ON (l.account_id) l.account_id, l.expires_at, sum(l.remaining) AS amount
             FROM credit_lots l
-            WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND l.remaining > 0 AND l.expires_at IS NOT NULL
+            WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND NOT l.spent AND l.expires_at IS NOT NULL
             GROUP BY l.account_id, l.expires_at
             ORDER BY l.account_id, l.expires_at
             """

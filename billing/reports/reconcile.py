@@ -193,7 +193,7 @@ CHECKS: dict[str, tuple[str, str]] = {
         "no lot keeps tokens it does not hold a minute past its expiry (one that does means no sweeper runs)",
         """
         SELECT l.id, l.remaining - l.held AS detail FROM credit_lots l
-        WHERE l.expires_at < now() - interval '1 minute' AND l.remaining > 0 AND l.remaining > l.held
+        WHERE l.expires_at < now() - interval '1 minute' AND NOT l.spent AND l.remaining > l.held
         """,
     ),
     "rollup_mismatch": (

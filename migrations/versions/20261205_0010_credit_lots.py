@@ -88,7 +88,7 @@ BEGIN
             SELECT l.id, l.remaining - l.held AS free,
                    sum(l.remaining - l.held) OVER (ORDER BY {BURN_ORDER}) AS upto
             FROM public.credit_lots l
-            WHERE l.account_id = p_account_id AND l.remaining > 0 AND l.remaining > l.held
+            WHERE l.account_id = p_account_id AND NOT l.spent AND l.remaining > l.held
         ),
         taken AS (
             SELECT o.id, least(o.free, p_amount - (o.upto - o.free)) AS amount
@@ -234,6 +234,9 @@ def upgrade() -> None:
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("remaining", sa.BigInteger(), nullable=False),
         sa.Column("held", sa.BigInteger(), server_default="0", nullable=False),
+        # What the partial indexes test instead of `remaining > 0`: a capture that leaves tokens in the lot changes
+        # `remaining` but not `spent`, so it is a HOT update (no index entry) rather than one per index.
+        sa.Column("spent", sa.Boolean(), sa.Computed("remaining = 0", persisted=True), nullable=False),
         sa.Column("transaction_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("amount > 0", name=op.f("ck_credit_lots_amount_positive")),
@@ -264,13 +267,13 @@ def upgrade() -> None:
         "ix_credit_lots_burn_order",
         "credit_lots",
         ["account_id", "priority", "expires_at", "created_at", "id"],
-        postgresql_where=sa.text("remaining > 0"),
+        postgresql_where=sa.text("NOT spent"),
     )
     op.create_index(
         "ix_credit_lots_expires_at",
         "credit_lots",
         ["expires_at"],
-        postgresql_where=sa.text("remaining > 0 AND expires_at IS NOT NULL"),
+        postgresql_where=sa.text("NOT spent AND expires_at IS NOT NULL"),
     )
     # A transaction's lots on one account (the finance ledger log's lots of an entry; a reversal's original lots).
     op.create_index("ix_credit_lots_transaction_account", "credit_lots", ["transaction_id", "account_id"])

@@ -222,12 +222,12 @@ def liability(
 ExpiryBucket = Literal["day", "month"]
 
 # The outstanding tokens by the UTC day or month their lots expire (NULL: never), from the lots with tokens left (their
-# burn-order index covers `remaining > 0`); they add up to the tracked accounts' balances (reconciliation checks it).
+# burn-order index covers the lots not spent); they add up to the tracked accounts' balances (reconciliation checks it).
 _BY_EXPIRY_SQL = """
 SELECT CAST(date_trunc(%(bucket)s, l.expires_at AT TIME ZONE 'UTC') AS date) AS expires_from,
        sum(l.remaining) AS balance, sum(l.held) AS held
 FROM credit_lots l
-WHERE l.remaining > 0 {scope}
+WHERE NOT l.spent {scope}
 GROUP BY 1 ORDER BY 1 NULLS FIRST
 """
 

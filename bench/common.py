@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
@@ -169,9 +170,17 @@ def seed_members(session: Session, *, n: int, prefix: str) -> tuple[int, list[in
     return tenant.id, sorted(r.account_id for r in rows)
 
 
-def fund_set_based(session: Session, *, account_ids: list[int], amount: int, key: str) -> None:
+def fund_set_based(
+    session: Session,
+    *,
+    account_ids: list[int],
+    amount: int,
+    key: str,
+    priority: int | None = None,
+    expires_at: datetime | None = None,
+) -> None:
     """Credit every account with `amount` from issuance in one balanced transaction (the product's batch
-    path, billing.recharge). The caller commits."""
+    path, billing.recharge): one credit lot each, at `priority`, expiring at `expires_at`. The caller commits."""
     source = session.execute(
         text("SELECT id FROM ledger_accounts WHERE kind = :k AND NOT balance_tracked"),
         {"k": AccountKind.issuance.value},
@@ -179,10 +188,10 @@ def fund_set_based(session: Session, *, account_ids: list[int], amount: int, key
     batches.create_stage(session)
     session.execute(
         text(
-            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount) "
-            "SELECT row_number() OVER (), a, :amount FROM unnest(CAST(:ids AS bigint[])) AS a"
+            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount, priority, expires_at) "
+            "SELECT row_number() OVER (), a, :amount, :priority, :expires_at FROM unnest(CAST(:ids AS bigint[])) AS a"
         ),
-        {"ids": account_ids, "amount": amount},
+        {"ids": account_ids, "amount": amount, "priority": priority, "expires_at": expires_at},
     )
     kwargs = dict(tenant_id=None, actor="bench", reason="bench funding", source_account_id=source)
     batch_id = batches.begin_batch(

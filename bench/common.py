@@ -205,6 +205,31 @@ def fund_set_based(
     session.execute(text(f"DROP TABLE {batches.STAGE_TABLE}"))
 
 
+# What migration 0010 did to the books it found, for the seeders that write the journal directly (bench/exports.py,
+# bench/console_seed_ledger.py): each balance one `migration` credit lot, each open hold an allocation on it, and
+# the lots' epoch after the seeded transactions, as if they predated lots. Reconciliation then holds.
+_LOTS_AS_MIGRATED = (
+    "INSERT INTO credit_lots (account_id, tenant_id, source, priority, amount, remaining, held) "
+    "SELECT a.id, a.tenant_id, 'migration', 50, a.balance - coalesce(l.remaining, 0), "
+    "a.balance - coalesce(l.remaining, 0), a.held - coalesce(l.held, 0) FROM ledger_accounts a "
+    "LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held FROM credit_lots GROUP BY 1) l "
+    "ON l.account_id = a.id WHERE a.balance_tracked AND a.balance > coalesce(l.remaining, 0)",
+    "INSERT INTO hold_lot_allocations (hold_id, lot_id, amount) "
+    "SELECT h.id, l.id, h.amount FROM holds h JOIN credit_lots l ON l.account_id = h.account_id "
+    "AND l.source = 'migration' WHERE h.status = 'held' "
+    "AND NOT EXISTS (SELECT 1 FROM hold_lot_allocations x WHERE x.hold_id = h.id)",
+    "INSERT INTO credit_lot_epoch (first_transaction_id) SELECT coalesce(max(id), 0) + 1 FROM ledger_transactions "
+    "ON CONFLICT (one_row) DO UPDATE SET first_transaction_id = excluded.first_transaction_id",
+)
+
+
+def lots_as_migrated(session: Session) -> None:
+    """Credit lots for balances seeded straight into the journal (as the owner: the epoch is the migration's).
+    Seeds only accounts whose journal got ahead of their lots; the caller commits."""
+    for statement in _LOTS_AS_MIGRATED:
+        session.execute(text(statement))
+
+
 def admin_key(session: Session, settings: Settings) -> str:
     """A platform admin holding every scope, and an API key for it. Commits."""
     return admin_user_and_key(session, settings)[1]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
@@ -169,9 +170,17 @@ def seed_members(session: Session, *, n: int, prefix: str) -> tuple[int, list[in
     return tenant.id, sorted(r.account_id for r in rows)
 
 
-def fund_set_based(session: Session, *, account_ids: list[int], amount: int, key: str) -> None:
+def fund_set_based(
+    session: Session,
+    *,
+    account_ids: list[int],
+    amount: int,
+    key: str,
+    priority: int | None = None,
+    expires_at: datetime | None = None,
+) -> None:
     """Credit every account with `amount` from issuance in one balanced transaction (the product's batch
-    path, billing.recharge). The caller commits."""
+    path, billing.recharge): one credit lot each, at `priority`, expiring at `expires_at`. The caller commits."""
     source = session.execute(
         text("SELECT id FROM ledger_accounts WHERE kind = :k AND NOT balance_tracked"),
         {"k": AccountKind.issuance.value},
@@ -179,10 +188,10 @@ def fund_set_based(session: Session, *, account_ids: list[int], amount: int, key
     batches.create_stage(session)
     session.execute(
         text(
-            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount) "
-            "SELECT row_number() OVER (), a, :amount FROM unnest(CAST(:ids AS bigint[])) AS a"
+            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount, priority, expires_at) "
+            "SELECT row_number() OVER (), a, :amount, :priority, :expires_at FROM unnest(CAST(:ids AS bigint[])) AS a"
         ),
-        {"ids": account_ids, "amount": amount},
+        {"ids": account_ids, "amount": amount, "priority": priority, "expires_at": expires_at},
     )
     kwargs = dict(tenant_id=None, actor="bench", reason="bench funding", source_account_id=source)
     batch_id = batches.begin_batch(
@@ -194,6 +203,31 @@ def fund_set_based(session: Session, *, account_ids: list[int], amount: int, key
         session, batch_id=batch_id, applied=applied.applied, failed=0, total_amount=applied.total_amount, result={}
     )
     session.execute(text(f"DROP TABLE {batches.STAGE_TABLE}"))
+
+
+# What migration 0010 did to the books it found, for the seeders that write the journal directly (bench/exports.py,
+# bench/console_seed_ledger.py): each balance one `migration` credit lot, each open hold an allocation on it, and
+# the lots' epoch after the seeded transactions, as if they predated lots. Reconciliation then holds.
+_LOTS_AS_MIGRATED = (
+    "INSERT INTO credit_lots (account_id, tenant_id, source, priority, amount, remaining, held) "
+    "SELECT a.id, a.tenant_id, 'migration', 50, a.balance - coalesce(l.remaining, 0), "
+    "a.balance - coalesce(l.remaining, 0), a.held - coalesce(l.held, 0) FROM ledger_accounts a "
+    "LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held FROM credit_lots GROUP BY 1) l "
+    "ON l.account_id = a.id WHERE a.balance_tracked AND a.balance > coalesce(l.remaining, 0)",
+    "INSERT INTO hold_lot_allocations (hold_id, lot_id, amount) "
+    "SELECT h.id, l.id, h.amount FROM holds h JOIN credit_lots l ON l.account_id = h.account_id "
+    "AND l.source = 'migration' WHERE h.status = 'held' "
+    "AND NOT EXISTS (SELECT 1 FROM hold_lot_allocations x WHERE x.hold_id = h.id)",
+    "INSERT INTO credit_lot_epoch (first_transaction_id) SELECT coalesce(max(id), 0) + 1 FROM ledger_transactions "
+    "ON CONFLICT (one_row) DO UPDATE SET first_transaction_id = excluded.first_transaction_id",
+)
+
+
+def lots_as_migrated(session: Session) -> None:
+    """Credit lots for balances seeded straight into the journal (as the owner: the epoch is the migration's).
+    Seeds only accounts whose journal got ahead of their lots; the caller commits."""
+    for statement in _LOTS_AS_MIGRATED:
+        session.execute(text(statement))
 
 
 def admin_key(session: Session, settings: Settings) -> str:

@@ -93,6 +93,7 @@ def approvals_through_api(base: str, seeded: console_seed.Seeded, n: int) -> dic
             outcome["approved" if decision == "approve" else "rejected"] += 1
         answer = client.post("/admin/v1/reconciliation/runs", headers=admin)
         outcome["reconciliation_status"] = answer.status_code
+        outcome["reconciliation_balanced"] = answer.json().get("balanced") if answer.is_success else None
     seeded.ids["approval"] = made[-1]  # a pending batch approval, with rows
     return outcome
 

@@ -6,6 +6,7 @@ names its transaction. Needs the temp tables of bench/console_seed_platform.py (
 
 from __future__ import annotations
 
+import common
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -222,6 +223,8 @@ def write_entries(session: Session, total: int) -> None:
 
 
 def settle(session: Session, params: dict[str, object]) -> None:
-    """The accounts' balances and held amounts synced with the journal, the batches' results completed."""
+    """The accounts' balances and held amounts synced with the journal, the batches' results completed, and the
+    balances made credit lots (as migration 0010 did to the books it found)."""
     for statement in _SETTLE_SQL:
         session.execute(text(statement), params)
+    common.lots_as_migrated(session)

@@ -97,6 +97,7 @@ def seed(srv: common.Servers, *, entries: int, accounts: int) -> tuple[int, floa
             session.execute(_SYNC_BALANCES_SQL, {"accounts": account_ids})
             session.commit()
             print(f"  seeded {2 * last:,} entries", flush=True)
+        common.lots_as_migrated(session)
         session.execute(text("ANALYZE ledger_entries; ANALYZE ledger_transactions; ANALYZE ledger_accounts"))
         session.commit()
         count = session.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one()

@@ -49,7 +49,7 @@ def _burn(debits: str, *, first: str = "NULL") -> str:
                    ORDER BY coalesce(l.transaction_id = {first}, false) DESC, {BURN_ORDER}
                ) AS upto
         FROM credit_lots l JOIN {debits} d ON d.account_id = l.account_id
-        WHERE l.remaining > 0 AND l.remaining > l.held
+        WHERE NOT l.spent AND l.remaining > l.held
     ),
     burn AS (
         SELECT id, account_id, priority, expires_at, least(free, need - (upto - free)) AS amount,
@@ -60,7 +60,8 @@ def _burn(debits: str, *, first: str = "NULL") -> str:
         UPDATE credit_lots l SET remaining = l.remaining - b.amount FROM burn b WHERE l.id = b.id
     ),
     consumed AS (
-        INSERT INTO lot_consumptions (transaction_id, lot_id, amount) SELECT :txn, b.id, b.amount FROM burn b
+        INSERT INTO lot_consumptions (transaction_id, account_id, lot_id, amount)
+        SELECT :txn, b.account_id, b.id, b.amount FROM burn b
     ),"""
 
 
@@ -109,10 +110,11 @@ pieces AS (
     SELECT l.account_id, sum(c.amount) OVER (PARTITION BY l.account_id ORDER BY {BURN_ORDER}) - c.amount, c.amount,
            l.priority, l.expires_at
     FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id
-    WHERE c.transaction_id = CAST(:reverses AS bigint)
+    WHERE c.transaction_id = CAST(:reverses AS bigint) AND c.account_id IN (SELECT account_id FROM credits)
 ),
 mirrored AS (
-    SELECT c.account_id, c.tenant_id, p.priority, p.expires_at, sum({_overlap("c", "p")}) AS amount
+    SELECT c.account_id, c.tenant_id, coalesce(CAST(:priority AS integer), p.priority) AS priority,
+           least(CAST(:expires_at AS timestamptz), p.expires_at) AS expires_at, sum({_overlap("c", "p")}) AS amount
     FROM credits c JOIN pieces p ON p.grp = c.grp AND {_overlaps("c", "p")}
     GROUP BY 1, 2, 3, 4
 ),
@@ -127,8 +129,7 @@ written AS (
     SELECT account_id, tenant_id,
            CASE WHEN CAST(:reverses AS bigint) IS NULL THEN '{LotSource.transfer.value}'
                 ELSE '{LotSource.reversal.value}' END,
-           coalesce(CAST(:priority AS integer), priority), now(),
-           least(CAST(:expires_at AS timestamptz), expires_at), amount, amount, :txn
+           priority, now(), expires_at, amount, amount, :txn
     FROM mirrored
     UNION ALL
     SELECT account_id, tenant_id, :source, coalesce(CAST(:priority AS integer), {PAID_PRIORITY}),
@@ -254,7 +255,7 @@ _DUE_ACCOUNTS_SQL = text(
 SELECT a.id FROM ledger_accounts a
 WHERE a.id IN (
     SELECT l.account_id FROM credit_lots l
-    WHERE l.expires_at <= now() AND l.remaining > 0 AND l.remaining > l.held
+    WHERE l.expires_at <= now() AND NOT l.spent AND l.remaining > l.held
     ORDER BY l.expires_at
     LIMIT :limit
 ) AND a.balance_tracked
@@ -272,7 +273,7 @@ _EXPIRE_SQL = text(
 WITH due AS (
     SELECT l.id, l.account_id, l.remaining - l.held AS amount
     FROM credit_lots l
-    WHERE l.account_id = ANY(CAST(:accounts AS bigint[])) AND l.expires_at <= now() AND l.remaining > 0
+    WHERE l.account_id = ANY(CAST(:accounts AS bigint[])) AND l.expires_at <= now() AND NOT l.spent
       AND l.remaining > l.held
 ),
 per_account AS (
@@ -307,8 +308,8 @@ lowered AS (
     WHERE l.id = d.id AND p.account_id = d.account_id
 ),
 consumed AS (
-    INSERT INTO lot_consumptions (transaction_id, lot_id, amount)
-    SELECT p.transaction_id, d.id, d.amount FROM due d JOIN posted p ON p.account_id = d.account_id
+    INSERT INTO lot_consumptions (transaction_id, account_id, lot_id, amount)
+    SELECT p.transaction_id, d.account_id, d.id, d.amount FROM due d JOIN posted p ON p.account_id = d.account_id
 )
 SELECT p.account_id, p.transaction_id, p.amount, (SELECT count(*) FROM entries) AS entries
 FROM posted p ORDER BY p.account_id
@@ -344,7 +345,7 @@ def account_lots(session: Session, *, account_ids: Sequence[int], limit: int = 5
             f"""
             SELECT * FROM (
                 SELECT {_LOT_COLUMNS}, row_number() OVER (PARTITION BY l.account_id ORDER BY {BURN_ORDER}) AS n
-                FROM credit_lots l WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND l.remaining > 0
+                FROM credit_lots l WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND NOT l.spent
             ) x WHERE n <= :limit ORDER BY account_id, n
             """
         ),
@@ -363,7 +364,7 @@ def next_expiries(session: Session, *, account_ids: Sequence[int]) -> dict[int, 
             """
             SELECT DISTINCT ON (l.account_id) l.account_id, l.expires_at, sum(l.remaining) AS amount
             FROM credit_lots l
-            WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND l.remaining > 0 AND l.expires_at IS NOT NULL
+            WHERE l.account_id = ANY(CAST(:ids AS bigint[])) AND NOT l.spent AND l.expires_at IS NOT NULL
             GROUP BY l.account_id, l.expires_at
             ORDER BY l.account_id, l.expires_at
             """

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -218,12 +219,12 @@ class CreditLot(BillingBase):
             "expires_at",
             "created_at",
             "id",
-            postgresql_where=text("remaining > 0"),
+            postgresql_where=text("NOT spent"),
         ),
         # The expiry sweep's due lots.
-        Index(
-            "ix_credit_lots_expires_at", "expires_at", postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL")
-        ),
+        Index("ix_credit_lots_expires_at", "expires_at", postgresql_where=text("NOT spent AND expires_at IS NOT NULL")),
+        # A transaction's lots on one account: an entry's lots (the finance ledger log), a reversal's original lots.
+        Index("ix_credit_lots_transaction_account", "transaction_id", "account_id"),
         {"postgresql_with": {"fillfactor": "80"}},
     )
 
@@ -237,8 +238,11 @@ class CreditLot(BillingBase):
     amount: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
     held: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Nothing left (remaining = 0): what the partial indexes test instead of `remaining`, so that a capture leaving
+    # tokens in the lot, which changes `remaining` but not `spent`, is a HOT update that writes no index entry.
+    spent: Mapped[bool] = mapped_column(Boolean, Computed("remaining = 0", persisted=True))
     # The transaction whose credit made the lot (NULL only for the balances lots were introduced over).
-    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"), index=True)
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -262,6 +266,8 @@ class LotConsumption(BillingBase):
     __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
 
     transaction_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ledger_transactions.id"), primary_key=True)
+    # The lot's account (an entry's consumptions are one index range); reconciliation checks it is the lot's.
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     lot_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("credit_lots.id"), primary_key=True)
     amount: Mapped[int] = mapped_column(BigInteger)
 

@@ -135,6 +135,15 @@ CHECKS: dict[str, tuple[str, str]] = {
         WHERE l.amount - l.remaining <> coalesce(c.amount, 0)
         """,
     ),
+    "lot_consumption_account_mismatch": (
+        "each consumption names the account of the lot it burned",
+        """
+        SELECT c.transaction_id AS id, format('lot %s of account %s recorded on %s', l.id, l.account_id, c.account_id)
+               AS detail
+        FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id
+        WHERE c.account_id <> l.account_id
+        """,
+    ),
     "lot_held_mismatch": (
         "each lot holds exactly what the open holds took from it",
         """
@@ -163,8 +172,7 @@ CHECKS: dict[str, tuple[str, str]] = {
         SELECT transaction_id AS id, format('account %s: debited %s, lots burned %s', account_id,
                                             coalesce(-e.amount, 0), coalesce(c.amount, 0)) AS detail
         FROM ({_NET_PER_ACCOUNT} HAVING sum(en.amount) < 0) e
-        FULL JOIN (SELECT c.transaction_id, l.account_id, sum(c.amount) AS amount
-                   FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id GROUP BY 1, 2) c
+        FULL JOIN (SELECT transaction_id, account_id, sum(amount) AS amount FROM lot_consumptions GROUP BY 1, 2) c
              USING (transaction_id, account_id)
         WHERE coalesce(-e.amount, 0) <> coalesce(c.amount, 0)
         """,
@@ -185,7 +193,7 @@ CHECKS: dict[str, tuple[str, str]] = {
         "no lot keeps tokens it does not hold a minute past its expiry (one that does means no sweeper runs)",
         """
         SELECT l.id, l.remaining - l.held AS detail FROM credit_lots l
-        WHERE l.expires_at < now() - interval '1 minute' AND l.remaining > 0 AND l.remaining > l.held
+        WHERE l.expires_at < now() - interval '1 minute' AND NOT l.spent AND l.remaining > l.held
         """,
     ),
     "rollup_mismatch": (

@@ -88,7 +88,7 @@ BEGIN
             SELECT l.id, l.remaining - l.held AS free,
                    sum(l.remaining - l.held) OVER (ORDER BY {BURN_ORDER}) AS upto
             FROM public.credit_lots l
-            WHERE l.account_id = p_account_id AND l.remaining > 0 AND l.remaining > l.held
+            WHERE l.account_id = p_account_id AND NOT l.spent AND l.remaining > l.held
         ),
         taken AS (
             SELECT o.id, least(o.free, p_amount - (o.upto - o.free)) AS amount
@@ -171,8 +171,8 @@ BEGIN
         FROM burn b WHERE l.id = b.lot_id
     ),
     consumed AS (
-        INSERT INTO public.lot_consumptions (transaction_id, lot_id, amount)
-        SELECT txn.id, b.lot_id, b.burned FROM txn, burn b WHERE b.burned > 0
+        INSERT INTO public.lot_consumptions (transaction_id, account_id, lot_id, amount)
+        SELECT txn.id, hold.account_id, b.lot_id, b.burned FROM txn, hold, burn b WHERE b.burned > 0
         RETURNING amount
     ),
     written AS (
@@ -234,6 +234,9 @@ def upgrade() -> None:
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("remaining", sa.BigInteger(), nullable=False),
         sa.Column("held", sa.BigInteger(), server_default="0", nullable=False),
+        # What the partial indexes test instead of `remaining > 0`: a capture that leaves tokens in the lot changes
+        # `remaining` but not `spent`, so it is a HOT update (no index entry) rather than one per index.
+        sa.Column("spent", sa.Boolean(), sa.Computed("remaining = 0", persisted=True), nullable=False),
         sa.Column("transaction_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("amount > 0", name=op.f("ck_credit_lots_amount_positive")),
@@ -264,15 +267,16 @@ def upgrade() -> None:
         "ix_credit_lots_burn_order",
         "credit_lots",
         ["account_id", "priority", "expires_at", "created_at", "id"],
-        postgresql_where=sa.text("remaining > 0"),
+        postgresql_where=sa.text("NOT spent"),
     )
     op.create_index(
         "ix_credit_lots_expires_at",
         "credit_lots",
         ["expires_at"],
-        postgresql_where=sa.text("remaining > 0 AND expires_at IS NOT NULL"),
+        postgresql_where=sa.text("NOT spent AND expires_at IS NOT NULL"),
     )
-    op.create_index(op.f("ix_credit_lots_transaction_id"), "credit_lots", ["transaction_id"])
+    # A transaction's lots on one account (the finance ledger log's lots of an entry; a reversal's original lots).
+    op.create_index("ix_credit_lots_transaction_account", "credit_lots", ["transaction_id", "account_id"])
     op.create_table(
         "hold_lot_allocations",
         sa.Column("hold_id", sa.BigInteger(), nullable=False),
@@ -288,6 +292,9 @@ def upgrade() -> None:
     op.create_table(
         "lot_consumptions",
         sa.Column("transaction_id", sa.BigInteger(), nullable=False),
+        # The lot's account, so that an entry's consumptions are one index range (reconciliation checks it is
+        # the lot's; no foreign key of its own: the lot's is enough).
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
         sa.Column("lot_id", sa.BigInteger(), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("amount > 0", name=op.f("ck_lot_consumptions_amount_positive")),
@@ -297,7 +304,7 @@ def upgrade() -> None:
             name=op.f("fk_lot_consumptions_transaction_id_ledger_transactions"),
         ),
         sa.ForeignKeyConstraint(["lot_id"], ["credit_lots.id"], name=op.f("fk_lot_consumptions_lot_id_credit_lots")),
-        sa.PrimaryKeyConstraint("transaction_id", "lot_id", name=op.f("pk_lot_consumptions")),
+        sa.PrimaryKeyConstraint("transaction_id", "account_id", "lot_id", name=op.f("pk_lot_consumptions")),
     )
     op.create_table(
         "credit_lot_epoch",
@@ -344,7 +351,7 @@ def downgrade() -> None:
     op.drop_table("credit_lot_epoch")
     op.drop_table("lot_consumptions")
     op.drop_table("hold_lot_allocations")
-    op.drop_index(op.f("ix_credit_lots_transaction_id"), table_name="credit_lots")
+    op.drop_index("ix_credit_lots_transaction_account", table_name="credit_lots")
     op.drop_index("ix_credit_lots_expires_at", table_name="credit_lots")
     op.drop_index("ix_credit_lots_burn_order", table_name="credit_lots")
     op.drop_table("credit_lots")

@@ -60,7 +60,8 @@ moves AS (
     SELECT a.tenant_id, (e.created_at AT TIME ZONE 'UTC')::date AS day,
            coalesce(sum(e.amount) FILTER (WHERE t.kind = 'recharge'), 0) AS recharged,
            coalesce(-sum(e.amount) FILTER (WHERE t.kind = 'capture'), 0) AS consumed,
-           coalesce(sum(e.amount) FILTER (WHERE t.kind IN ('adjustment', 'reversal')), 0) AS adjustments
+           coalesce(sum(e.amount) FILTER (WHERE t.kind IN ('adjustment', 'reversal')), 0) AS adjustments,
+           coalesce(-sum(e.amount) FILTER (WHERE t.kind = 'expiry'), 0) AS expired
     FROM ledger_entries e JOIN acct a ON a.id = e.account_id JOIN ledger_transactions t ON t.id = e.transaction_id
     WHERE e.created_at >= %(start)s AND e.created_at < %(end)s
     GROUP BY 1, 2
@@ -82,14 +83,15 @@ grid AS (
 daily AS (
     SELECT g.tenant_id, g.day, coalesce(o.amount, 0) AS opening_before,
            coalesce(m.recharged, 0) AS recharged, coalesce(m.consumed, 0) AS consumed,
-           coalesce(r.released, 0) AS released, coalesce(m.adjustments, 0) AS adjustments
+           coalesce(r.released, 0) AS released, coalesce(m.adjustments, 0) AS adjustments,
+           coalesce(m.expired, 0) AS expired
     FROM grid g
     LEFT JOIN opening o ON o.tenant_id = g.tenant_id
     LEFT JOIN moves m ON m.tenant_id = g.tenant_id AND m.day = g.day
     LEFT JOIN released r ON r.tenant_id = g.tenant_id AND r.day = g.day
 )
-SELECT tenant_id, day, recharged, consumed, released, adjustments,
-       opening_before + coalesce(sum(recharged - consumed + adjustments) OVER (
+SELECT tenant_id, day, recharged, consumed, released, adjustments, expired,
+       opening_before + coalesce(sum(recharged - consumed + adjustments - expired) OVER (
            PARTITION BY tenant_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS opening
 FROM daily ORDER BY tenant_id, day
 """
@@ -151,7 +153,8 @@ def finance_daily(
             consumed=int(row["consumed"]),
             released=int(row["released"]),
             adjustments=int(row["adjustments"]),
-            closing=int(row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"]),
+            expired=int(row["expired"]),
+            closing=int(row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"] - row["expired"]),
         )
         for row in rows
     ]

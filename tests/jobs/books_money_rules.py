@@ -22,15 +22,17 @@ from facemint.recharges import batch as batches
 from facemint.recharges import service as recharges
 from facemint.recharges.parsing import parse_csv
 from facemint.recharges.schemas import RechargeCreate
-from tests.jobs.books_model import THRESHOLD_AMOUNT, Approval
+from tests.jobs.books_model import THRESHOLD_AMOUNT, Approval, Terms
 from tests.jobs.books_world import (
     AMOUNTS,
     BATCH_TARGETS,
     EXPIRING_POLICY,
+    EXPIRY_DAYS,
     NOBODY,
     OPERATORS,
     PAYERS,
     POLICY,
+    PRIORITIES,
     RECIPIENTS,
     REQUESTERS,
     TENANT_OF,
@@ -49,23 +51,31 @@ class MoneyRules(BooksWorld):
     def fund(self, amounts: list[int]) -> None:
         """Start with some tokens on the payers and T's pool (small recharges: applied at once)."""
         for recipient, amount in zip(RECIPIENTS, amounts, strict=True):
-            self.recharge("op_b", recipient, amount, expiring=False)
+            self.recharge("op_b", recipient, amount, expiring=False, priority=None, days=None)
 
     @rule(
         requester=st.sampled_from(REQUESTERS),
         recipient=st.sampled_from(RECIPIENTS),
         amount=AMOUNTS,
         expiring=st.booleans(),
+        priority=PRIORITIES,
+        days=EXPIRY_DAYS,
     )
-    def recharge(self, requester: str, recipient: str, amount: int, expiring: bool) -> None:
+    def recharge(
+        self, requester: str, recipient: str, amount: int, expiring: bool, priority: int | None, days: int | None
+    ) -> None:
+        """`expiring`: an approval it needs expires at once; `priority` and `days`: the credited lot's terms."""
         key = self._key("recharge")
         context = self.actors[requester].context
         target = (
             {"tenant_id": self.tenant_ids["T"]} if recipient == "pool" else {"user_id": self.actors[recipient].user_id}
         )
+        terms = Terms(priority=priority, expires_at=self._expiry(days))
 
         def action(policy: Policy, reason: str = "state machine") -> Callable[[Session], Any]:
-            data = RechargeCreate(**target, amount=amount, reason=reason)
+            data = RechargeCreate(
+                **target, amount=amount, reason=reason, priority=terms.priority, expires_at=terms.expires_at
+            )
             return lambda s: recharges.submit_recharge(
                 s, context=context, data=data, idempotency_key=key, policy=policy
             )
@@ -88,13 +98,20 @@ class MoneyRules(BooksWorld):
         if reason is not None:
             assert isinstance(outcome, Held), outcome
             approval_id = self._record_approval(
-                outcome, kind="single", requester=requester, amount=amount, reason=reason, expiring=expiring, legs=legs
+                outcome,
+                kind="single",
+                requester=requester,
+                amount=amount,
+                reason=reason,
+                expiring=expiring,
+                legs=legs,
+                terms=terms,
             )
             self._remember("recharge", action, ("held", approval_id))
             return
         assert isinstance(outcome, recharges.RechargeOutcome), outcome
         assert not outcome.replayed
-        books.post(outcome.transaction_id, "recharge", legs)
+        books.post(outcome.transaction_id, "recharge", legs, terms=terms)
         books.unreviewed[requester] += amount
         assert outcome.balance == books.accounts[self._account(recipient)].balance
         self._remember("recharge", action, ("posted", outcome.transaction_id))
@@ -102,13 +119,20 @@ class MoneyRules(BooksWorld):
 
     @rule(
         requester=st.sampled_from(REQUESTERS),
-        rows=st.lists(st.tuples(st.sampled_from(BATCH_TARGETS), AMOUNTS), min_size=1, max_size=4),
+        rows=st.lists(
+            st.tuples(st.sampled_from(BATCH_TARGETS), AMOUNTS, PRIORITIES, EXPIRY_DAYS), min_size=1, max_size=4
+        ),
         atomic=st.booleans(),
         expiring=st.booleans(),
     )
-    def batch(self, requester: str, rows: list[tuple[str, int]], atomic: bool, expiring: bool) -> None:
-        body = "user_id,amount\n" + "".join(
-            f"{NOBODY if who == 'nobody' else self.actors[who].user_id},{amount}\n" for who, amount in rows
+    def batch(
+        self, requester: str, rows: list[tuple[str, int, int | None, int | None]], atomic: bool, expiring: bool
+    ) -> None:
+        """A CSV batch whose rows name their lots' priority and expiry (empty: the default)."""
+        body = "user_id,amount,priority,expires_at\n" + "".join(
+            f"{NOBODY if who == 'nobody' else self.actors[who].user_id},{amount},"
+            f"{'' if priority is None else priority},{'' if days is None else self._expiry(days).isoformat()}\n"
+            for who, amount, priority, days in rows
         )
         parsed = parse_csv(body.encode(), max_rows=100, ceiling=self.ceiling)
         key = self._key("batch")
@@ -130,13 +154,15 @@ class MoneyRules(BooksWorld):
         # The model's resolution: unknown users and (for a tenant admin) other tenants' users fail; a user's
         # later rows are duplicates.
         credited: dict[int, int] = {}
+        row_terms: dict[int, Terms] = {}
         failed = 0
-        for who, amount in rows:
+        for who, amount, priority, days in rows:
             hidden = who == "nobody" or (requester == "ta" and TENANT_OF[who] != "T")
             if hidden or self._account(who) in credited:
                 failed += 1
             else:
                 credited[self._account(who)] = amount
+                row_terms[self._account(who)] = Terms(priority=priority, expires_at=self._expiry(days))
         total = sum(credited.values())
         books = self.books
         if failed and atomic:
@@ -147,6 +173,7 @@ class MoneyRules(BooksWorld):
             return
         self._expect(error, None)
         legs = {self._source(requester): -total, **credited}
+        batch_rows = [(account, amount, row_terms[account]) for account, amount in credited.items()]
         reason = books.hold_reason(requester, total, largest=max(credited.values(), default=0))
         if reason is not None:
             assert outcome.held is not None, outcome
@@ -158,6 +185,7 @@ class MoneyRules(BooksWorld):
                 reason=reason,
                 expiring=expiring,
                 legs=legs,
+                rows=batch_rows,
             )
             self._remember("batch", action, ("held", approval_id))
             return
@@ -165,7 +193,7 @@ class MoneyRules(BooksWorld):
         result = outcome.result
         assert (result["applied"], result["total_amount"], len(result["failed"])) == (len(credited), total, failed)
         if total:
-            books.post(result["transaction_id"], "recharge", legs)
+            books.post(result["transaction_id"], "recharge", legs, rows=batch_rows)
             event("batch posted")
         else:
             assert result["transaction_id"] is None  # nothing to credit: a batch row, no transaction
@@ -336,7 +364,13 @@ class MoneyRules(BooksWorld):
         if approval.kind == "reversal":
             books.reverse(outcome.transaction_id, original)
         else:
-            books.post(outcome.transaction_id, _txn_kind(approval.kind), approval.legs)
+            books.post(
+                outcome.transaction_id,
+                _txn_kind(approval.kind),
+                approval.legs,
+                terms=approval.terms,
+                rows=approval.rows,
+            )
         approval.status = "approved"
         event(f"approved: {approval.kind}")
         self.approval_txn[approval.id] = outcome.transaction_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from hypothesis import event
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.errors import BillingError
+from billing.ledger import lots
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind
 from billing.pricing import service as pricing
@@ -30,7 +32,15 @@ from facemint.users.orm import Role
 from tests.conftest import _empty
 from tests.factories import create_tenant, create_user
 from tests.invariants import assert_no_hold_outlives_its_job
-from tests.jobs.books_model import THRESHOLD_AMOUNT, THRESHOLD_BATCH_TOTAL, THRESHOLD_DAILY_TOTAL, Approval, Books
+from tests.jobs.books_model import (
+    THRESHOLD_AMOUNT,
+    THRESHOLD_BATCH_TOTAL,
+    THRESHOLD_DAILY_TOTAL,
+    Approval,
+    Books,
+    LotRow,
+    Terms,
+)
 
 OPERATORS = ("op_a", "op_b")  # platform staff: request and approve
 REQUESTERS = ("op_a", "op_b", "ta")  # ta: tenant T's admin, hands out T's pool (no approving scope)
@@ -40,6 +50,11 @@ RECIPIENTS = (*PAYERS, "pool")  # "pool": tenant T's pool (staff only)
 BATCH_TARGETS = (*PAYERS, "nobody")
 NOBODY = 999_999_999  # a user id no row has
 AMOUNTS = st.integers(1, 80)  # around THRESHOLD_AMOUNT, so some are held
+# Credited tokens' lot terms: a priority (None: the default 50) and an expiry in whole days after GRANTED_AT (fixed
+# per run, so a draw is the same example whatever the clock; None: never).
+PRIORITIES = st.sampled_from([None, 0, 10, 90])
+EXPIRY_DAYS = st.sampled_from([None, 1, 2, 30])
+GRANTED_AT = datetime.now(UTC).replace(microsecond=0)
 MAX_ATTEMPTS = 2
 ACTIVE_CAP = 3  # queued plus running jobs per tenant
 JOB_DEADLINE_SECONDS = 900
@@ -99,7 +114,12 @@ class BooksWorld(RuleBasedStateMachine):
             self.price = pricing.current_price(session, operation="swap.image").tokens_per_unit
             system = {
                 kind: ledger.system_account_id(session, kind=kind)
-                for kind in (AccountKind.issuance, AccountKind.adjustments, AccountKind.usage_revenue)
+                for kind in (
+                    AccountKind.issuance,
+                    AccountKind.adjustments,
+                    AccountKind.usage_revenue,
+                    AccountKind.expired,
+                )
             }
         self.tenant_ids = {name: t.id for name, t in tenants.items()}
         self.pool = tenants["T"].pool_account_id
@@ -128,6 +148,8 @@ class BooksWorld(RuleBasedStateMachine):
             issuance=system[AccountKind.issuance],
             adjustments=system[AccountKind.adjustments],
             usage=system[AccountKind.usage_revenue],
+            expired=system[AccountKind.expired],
+            written_lots=self._written_lots,
         )
         self.requests: list[Request] = []
         self.approval_txn: dict[int, int] = {}  # approval id -> the transaction approving it posted
@@ -158,6 +180,18 @@ class BooksWorld(RuleBasedStateMachine):
         assert type(error).__name__ == refusal, f"the model expected {refusal}, the product said {error!r}"
         event(f"refused: {refusal}")
 
+    def _written_lots(self, transaction_id: int) -> list[LotRow]:
+        """The lots a committed transaction's credits wrote, as the model compares them."""
+        with self.sessions() as session:
+            return [
+                (lot.lot_id, lot.account_id, lot.source, lot.priority, lot.expires_at, lot.amount)
+                for lot in lots.lots_of_transaction(session, transaction_id=transaction_id)
+            ]
+
+    @staticmethod
+    def _expiry(days: int | None) -> datetime | None:
+        return None if days is None else GRANTED_AT + timedelta(days=days)
+
     def _account(self, who: str) -> int:
         return self.pool if who == "pool" else self.actors[who].account_id
 
@@ -178,6 +212,8 @@ class BooksWorld(RuleBasedStateMachine):
         expiring: bool,
         legs: dict[int, int] | None = None,
         reverses: int | None = None,
+        rows: list[tuple[int, int, Terms]] | None = None,
+        terms: Terms | None = None,
     ) -> int:
         approval = held.approval
         assert not held.replayed
@@ -186,7 +222,16 @@ class BooksWorld(RuleBasedStateMachine):
         assert approval.total_amount == amount
         assert approval.payload["held_because"] == reason, (approval.payload["held_because"], reason)
         self.books.approvals[approval.id] = Approval(
-            approval.id, kind, requester, amount, reason, due=expiring, legs=legs or {}, reverses=reverses
+            approval.id,
+            kind,
+            requester,
+            amount,
+            reason,
+            due=expiring,
+            legs=legs or {},
+            reverses=reverses,
+            rows=rows,
+            terms=terms,
         )
         return approval.id
 
@@ -200,10 +245,10 @@ class BooksWorld(RuleBasedStateMachine):
             assert report.balanced, "ledger invariants broken: " + "; ".join(
                 f"{d.check} ids={d.ids[:10]} details={d.details[:10]}" for d in report.discrepancies
             )
-            # Conservation, against the model too: issued + adjusted - consumed = the sum of balances.
+            # Conservation, against the model too: issued + adjusted - consumed - expired = the sum of balances.
             model = books.totals()
             assert {k: report.totals[k] for k in model} == model, (report.totals, model)
-            assert model["issued"] + model["adjusted"] - model["consumed"] == model["outstanding"]
+            assert model["issued"] + model["adjusted"] - model["consumed"] - model["expired"] == model["outstanding"]
             # I4: a finished job holds nothing. The deadline half needs a sweeper that ran since the deadline
             # passed, which here is a rule (`sweeper_tick`, which asserts it).
             stuck = s.execute(
@@ -220,6 +265,14 @@ class BooksWorld(RuleBasedStateMachine):
                 for r in s.execute(text("SELECT id, balance, held FROM ledger_accounts WHERE balance_tracked"))
             }
             assert accounts == {a: (m.balance, m.held) for a, m in books.accounts.items()}
+            # Every lot, spent ones too: what it has left and holds, and its expiry (moved by `lot_comes_due`).
+            stored_lots = {
+                r.id: (r.account_id, r.remaining, r.held, r.expires_at)
+                for r in s.execute(text("SELECT id, account_id, remaining, held, expires_at FROM credit_lots"))
+            }
+            assert stored_lots == {
+                lot.id: (lot.account_id, lot.remaining, lot.held, lot.expires_at) for lot in books.lots.values()
+            }
             stored_jobs = {
                 r.public_id: (r.status, r.attempts, r.cancel, r.hold_status)
                 for r in s.execute(

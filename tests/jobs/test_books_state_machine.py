@@ -4,14 +4,16 @@ A Hypothesis state machine drives the real services on the real test Postgres, e
 request or a worker would run it: recharges (single and batch, some held for four-eyes approval), approvals,
 rejections and their expiry, adjustments, reversals, job submits (and idempotent replays), worker claims,
 heartbeats, completions, failures, retries, worker deaths (a claim never settled, then the stale sweep), cancels
-(a video's stopping mid-run with the seconds it processed charged), deadlines passing and the deadline sweep, and
-ledger holds with their expiry. After every step it checks:
+(a video's stopping mid-run with the seconds it processed charged), deadlines passing and the deadline sweep,
+ledger holds with their expiry, and credit lots: grants of every priority with and without an expiry, lots whose
+time comes and the sweep that expires them. After every step it checks:
 
 - the product's own reconciliation (`reconcile_all`: I1-I3 and the job/hold checks) reports nothing;
 - I4: no hold is still held for a finished job (and `assert_no_hold_outlives_its_job` whenever no deadline was
   moved into the past: the sweeper here is a rule, so a passed deadline waits for it by design);
-- every tracked account's balance and held amount, every job, hold and approval, and the totals (issued +
-  adjusted = outstanding + consumed) equal a plain-Python model of what the steps did (`books_model.Books`).
+- every tracked account's balance and held amount, every credit lot's remaining and held tokens (and the lots
+  each posting wrote), every job, hold and approval, and the totals (issued + adjusted = outstanding + consumed +
+  expired) equal a plain-Python model of what the steps did (`books_model.Books`).
 
 Expected refusals (402, 409, 403, ...) are outcomes like any other: the model says which one, and that nothing
 changed. The machine is in three parts: `books_world` (the actors, plumbing and the checks after every step),
@@ -32,14 +34,24 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ledger import holds as ledger_holds
+from billing.ledger import lots
 from billing.ledger import service as ledger
+from billing.ledger.orm import LotSource
 from facemint.config import Settings
 from facemint.jobs import queries, sweeps
 from facemint.jobs import service as jobs
 from facemint.jobs.orm import JobStatus
-from tests.jobs.books_model import Hold, Job
+from tests.jobs.books_model import Hold, Job, Terms
 from tests.jobs.books_money_rules import MoneyRules
-from tests.jobs.books_world import ACTIVE_CAP, JOB_DEADLINE_SECONDS, MAX_ATTEMPTS, PAYERS, TENANT_OF, WORKER
+from tests.jobs.books_world import (
+    ACTIVE_CAP,
+    EXPIRY_DAYS,
+    JOB_DEADLINE_SECONDS,
+    MAX_ATTEMPTS,
+    PAYERS,
+    TENANT_OF,
+    WORKER,
+)
 
 EXAMPLES = int(os.environ.get("FACEMINT_STATE_MACHINE_EXAMPLES", "30"))
 STEPS = int(os.environ.get("FACEMINT_STATE_MACHINE_STEPS", "30"))
@@ -92,7 +104,7 @@ class BooksMachine(MoneyRules):
         self._expect(error, None)
         row = outcome.job
         assert (outcome.replayed, row.status, row.tokens_held) == (False, "queued", tokens)
-        books.reserve(account, tokens)
+        books.reserve(account, tokens, row.hold_id)
         assert outcome.available == books.accounts[account].available
         event("job submitted")
         books.jobs[row.public_id] = Job(
@@ -233,7 +245,7 @@ class BooksMachine(MoneyRules):
         assert row is not None, job
         assert (row.status, row.tokens_captured) == ("succeeded", job.tokens)
         job.status, job.hold_status = "succeeded", "captured"
-        self.books.capture(capture, job.account_id, job.tokens, job.tokens)
+        self.books.capture(capture, job.account_id, job.tokens, job.tokens, job.hold_id)
         event("job succeeded and charged")
 
     def _fail(self, job: Job, attempt: int, status: JobStatus) -> None:
@@ -290,7 +302,7 @@ class BooksMachine(MoneyRules):
         assert row is not None, job
         assert (row.status, row.tokens_captured) == ("canceled", charged)
         job.status, job.hold_status = "canceled", "captured"
-        self.books.capture(capture, job.account_id, job.tokens, charged)
+        self.books.capture(capture, job.account_id, job.tokens, charged, job.hold_id)
         event("video canceled mid-run: the seconds processed charged")
 
     def _retry(self, job: Job, attempt: int) -> None:
@@ -344,6 +356,7 @@ class BooksMachine(MoneyRules):
         self._take_back_stale(30.0)
         self._sweep_deadlines()
         self._expire_holds()
+        self._expire_lots()
         self._expire_approvals()
 
     @rule(stale_after=st.sampled_from([0.0, 3600.0]))
@@ -416,7 +429,7 @@ class BooksMachine(MoneyRules):
             self._expect(error, "InsufficientTokens")
             return
         self._expect(error, None)
-        self.books.reserve(account, amount)
+        self.books.reserve(account, amount, hold.hold_id)
         event("ledger hold reserved")
         self.books.holds[hold.hold_id] = Hold(hold.hold_id, account, amount, due)
 
@@ -442,7 +455,7 @@ class BooksMachine(MoneyRules):
             result, txn = outcome
             captured = hold.amount if amount is None else amount
             assert (result.status, result.captured_amount, result.replayed) == ("captured", captured, False)
-            books.capture(txn, hold.account_id, hold.amount, captured)
+            books.capture(txn, hold.account_id, hold.amount, captured, hold.id)
             event("ledger hold captured")
             hold.status, hold.captured = "captured", captured
         elif hold.status == "captured" and amount in (None, hold.captured):
@@ -460,7 +473,7 @@ class BooksMachine(MoneyRules):
         if hold.status == "held":
             self._expect(error, None)
             assert (result.status, result.replayed) == ("released", False)
-            books.unreserve(hold.account_id, hold.amount)
+            books.unreserve(hold.account_id, hold.amount, hold.id)
             hold.status = "released"
         elif hold.status == "released":
             self._expect(error, None)
@@ -474,9 +487,81 @@ class BooksMachine(MoneyRules):
         due = [h for h in self.books.holds.values() if h.status == "held" and h.due]
         assert sorted(expired) == sorted(h.id for h in due)
         for hold in due:
-            self.books.unreserve(hold.account_id, hold.amount)
+            self.books.unreserve(hold.account_id, hold.amount, hold.id)
             hold.status = "expired"
             event("ledger hold expired")
+
+    # --- credit lots ---------------------------------------------------------------------------------------
+
+    @rule(
+        payer=st.sampled_from((*PAYERS, "pool")),
+        amount=st.integers(1, 40),
+        priority=st.sampled_from([0, 10, 50, 90]),
+        days=EXPIRY_DAYS,
+    )
+    def grant(self, payer: str, amount: int, priority: int, days: int | None) -> None:
+        """Tokens granted straight on the ledger (`billing.ledger.service.credit`), at a priority, maybe expiring."""
+        account = self._account(payer)
+        expires_at = self._expiry(days)
+        posting, error = self._run(
+            lambda s: ledger.credit(
+                s,
+                account_id=account,
+                amount=amount,
+                source=LotSource.grant,
+                priority=priority,
+                expires_at=expires_at,
+                idempotency_key=self._key("grant"),
+                request_hash=b"grant",
+                tenant_id=None,
+                actor="state machine",
+            )
+        )
+        self._expect(error, None)
+        self.books.post(
+            posting.transaction_id,
+            "recharge",
+            {self.books.issuance: -amount, account: amount},
+            terms=Terms(priority=priority, expires_at=expires_at, source="grant"),
+        )
+        event(f"granted at priority {priority}" + ("" if days is None else ", expiring"))
+
+    @precondition(
+        lambda self: any(lot.remaining and lot.expires_at and not lot.due for lot in self.books.lots.values())
+    )
+    @rule(data=st.data(), sweep=st.booleans())
+    def lot_comes_due(self, data: st.DataObject, sweep: bool) -> None:
+        """Time passes for one lot: its expiry is now behind it (an UPDATE: the clock is not the model's); `sweep`:
+        the expiry sweep runs right after (else whenever `sweeper_tick` comes, the lot spendable meanwhile)."""
+        waiting = sorted(lot.id for lot in self.books.lots.values() if lot.remaining and lot.expires_at and not lot.due)
+        lot = self.books.lots[data.draw(st.sampled_from(waiting))]
+        moved, error = self._run(
+            lambda s: s.execute(
+                text(
+                    "UPDATE credit_lots SET expires_at = now() - interval '1 second' "
+                    "WHERE id = :id RETURNING expires_at"
+                ),
+                {"id": lot.id},
+            ).scalar_one()
+        )
+        self._expect(error, None)
+        lot.expires_at = moved
+        event("a lot's expiry passed" + (" (some of it held)" if lot.held else ""))
+        if sweep:
+            self._expire_lots()
+
+    def _held_back(self, account_id: int) -> bool:
+        return any(lot.due and lot.held for lot in self.books.lots.values() if lot.account_id == account_id)
+
+    def _expire_lots(self) -> None:
+        expiries, error = self._run(lambda s: lots.expire_due_lots(s))
+        self._expect(error, None)
+        assert {e.account_id: e.amount for e in expiries} == self.books.due_expiries()
+        for expiry in expiries:
+            self.books.expire(expiry.transaction_id, expiry.account_id, expiry.amount)
+            event(
+                "lots expired by the sweep" + (" (some tokens held back)" if self._held_back(expiry.account_id) else "")
+            )
 
 
 def test_books_agree_with_the_model_after_every_step(

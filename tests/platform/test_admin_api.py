@@ -195,7 +195,13 @@ class TestBalances:
 
     def test_own_balance_and_ledger_pages(self, client: TestClient, session: Session, make_caller: MakeCaller) -> None:
         member = make_caller(Role.member)
-        assert ok(client.get("/v1/balance", headers=member.headers)) == {"available": 0, "held": 0, "balance": 0}
+        assert ok(client.get("/v1/balance", headers=member.headers)) == {
+            "available": 0,
+            "held": 0,
+            "balance": 0,
+            "lots": [],
+            "next_expiry": None,
+        }
         transactions = [fund(session, account_id=member.user.account_id, amount=n) for n in range(1, 8)]
         assert ok(client.get("/v1/balance", headers=member.headers))["balance"] == 28
         seen: list[dict[str, Any]] = []

@@ -353,7 +353,10 @@ class TestReports:
         rows = report["rows"]
         assert rows
         for row in rows:
-            assert row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"] == row["closing"], row
+            assert (
+                row["opening"] + row["recharged"] - row["consumed"] + row["adjustments"] - row["expired"]
+                == row["closing"]
+            ), row
         by_tenant = {r["tenant_id"]: r for r in rows if r["day"] == str(today)}
         a = by_tenant[book.tenant_a.id]
         # Alice: 10+11+12+13 single, +7 from the pool (an internal transfer: nets to 0 for the tenant), pool +100.

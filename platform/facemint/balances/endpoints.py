@@ -34,8 +34,7 @@ admin_router = APIRouter(prefix="/admin/v1", tags=["balances"])
 def get_my_balance(
     session: SessionDep, principal: Annotated[Principal, Depends(require(Scope.balance_read))]
 ) -> BalanceRead:
-    balance = ledger.get_balance(session, account_id=principal.account_id)
-    return BalanceRead(available=balance.available, held=balance.held, balance=balance.balance)
+    return balance_service.balance_read(session, account_id=principal.account_id)
 
 
 @v1_router.get("/ledger", response_model=Page[LedgerEntryRead])
@@ -89,15 +88,7 @@ def get_pool_balance(
     principal: Annotated[Principal, Depends(require(Scope.balances_read))],
 ) -> AccountBalanceRead:
     tenant = tenant_service.get(session, tenant_id=tenant_id, tenant_scope=principal.tenant_scope)
-    balance = ledger.get_balance(session, account_id=tenant.pool_account_id)
-    return AccountBalanceRead(
-        account_id=balance.account_id,
-        kind="tenant_pool",
-        tenant_id=tenant.id,
-        balance=balance.balance,
-        held=balance.held,
-        available=balance.available,
-    )
+    return balance_service.pool_balance(session, account_id=tenant.pool_account_id, tenant_id=tenant.id)
 
 
 def _posting_read(posting: Posting | Held, response: Response) -> PostingRead | JSONResponse:

@@ -8,10 +8,34 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
+class LotRead(BaseModel):
+    """A credit lot: tokens credited together, spent in the burn order (priority, soonest expiry with none last,
+    oldest); `remaining - held` of it is available."""
+
+    id: int
+    source: str
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    amount: int
+    remaining: int
+    held: int
+
+
+class NextExpiryRead(BaseModel):
+    """The soonest expiry among the lots with tokens left, and how many tokens expire then unless spent first."""
+
+    expires_at: datetime
+    amount: int
+
+
 class BalanceRead(BaseModel):
     available: int
     held: int
     balance: int
+    # The lots with tokens left, in the order they are spent (the first 50), and the next expiry.
+    lots: list[LotRead] = []
+    next_expiry: NextExpiryRead | None = None
 
 
 class AccountBalanceRead(BalanceRead):

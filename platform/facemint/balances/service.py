@@ -9,21 +9,82 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.errors import AlreadyReversed, InsufficientTokens, InvalidAmount, NotReversible, TransactionNotFound
+from billing.ledger import lots as ledger_lots
 from billing.ledger import service as ledger
 from billing.ledger.orm import AccountKind, LedgerTransaction, TransactionKind
-from billing.ledger.schemas import Posting
+from billing.ledger.schemas import Balance, Lot, NextExpiry, Posting
 from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.approvals.service import Held
 from facemint.audit import service as audit
 from facemint.balance_alerts import evaluation as balance_alerts
-from facemint.balances.schemas import AccountBalanceRead, AdjustmentCreate, ReversalCreate
+from facemint.balances.schemas import (
+    AccountBalanceRead,
+    AdjustmentCreate,
+    BalanceRead,
+    LotRead,
+    NextExpiryRead,
+    ReversalCreate,
+)
 from facemint.context import RequestContext
 from facemint.pagination import newest_first
 from facemint.tenancy import within_tenant
 from facemint.users import service as user_service
 from facemint.users.orm import User
+
+# How many of an account's lots a balance shows (in the order they are spent); its totals cover them all.
+LOTS_SHOWN = 50
+
+
+def lot_read(lot: Lot) -> LotRead:
+    return LotRead(
+        id=lot.lot_id,
+        source=lot.source,
+        priority=lot.priority,
+        effective_at=lot.effective_at,
+        expires_at=lot.expires_at,
+        amount=lot.amount,
+        remaining=lot.remaining,
+        held=lot.held,
+    )
+
+
+def _next_expiry(expiry: NextExpiry | None) -> NextExpiryRead | None:
+    return None if expiry is None else NextExpiryRead(expires_at=expiry.expires_at, amount=expiry.amount)
+
+
+def balance_read(session: Session, *, account_id: int) -> BalanceRead:
+    """An account's balance with its lots (the first LOTS_SHOWN in burn order) and next expiry."""
+    balance = ledger.get_balance(session, account_id=account_id)
+    return BalanceRead(**_with_lots(session, [balance])[account_id])
+
+
+def _with_lots(session: Session, balances: list[Balance]) -> dict[int, dict[str, Any]]:
+    """Each balance's fields for a BalanceRead, lots and next expiry included, read set-based for all of them."""
+    ids = [b.account_id for b in balances]
+    lots = ledger_lots.account_lots(session, account_ids=ids, limit=LOTS_SHOWN)
+    expiries = ledger_lots.next_expiries(session, account_ids=ids)
+    return {
+        b.account_id: {
+            "balance": b.balance,
+            "held": b.held,
+            "available": b.available,
+            "lots": [lot_read(lot) for lot in lots.get(b.account_id, [])],
+            "next_expiry": _next_expiry(expiries.get(b.account_id)),
+        }
+        for b in balances
+    }
+
+
+def pool_balance(session: Session, *, account_id: int, tenant_id: int) -> AccountBalanceRead:
+    balance = ledger.get_balance(session, account_id=account_id)
+    return AccountBalanceRead(
+        account_id=account_id,
+        kind=AccountKind.tenant_pool.value,
+        tenant_id=tenant_id,
+        **_with_lots(session, [balance])[account_id],
+    )
 
 
 def list_user_balances(
@@ -46,6 +107,7 @@ def list_user_balances(
     query = newest_first(query, User.id, before_id=before_id, limit=limit)
     users = session.execute(query).all()
     balances = ledger.get_balances(session, account_ids=[u.account_id for u in users])
+    fields = _with_lots(session, list(balances.values()))
     return [
         AccountBalanceRead(
             account_id=u.account_id,
@@ -53,9 +115,7 @@ def list_user_balances(
             user_id=u.id,
             email=u.email,
             tenant_id=u.tenant_id,
-            balance=balances[u.account_id].balance,
-            held=balances[u.account_id].held,
-            available=balances[u.account_id].available,
+            **fields[u.account_id],
         )
         for u in users
     ]

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -309,9 +309,10 @@ def daily_report(
     tenant_id: Id = None,
 ) -> DailyReport:
     """Per tenant and UTC day over its user and pool accounts: opening, recharged, consumed (captures),
-    adjustments (adjustments and reversals) and closing, where opening + recharged - consumed + adjustments =
-    closing. `released` (tokens returned from holds without being charged) is informational: a hold moves tokens
-    between available and held, never the balance, so it is not part of that identity."""
+    adjustments (adjustments and reversals), expired (credit lots that reached their expiry) and closing, where
+    opening + recharged - consumed + adjustments - expired = closing. `released` (tokens returned from holds
+    without being charged) is informational: a hold moves tokens between available and held, never the balance, so
+    it is not part of that identity."""
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
     first, last = reports.default_days(from_, to)
@@ -331,9 +332,15 @@ def liability_report(
     principal: Reader,
     at: Annotated[UtcDatetime | None, Query(description="an instant (UTC unless an offset); default: now")] = None,
     tenant_id: Id = None,
+    expiry_bucket: Annotated[
+        Literal["day", "month"], Query(description="the split by expiry (now only): per UTC day or month")
+    ] = "month",
 ) -> LiabilityReport:
     """Outstanding liability: tokens on user and pool accounts, held and available, in total and per tenant.
-    Now: the accounts' balance and held. A past instant: entries up to it, and the holds open at it."""
+    Now: the accounts' balance and held, and the same tokens split by when their credit lots expire (never, then per
+    UTC day or month). A past instant: entries up to it, and the holds open at it (no split by expiry)."""
     if tenant_id is not None:
         principal.ensure_tenant_visible(tenant_id, what="tenant")
-    return reports.liability_report(session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id)
+    return reports.liability_report(
+        session, at=at, tenant_scope=principal.tenant_scope, tenant_id=tenant_id, expiry_bucket=expiry_bucket
+    )

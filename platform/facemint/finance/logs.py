@@ -128,9 +128,26 @@ RECHARGES = LogSpec(
     totals=(("amount", "sum(s.amount)"),),
 )
 
+# Which credit lots an entry on a user or pool account touched: a credit, the lots it wrote (their tokens); a debit,
+# the lots it burned (negative tokens); each with its priority and expiry. Two index ranges per entry, of that
+# transaction and account only (lots by `ix_credit_lots_transaction_account`, consumptions by their key), so a batch
+# of 100,000 rows costs each of its entries no more than a single recharge's; NULL on system accounts.
+_ENTRY_LOTS = """CASE WHEN a.balance_tracked THEN (
+    SELECT jsonb_agg(jsonb_build_object('lot_id', x.lot_id, 'tokens', x.tokens, 'priority', x.priority,
+                                        'expires_at', x.expires_at) ORDER BY x.lot_id)
+    FROM (
+        SELECT l.id AS lot_id, l.amount AS tokens, l.priority, l.expires_at FROM credit_lots l
+        WHERE e.amount > 0 AND l.transaction_id = e.transaction_id AND l.account_id = e.account_id
+        UNION ALL
+        SELECT l.id, -c.amount, l.priority, l.expires_at
+        FROM lot_consumptions c JOIN credit_lots l ON l.id = c.lot_id
+        WHERE e.amount < 0 AND c.transaction_id = e.transaction_id AND c.account_id = e.account_id
+    ) x
+) END"""
+
 LEDGER = LogSpec(
     name="ledger",
-    description="every ledger entry with the account's balance after it",
+    description="every ledger entry with the account's balance after it, and the credit lots it wrote or burned",
     columns=(
         Column("entry_id", "e.id"),
         Column("transaction_id", "t.id"),
@@ -141,12 +158,13 @@ LEDGER = LogSpec(
         Column("hold_id", "t.hold_id"),
         Column("reverses_transaction_id", "t.reverses_transaction_id"),
         *_ENTRY_TRAIL_COLUMNS,
+        Column("lots", _ENTRY_LOTS, "json"),
     ),
     source=_ENTRY_SOURCE,
     id_sql="e.id",
     time_sql="e.created_at",
     tenant_sql="a.tenant_id",
-    kinds=("recharge", "capture", "adjustment", "reversal"),
+    kinds=("recharge", "capture", "adjustment", "reversal", "expiry"),
     conditions={**_ENTRY_CONDITIONS, "kind": "t.kind = %(kind)s", "job_id": "t.hold_id = %(job_hold_id)s"},
     totals=(
         ("amount", "sum(s.amount)"),

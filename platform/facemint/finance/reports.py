@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from billing.reports import rollup
 from facemint.finance.errors import InvalidFilter
-from facemint.finance.schemas import Liability, LiabilityReport, TenantLiability
+from facemint.finance.schemas import ExpiryLiability, Liability, LiabilityReport, TenantLiability
 from facemint.finance.service import as_utc
 from facemint.tenancy import sql_conditions
 
@@ -28,6 +28,7 @@ class DailyRow:
     consumed: int
     released: int
     adjustments: int
+    expired: int
     closing: int
 
 
@@ -57,7 +58,8 @@ moves AS (
     SELECT m.tenant_id, (m.bucket AT TIME ZONE 'UTC')::date AS day,
            coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind = 'recharge'), 0) AS recharged,
            coalesce(-sum(m.amount) FILTER (WHERE m.transaction_kind = 'capture'), 0) AS consumed,
-           coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind IN ('adjustment', 'reversal')), 0) AS adjustments
+           coalesce(sum(m.amount) FILTER (WHERE m.transaction_kind IN ('adjustment', 'reversal')), 0) AS adjustments,
+           coalesce(-sum(m.amount) FILTER (WHERE m.transaction_kind = 'expiry'), 0) AS expired
     FROM {rollup.movements(rollup.DAY, style="pyformat")} m
     WHERE m.bucket >= %(start)s AND m.bucket < %(end)s AND m.account_kind IN {rollup.TRACKED_KINDS_SQL}
           {{rollup_scope}}
@@ -81,18 +83,19 @@ grid AS (
 daily AS (
     SELECT g.tenant_id, g.day, coalesce(o.amount, 0) AS opening_before,
            coalesce(m.recharged, 0) AS recharged, coalesce(m.consumed, 0) AS consumed,
-           coalesce(r.released, 0) AS released, coalesce(m.adjustments, 0) AS adjustments
+           coalesce(r.released, 0) AS released, coalesce(m.adjustments, 0) AS adjustments,
+           coalesce(m.expired, 0) AS expired
     FROM grid g
     LEFT JOIN opening o ON o.tenant_id = g.tenant_id
     LEFT JOIN moves m ON m.tenant_id = g.tenant_id AND m.day = g.day
     LEFT JOIN released r ON r.tenant_id = g.tenant_id AND r.day = g.day
 )
 SELECT nullif(tenant_id, 0), day, CAST(opening AS bigint), CAST(recharged AS bigint), CAST(consumed AS bigint),
-       CAST(released AS bigint), CAST(adjustments AS bigint),
-       CAST(opening + recharged - consumed + adjustments AS bigint) AS closing
+       CAST(released AS bigint), CAST(adjustments AS bigint), CAST(expired AS bigint),
+       CAST(opening + recharged - consumed + adjustments - expired AS bigint) AS closing
 FROM (
-    SELECT tenant_id, day, recharged, consumed, released, adjustments,
-           opening_before + coalesce(sum(recharged - consumed + adjustments) OVER (
+    SELECT tenant_id, day, recharged, consumed, released, adjustments, expired,
+           opening_before + coalesce(sum(recharged - consumed + adjustments - expired) OVER (
                PARTITION BY tenant_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS opening
     FROM daily
 ) d
@@ -118,10 +121,10 @@ def daily_report(
     session: Session, *, first: date, last: date, tenant_scope: int | None, tenant_id: int | None
 ) -> list[DailyRow]:
     """Per tenant and UTC day (`first` to `last`, both included), over the tenant's user and pool accounts:
-    opening balance, recharged, consumed (captures), adjustments (adjustments and reversals) and closing, with
-    opening + recharged - consumed + adjustments = closing. Everything comes from ledger entries (through their
-    rollup), set-based, in one statement (one snapshot). A transfer between two accounts of the same tenant (pool
-    to user) nets to zero.
+    opening balance, recharged, consumed (captures), adjustments (adjustments and reversals), expired (credit lots
+    that reached their expiry) and closing, with opening + recharged - consumed + adjustments - expired = closing.
+    Everything comes from ledger entries (through their rollup), set-based, in one statement (one snapshot). A
+    transfer between two accounts of the same tenant (pool to user) nets to zero.
 
     `released` is informational: tokens that left a hold without being charged that day (released or expired
     holds, and the unused rest of a partial capture). A hold never changes the balance (it only moves tokens from
@@ -216,15 +219,58 @@ def liability(
     ]
 
 
+ExpiryBucket = Literal["day", "month"]
+
+# The outstanding tokens by the UTC day or month their lots expire (NULL: never), from the lots with tokens left (their
+# burn-order index covers the lots not spent); they add up to the tracked accounts' balances (reconciliation checks it).
+_BY_EXPIRY_SQL = """
+SELECT CAST(date_trunc(%(bucket)s, l.expires_at AT TIME ZONE 'UTC') AS date) AS expires_from,
+       sum(l.remaining) AS balance, sum(l.held) AS held
+FROM credit_lots l
+WHERE NOT l.spent {scope}
+GROUP BY 1 ORDER BY 1 NULLS FIRST
+"""
+
+
+def liability_by_expiry(
+    session: Session, *, bucket: ExpiryBucket, tenant_scope: int | None, tenant_id: int | None
+) -> list[ExpiryLiability]:
+    """Tokens outstanding now, by when their credit lots expire: never, then per UTC day or month."""
+    scope, params = _scope_sql(tenant_scope, tenant_id, column="l.tenant_id")
+    params["bucket"] = bucket
+    return [
+        ExpiryLiability(
+            expires_from=row["expires_from"],
+            expires_before=None if row["expires_from"] is None else _bucket_end(row["expires_from"], bucket),
+            balance=int(row["balance"]),
+            held=int(row["held"]),
+            available=int(row["balance"]) - int(row["held"]),
+        )
+        for row in session.connection().exec_driver_sql(_BY_EXPIRY_SQL.format(scope=scope), params).mappings()
+    ]
+
+
+def _bucket_end(start: date, bucket: ExpiryBucket) -> date:
+    if bucket == "day":
+        return start + timedelta(days=1)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)  # the first of the next month
+
+
 def _line(balance: int, held: int) -> Liability:
     return Liability(balance=balance, held=held, available=balance - held)
 
 
 def liability_report(
-    session: Session, *, at: datetime | None, tenant_scope: int | None, tenant_id: int | None
+    session: Session,
+    *,
+    at: datetime | None,
+    tenant_scope: int | None,
+    tenant_id: int | None,
+    expiry_bucket: ExpiryBucket = "month",
 ) -> LiabilityReport:
     """`liability`'s lines summed: in total, per account kind, and per tenant (the API's and the console's
-    report)."""
+    report); now, also split by when the tokens expire (`liability_by_expiry`). Lots keep no history per bucket,
+    so a past instant has no split."""
     lines = liability(session, at=at, tenant_scope=tenant_scope, tenant_id=tenant_id)
     per_tenant: dict[int | None, dict[str, list[int]]] = defaultdict(lambda: {"user": [0, 0], "pool": [0, 0]})
     kinds: dict[str, list[int]] = {"user": [0, 0], "pool": [0, 0]}
@@ -250,4 +296,7 @@ def liability_report(
         pool=_line(*pool_total),
         total=_line(user_total[0] + pool_total[0], user_total[1] + pool_total[1]),
         tenants=tenants,
+        by_expiry=None
+        if at is not None
+        else liability_by_expiry(session, bucket=expiry_bucket, tenant_scope=tenant_scope, tenant_id=tenant_id),
     )

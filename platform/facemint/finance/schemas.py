@@ -51,7 +51,7 @@ class UsageRow(BaseModel):
 class LedgerRow(BaseModel):
     entry_id: int
     transaction_id: int
-    kind: str = Field(description="recharge | capture | adjustment | reversal")
+    kind: str = Field(description="recharge | capture | adjustment | reversal | expiry")
     account_id: int
     account_kind: str = Field(description="user | pool | system")
     tenant_id: int | None
@@ -68,6 +68,11 @@ class LedgerRow(BaseModel):
     approval_id: int | None = Field(default=None, description="the four-eyes approval it was applied from")
     approved_by_user_id: int | None = None
     created_at: datetime
+    lots: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="on a user or pool account: the credit lots this entry wrote (a credit) or burned (a debit, "
+        "negative tokens), each `lot_id`, `tokens`, `priority`, `expires_at`",
+    )
 
 
 class AuditRow(BaseModel):
@@ -93,7 +98,8 @@ class DailyReportRow(BaseModel):
     consumed: int
     released: int = Field(description="informational: holds do not change the balance")
     adjustments: int = Field(description="adjustments and reversals")
-    closing: int
+    expired: int = Field(description="tokens of credit lots that reached their expiry")
+    closing: int = Field(description="opening + recharged - consumed + adjustments - expired")
 
 
 class DailyReport(BaseModel):
@@ -115,9 +121,23 @@ class TenantLiability(BaseModel):
     total: Liability
 
 
+class ExpiryLiability(Liability):
+    """Tokens of credit lots expiring in one UTC day or month (`expires_from` to `expires_before`), or never (both
+    None). A past bucket holds tokens whose lots reached their expiry and that the sweep has not expired yet (it
+    does within a sweep interval; held ones once their hold is released)."""
+
+    expires_from: date | None
+    expires_before: date | None
+
+
 class LiabilityReport(BaseModel):
     at: datetime | None = Field(description="the instant asked for; None: now, from the accounts")
     users: Liability
     pool: Liability
     total: Liability
     tenants: list[TenantLiability]
+    by_expiry: list[ExpiryLiability] | None = Field(
+        default=None,
+        description="now only: the outstanding tokens by when their credit lots expire (never first, then by "
+        "`expiry_bucket`, day or month, in UTC); they add up to `total`",
+    )

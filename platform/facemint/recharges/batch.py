@@ -64,6 +64,8 @@ _FAILURE_DETAILS = {
     "user_frozen": "the user is frozen",
     "tenant_suspended": "the user's tenant is suspended",
     "duplicate_user": "this user already appears on an earlier row",
+    # Checked when parsed, and again when an approved batch is applied later.
+    "expiry_passed": "the row's expires_at has passed",
 }
 
 
@@ -206,8 +208,9 @@ def stage(
     batches.create_stage(session)
     session.execute(
         text(
-            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount, reference) "
-            "SELECT row_no, account_id, amount, reference FROM recharge_resolved WHERE failure IS NULL"
+            f"INSERT INTO {batches.STAGE_TABLE} (row_no, account_id, amount, reference, priority, expires_at) "
+            "SELECT row_no, account_id, amount, reference, priority, expires_at FROM recharge_resolved "
+            "WHERE failure IS NULL"
         )
     )
     applied, total = batches.stage_totals(session)
@@ -315,13 +318,14 @@ def _copy_rows(session: Session, parsed: ParsedBatch) -> None:
     session.execute(
         text(
             "CREATE TEMP TABLE recharge_input (row_no integer, user_id bigint, email text, amount bigint, "
-            "reference text) ON COMMIT DROP"
+            "reference text, priority integer, expires_at timestamptz) ON COMMIT DROP"
         )
     )
     cursor = session.connection().connection.cursor()
     try:
         cursor.copy_expert(
-            "COPY recharge_input (row_no, user_id, email, amount, reference) FROM STDIN WITH (FORMAT csv)",
+            "COPY recharge_input (row_no, user_id, email, amount, reference, priority, expires_at) "
+            "FROM STDIN WITH (FORMAT csv)",
             _copy_text(parsed),
         )
     finally:
@@ -337,7 +341,16 @@ def _copy_text(parsed: ParsedBatch) -> io.StringIO:
     # empty string reaches COPY, and csv quotes whatever needs quoting (commas, quotes, newlines, tabs).
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(
-        zip(parsed.row_nos, parsed.user_ids, parsed.emails, parsed.amounts, parsed.references, strict=True)
+        zip(
+            parsed.row_nos,
+            parsed.user_ids,
+            parsed.emails,
+            parsed.amounts,
+            parsed.references,
+            parsed.priorities,
+            parsed.expiries,
+            strict=True,
+        )
     )
     buffer.seek(0)
     return buffer
@@ -363,7 +376,8 @@ def _resolve_rows(
                 WHERE i.user_id IS NULL
             ),
             rows AS (
-                SELECT i.row_no, i.amount, i.reference, i.email, i.user_id AS given_user_id,
+                SELECT i.row_no, i.amount, i.reference, i.priority, i.expires_at, i.email,
+                       i.user_id AS given_user_id,
                        m.id AS user_id, m.tenant_id, m.status AS user_status, m.account_id,
                        t.status AS tenant_status,
                        row_number() OVER (PARTITION BY m.id ORDER BY i.row_no) AS occurrence
@@ -371,7 +385,7 @@ def _resolve_rows(
                 LEFT JOIN matched m ON m.row_no = i.row_no
                 LEFT JOIN tenants t ON t.id = m.tenant_id
             )
-            SELECT row_no, amount, reference, email, given_user_id, user_id, account_id,
+            SELECT row_no, amount, reference, priority, expires_at, email, given_user_id, user_id, account_id,
                    CASE
                        WHEN user_id IS NULL THEN 'unknown_user'
                        WHEN CAST(:scope_tenant AS bigint) IS NOT NULL
@@ -380,6 +394,7 @@ def _resolve_rows(
                        WHEN user_status <> 'active' THEN 'user_frozen'
                        WHEN tenant_status = 'suspended' THEN 'tenant_suspended'
                        WHEN occurrence > 1 THEN 'duplicate_user'
+                       WHEN expires_at <= now() THEN 'expiry_passed'
                    END AS failure
             FROM rows
             """

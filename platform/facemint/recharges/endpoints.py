@@ -12,6 +12,7 @@ from facemint.approvals.endpoints import HELD_RESPONSES, held_response
 from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
+from facemint.balances.service import lot_read
 from facemint.deps import IdempotencyKey, SessionDep, SettingsDep, page_params, request_context, require
 from facemint.errors import PayloadTooLarge, UnsupportedMediaType
 from facemint.pagination import Page, PageParams, make_page
@@ -34,8 +35,9 @@ BATCH_PATH = "/admin/v1/recharges/batch"
 # is 400 or 422; a schema-valid one may still meet rows that fail (unknown or frozen users: 422 in atomic mode).
 BATCH_CSV_SCHEMA = {
     "type": "string",
-    "description": "a header `email,amount[,reference]` or `user_id,amount[,reference]`, then one row per line",
-    "pattern": r"^(email|user_id),amount(,reference)?\r?\n",
+    "description": "a header `email,amount` or `user_id,amount`, then any of `reference`, `priority` (0 to 100, lower "
+    "is spent first; default 50) and `expires_at` (ISO 8601 with a time zone; default: never), then one row per line",
+    "pattern": r"^(email|user_id),amount(,(reference|priority|expires_at))*\r?\n",
 }
 BATCH_JSON_SCHEMA = {
     "type": "object",
@@ -55,6 +57,8 @@ BATCH_JSON_SCHEMA = {
                     "user_id": {"type": "integer", "minimum": 1},
                     "amount": {"type": "integer", "minimum": 1},
                     "reference": {"type": "string", "maxLength": 200},
+                    "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "expires_at": {"type": "string", "format": "date-time"},
                 },
             },
         },
@@ -96,6 +100,7 @@ def create_recharge(
         balance=outcome.balance,
         held=outcome.held,
         available=outcome.balance - outcome.held,
+        lots=[lot_read(lot) for lot in outcome.lots],
     )
 
 

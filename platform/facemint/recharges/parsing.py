@@ -8,8 +8,10 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from billing.ledger.orm import MAX_PRIORITY, MIN_PRIORITY
 from facemint.recharges.errors import (
     BatchTooLarge,
     EmptyBatch,
@@ -23,6 +25,8 @@ from facemint.recharges.errors import (
 _DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_REFERENCE_LENGTH = 200
 MAX_EMAIL_LENGTH = 320
+# The optional columns after `amount`, in any order: the row's reference and its credited tokens' lot terms.
+OPTIONAL_COLUMNS = ("reference", "priority", "expires_at")
 
 
 @dataclass(slots=True)
@@ -56,6 +60,8 @@ class ParsedBatch:
     emails: list[str | None] = field(default_factory=list)
     amounts: list[int] = field(default_factory=list)
     references: list[str | None] = field(default_factory=list)
+    priorities: list[int | None] = field(default_factory=list)
+    expiries: list[str | None] = field(default_factory=list)  # ISO 8601 with a time zone, as given
     failures: list[RowFailure] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,6 +74,8 @@ class ParsedBatch:
             "emails": self.emails,
             "amounts": self.amounts,
             "references": self.references,
+            "priorities": self.priorities,
+            "expiries": self.expiries,
             "failures": [f.as_dict() for f in self.failures],
         }
 
@@ -80,6 +88,9 @@ class ParsedBatch:
             emails=rows["emails"],
             amounts=rows["amounts"],
             references=rows["references"],
+            # Approvals requested before lots had no lot terms.
+            priorities=rows.get("priorities", [None] * len(rows["row_nos"])),
+            expiries=rows.get("expiries", [None] * len(rows["row_nos"])),
             failures=[RowFailure.from_dict(f) for f in rows["failures"]],
         )
 
@@ -92,6 +103,8 @@ class ParsedBatch:
         amount_raw: Any,
         reference_raw: Any,
         ceiling: int,
+        priority_raw: Any = None,
+        expires_at_raw: Any = None,
     ) -> None:
         if not all(_storable(v) for v in (email_raw, reference_raw, user_id_raw) if isinstance(v, str)):
             self.failures.append(RowFailure(row, "malformed_row", "text with NUL or unencodable characters"))
@@ -152,11 +165,39 @@ class ParsedBatch:
                 )
                 return
             reference = reference_raw
+        try:
+            priority = _parse_priority(priority_raw)
+        except ValueError:
+            self.failures.append(
+                RowFailure(
+                    row,
+                    "invalid_priority",
+                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}",
+                    email=email,
+                    user_id=user_id,
+                )
+            )
+            return
+        try:
+            expires_at = _parse_expiry(expires_at_raw)
+        except ValueError:
+            self.failures.append(
+                RowFailure(
+                    row,
+                    "invalid_expiry",
+                    "expires_at must be an ISO 8601 time with a time zone, in the future",
+                    email=email,
+                    user_id=user_id,
+                )
+            )
+            return
         self.row_nos.append(row)
         self.user_ids.append(user_id)
         self.emails.append(email)
         self.amounts.append(amount)
         self.references.append(reference)
+        self.priorities.append(priority)
+        self.expiries.append(expires_at)
 
 
 def _storable(text: str) -> bool:
@@ -182,6 +223,30 @@ def _parse_amount(raw: Any) -> int | None:
     return value if 0 < value < 2**62 else None
 
 
+def _parse_priority(raw: Any) -> int | None:
+    """The row's lot priority, None when not given; ValueError when it is not one."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,3}", raw.strip()):
+        raw = int(raw.strip())
+    if isinstance(raw, int) and not isinstance(raw, bool) and MIN_PRIORITY <= raw <= MAX_PRIORITY:
+        return raw
+    raise ValueError(raw)
+
+
+def _parse_expiry(raw: Any) -> str | None:
+    """The row's lot expiry as ISO 8601 (UTC), None when not given; ValueError when it is not a future time with a
+    time zone."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ValueError(raw)
+    value = datetime.fromisoformat(raw.strip())
+    if value.tzinfo is None or value <= datetime.now(UTC):
+        raise ValueError(raw)
+    return value.astimezone(UTC).isoformat()
+
+
 def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
     try:
         content = body.decode("utf-8-sig")
@@ -197,14 +262,15 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
     if not header:
         raise EmptyBatch("the CSV is empty")
     columns = [h.strip().lower() for h in header]
-    if columns not in (
-        ["email", "amount"],
-        ["email", "amount", "reference"],
-        ["user_id", "amount"],
-        ["user_id", "amount", "reference"],
+    optional = columns[2:]
+    if (
+        columns[:1] not in (["email"], ["user_id"])
+        or columns[1:2] != ["amount"]
+        or len(set(optional)) != len(optional)
+        or not set(optional) <= set(OPTIONAL_COLUMNS)
     ):
         raise InvalidCsvHeader(
-            "the CSV header must be email,amount[,reference] or user_id,amount[,reference]",
+            "the CSV header must be email,amount or user_id,amount, then any of reference, priority and expires_at",
             header=header[:10],
         )
     by_email = columns[0] == "email"
@@ -228,13 +294,16 @@ def parse_csv(body: bytes, *, max_rows: int, ceiling: int) -> ParsedBatch:
         if len(values) != width:
             batch.failures.append(RowFailure(row, "malformed_row", f"expected {width} columns, found {len(values)}"))
             continue
+        named = dict(zip(optional, values[2:], strict=True))
         batch.add(
             row,
             user_id_raw=None if by_email else values[0],
             email_raw=values[0] if by_email else None,
             amount_raw=values[1],
-            reference_raw=values[2].strip() if width == 3 else None,
+            reference_raw=named["reference"].strip() if "reference" in named else None,
             ceiling=ceiling,
+            priority_raw=named.get("priority"),
+            expires_at_raw=named.get("expires_at"),
         )
     batch.row_count = row
     if row == 0:
@@ -262,7 +331,7 @@ def parse_json(body: bytes, *, max_rows: int, ceiling: int) -> tuple[str | None,
     if len(items) > max_rows:
         raise BatchTooLarge(f"a batch holds at most {max_rows} rows", max_rows=max_rows)
     batch = ParsedBatch(row_count=len(items))
-    allowed = {"email", "user_id", "amount", "reference"}
+    allowed = {"email", "user_id", "amount", *OPTIONAL_COLUMNS}
     for index, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             batch.failures.append(RowFailure(index, "malformed_row", "each item must be an object"))
@@ -284,5 +353,7 @@ def parse_json(body: bytes, *, max_rows: int, ceiling: int) -> tuple[str | None,
             amount_raw=item.get("amount"),
             reference_raw=item.get("reference"),
             ceiling=ceiling,
+            priority_raw=item.get("priority"),
+            expires_at_raw=item.get("expires_at"),
         )
     return reason, batch

@@ -1,11 +1,28 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from billing.ledger.orm import MAX_PRIORITY, MIN_PRIORITY
+from facemint.balances.schemas import LotRead
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# A credit lot's priority: lower burns first; paid recharges are 50.
+Priority = Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)]
+# The request fields that choose the credited tokens' lot; left out of the idempotency hash when not given, so a
+# recharge without them hashes as it did before lots.
+LOT_FIELDS = ("priority", "expires_at")
+
+
+def _future(value: datetime) -> datetime:
+    if value <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return value
+
+
+FutureTime = Annotated[AwareDatetime, AfterValidator(_future)]
 
 
 class RechargeCreate(BaseModel):
@@ -19,6 +36,21 @@ class RechargeCreate(BaseModel):
     amount: int = Field(gt=0, strict=True, description="Whole tokens, a positive integer")
     reason: Reason
     reference: Annotated[str | None, StringConstraints(max_length=200)] = None
+    priority: Priority | None = Field(
+        default=None,
+        description=f"The credited tokens' lot priority, {MIN_PRIORITY} to {MAX_PRIORITY}: lower is spent first "
+        "(default 50, a paid recharge's)",
+    )
+    expires_at: FutureTime | None = Field(
+        default=None,
+        description="When the credited tokens expire (with a time zone, in the future); default: never. Tokens "
+        "handed on from a pool keep the pool's expiry when it is sooner",
+    )
+
+    def hashed(self) -> dict[str, Any]:
+        """The body as its idempotency hash, its approval and its audit event record it."""
+        body = self.model_dump(mode="json")
+        return {k: v for k, v in body.items() if k not in LOT_FIELDS or v is not None}
 
     @model_validator(mode="after")
     def _one_target(self) -> RechargeCreate:
@@ -35,6 +67,8 @@ class RechargeRead(BaseModel):
     balance: int
     held: int
     available: int
+    # The lots the recharge credited (from a pool: one per pool lot it drew on, with that lot's expiry if sooner).
+    lots: list[LotRead] = []
 
 
 class BatchFailure(BaseModel):

@@ -5,14 +5,16 @@ approves it (`facemint.approvals.approving.approve`), then is applied exactly on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billing.ledger import lots as ledger_lots
 from billing.ledger import service as ledger
 from billing.ledger.orm import TransactionKind
-from billing.ledger.schemas import Posting
+from billing.ledger.schemas import Lot, LotTerms, Posting
 from facemint import tenancy
 from facemint.approvals import service as approvals
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
@@ -39,6 +41,7 @@ class RechargeOutcome:
     target: dict[str, Any]
     balance: int
     held: int
+    lots: list[Lot] = field(default_factory=list)  # the lots the recharge credited
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def submit_recharge(
     principal = context.principal
     origin = Origin.of(principal)
     target = _resolve_target(session, principal=principal, data=data)
-    body = data.model_dump(mode="json")
+    body = data.hashed()
     key = f"recharge:{key_scope(principal)}:{idempotency_key}"
     request_hash = ledger.request_hash(body)
     if policy is not None:
@@ -134,6 +137,7 @@ def submit_recharge(
         target=target.view,
         balance=balance.balance,
         held=balance.held,
+        lots=ledger_lots.lots_of_transaction(session, transaction_id=posting.transaction_id),
     )
 
 
@@ -163,6 +167,7 @@ def credit(
     approval: RechargeApproval | None = None,
 ) -> Posting:
     source = source_for(session, origin)
+    # Validated when requested; an approval applied after its expiry has passed is refused (422) and stays pending.
     posting = ledger.transfer(
         session,
         kind=TransactionKind.recharge,
@@ -175,6 +180,7 @@ def credit(
         actor=origin.label,
         reason=body["reason"],
         reference=body.get("reference"),
+        lot_terms=lot_terms(body),
     )
     if not posting.replayed:
         # The recipient rose (may re-arm), a tenant admin's pool fell (may fire).
@@ -212,6 +218,15 @@ def _answer_held_single(session: Session, approval: RechargeApproval) -> Recharg
         target=approval.payload["target"],
         balance=balance.balance,
         held=balance.held,
+        lots=ledger_lots.lots_of_transaction(session, transaction_id=posting.transaction_id),
+    )
+
+
+def lot_terms(body: dict[str, Any]) -> LotTerms:
+    """The lot terms a recharge's stored body asks for (its JSON form: an approval's payload keeps it so)."""
+    expires_at = body.get("expires_at")
+    return LotTerms(
+        priority=body.get("priority"), expires_at=datetime.fromisoformat(expires_at) if expires_at else None
     )
 
 

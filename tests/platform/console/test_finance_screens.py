@@ -146,7 +146,15 @@ class TestReports:
         row = re.search(rf'<tr data-day="{today}">(.*?)</tr>', page.text, re.S)
         assert row
         numbers = [int(n.replace(",", "")) for n in re.findall(r'<span class="num">([\d,]+)</span>', row.group(1))]
-        assert numbers == [0, 42, 4, 0, 0, 38]  # opening, recharged, consumed, adjustments, released, closing
+        assert numbers == [
+            0,
+            42,
+            4,
+            0,
+            0,
+            0,
+            38,
+        ]  # opening, recharged, consumed, adjustments, expired, released, closing
         data = json.loads(re.search(r'id="daily-data">(.*?)</script>', page.text, re.S).group(1))  # type: ignore[union-attr]
         assert data["zone"] == "UTC"
         assert data["series"][0]["values"][-1] == 42

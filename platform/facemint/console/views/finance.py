@@ -89,7 +89,7 @@ def daily_report_page(
     totals: dict[date, dict[str, int]] = {}
     for row in rows:
         day = totals.setdefault(row.day, dict.fromkeys(("opening", "recharged", "consumed", "released",
-                                                             "adjustments", "closing"), 0))  # fmt: skip
+                                                             "adjustments", "expired", "closing"), 0))  # fmt: skip
         for field in day:
             day[field] += getattr(row, field)
     days = sorted(totals)

@@ -26,8 +26,10 @@ from billing.recharge import service as batches
 from facemint import embedded, migrate
 from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
+from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.config import Settings
+from facemint.context import RequestContext
 from facemint.db import sqlalchemy_url
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan
@@ -249,6 +251,21 @@ def admin_user_and_key(session: Session, settings: Settings) -> tuple[User, str]
     )
     session.commit()
     return user, key
+
+
+def admin_context(session: Session, settings: Settings) -> RequestContext:
+    """A new platform admin's request context, for calling services as that user. Commits."""
+    user, _ = admin_user_and_key(session, settings)
+    principal = Principal(
+        user_id=user.id,
+        email=user.email,
+        role=Role.platform_admin,
+        tenant_id=None,
+        account_id=user.account_id,
+        plan="platform",
+        scopes=frozenset(Scope),
+    )
+    return RequestContext(principal=principal, request_id="bench", ip="127.0.0.1")
 
 
 # What-if only (never applied unless a benchmark is asked to, and then only to its own throw-away database):

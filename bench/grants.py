@@ -1,7 +1,9 @@
 """A recurring grant's run over many users, as the workers run it (`facemint.worker.granting.grant_once`): a
 platform-issued grant (chunks of `--chunk` accounts, one transaction each), the same run again (nothing left to
 grant: what every later round of the scheduler costs), and a grant paid from the tenant's pool (one transaction
-for the whole tenant); then the reconciliation. Each measured run is a new grant, so every user lacks it.
+for the whole tenant); then the reconciliation. Each measured run is a new grant, so every user lacks it. A
+platform-issued grant is made as the API makes it: asked for by one admin and approved by another (four eyes),
+outside the timing.
 
     .venv/bin/python bench/grants.py [--users 10000] [--runs 3] [--chunk 5000] [--baseline 1000]
 
@@ -24,6 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.grants.schemas import Period
 from billing.ledger import service as ledger
 from billing.ledger.orm import LotSource
+from facemint.approvals import approving
+from facemint.approvals.service import Held, Policy
+from facemint.context import RequestContext
 from facemint.db import make_engine, make_sessionmaker
 from facemint.grants import service as grant_service
 from facemint.grants.orm import Funding, GrantScope
@@ -32,24 +37,38 @@ from facemint.reports.service import reconcile_all
 from facemint.worker.granting import GrantReport, grant_once
 
 AMOUNT = 5
+CEILING = 1_000_000
 
 
-def new_grant(session: Session, *, tenant_id: int, funding: Funding) -> int:
-    grant = grant_service.create(
-        session,
-        context=None,
-        data=GrantCreate(
-            name=f"bench {funding.value} {uuid.uuid4().hex[:6]}",
-            scope=GrantScope.tenant,
-            tenant_id=tenant_id,
-            amount=AMOUNT,
-            period=Period.day,
-            funding=funding,
-        ),
-        ceiling=1_000_000,
+def new_grant(
+    session: Session,
+    *,
+    tenant_id: int,
+    funding: Funding,
+    four_eyes: tuple[RequestContext, RequestContext],
+    policy: Policy,
+) -> int:
+    data = GrantCreate(
+        name=f"bench {funding.value} {uuid.uuid4().hex[:6]}",
+        scope=GrantScope.tenant,
+        tenant_id=tenant_id,
+        amount=AMOUNT,
+        period=Period.day,
+        funding=funding,
     )
+    if funding is Funding.tenant_pool:
+        grant_id = grant_service.create(session, context=None, data=data, ceiling=CEILING).id
+        session.commit()
+        return grant_id
+    # It mints tokens: held for a second admin, who approves it (the database refuses it otherwise).
+    requester, approver = four_eyes
+    held = grant_service.submit_create(session, context=requester, data=data, ceiling=CEILING, policy=policy)
+    assert isinstance(held, Held)
     session.commit()
-    return grant.id
+    approval = approving.approve(session, context=approver, approval_id=held.approval.id, note="bench")
+    session.commit()
+    assert approval.result is not None
+    return int(approval.result["grant_id"])
 
 
 def disable_all(session: Session) -> None:
@@ -101,9 +120,12 @@ def main() -> None:
         print(report["environment"])
         engine = make_engine(srv.database_url, pool_size=2)
         factory = make_sessionmaker(engine)
+        settings = srv.settings()
+        policy = Policy.from_settings(settings)
         with factory() as session:
             tenant_id, account_ids = common.seed_members(session, n=args.users, prefix="g")
             session.commit()
+            four_eyes = (common.admin_context(session, settings), common.admin_context(session, settings))
             session.execute(text("ANALYZE users"))
             session.commit()
             pool = session.execute(text("SELECT pool_account_id FROM tenants WHERE id = :t"), {"t": tenant_id})
@@ -120,7 +142,7 @@ def main() -> None:
                             session, account_ids=[pool_account], amount=AMOUNT * args.users, key=uuid.uuid4().hex
                         )
                         session.commit()
-                    new_grant(session, tenant_id=tenant_id, funding=funding)
+                    new_grant(session, tenant_id=tenant_id, funding=funding, four_eyes=four_eyes, policy=policy)
                 elapsed, result = timed_run(factory, args.chunk)
                 if result.granted_accounts != args.users or result.failed or result.short:
                     raise RuntimeError(f"{name} run {run + 1}: {result}")

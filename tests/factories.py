@@ -20,11 +20,16 @@ from facemint.abuse.orm import AbuseRule, AbuseTrigger, RuleAction, RuleKind
 from facemint.abuse.schemas import AbuseRuleCreate
 from facemint.api_keys import service as key_service
 from facemint.api_keys.schemas import ApiKeyCreate
+from facemint.approvals import approving
+from facemint.approvals.service import Held, Policy
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope, scopes_for_role
 from facemint.config import Settings
 from facemint.context import RequestContext
 from facemint.db import run_after_commit
+from facemint.grants import service as grant_service
+from facemint.grants.orm import CreditGrant
+from facemint.grants.schemas import GrantCreate
 from facemint.tenants import service as tenant_service
 from facemint.tenants.orm import Plan, Tenant
 from facemint.tenants.schemas import TenantCreate
@@ -34,6 +39,13 @@ from facemint.users.schemas import UserCreate
 
 _counter = itertools.count(1)
 PASSWORD = "correct-horse-battery"
+# The settings' default four-eyes thresholds and expiry.
+DEFAULT_POLICY = Policy(
+    **{
+        field: Settings.model_fields[f"approval_{field}"].default
+        for field in ("threshold_amount", "threshold_batch_total", "threshold_daily_total", "ttl_seconds")
+    }
+)
 
 
 def create_tenant(session: Session, *, name: str | None = None, plan: Plan = Plan.free) -> Tenant:
@@ -103,6 +115,37 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def staff_context(session: Session, role: Role = Role.operator) -> RequestContext:
+    """A new staff user's request context, for calling services as that user."""
+    user = create_user(session, role=role, password=None)
+    principal = Principal(
+        user_id=user.id,
+        email=user.email,
+        role=role,
+        tenant_id=None,
+        account_id=user.account_id,
+        plan="platform",
+        scopes=scopes_for_role(role),
+    )
+    return RequestContext(principal=principal, request_id=None, ip="127.0.0.1")
+
+
+def approved_platform_grant(session: Session, data: GrantCreate, *, ceiling: int = 10_000_000) -> CreditGrant:
+    """A platform-funded grant as the API makes one: asked for by an operator, approved by another (four eyes),
+    committed."""
+    held = grant_service.submit_create(
+        session, context=staff_context(session), data=data, ceiling=ceiling, policy=DEFAULT_POLICY
+    )
+    assert isinstance(held, Held), held
+    session.commit()
+    approval = approving.approve(session, context=staff_context(session), approval_id=held.approval.id, note=None)
+    session.commit()
+    assert approval.result is not None
+    grant = session.get(CreditGrant, approval.result["grant_id"])
+    assert grant is not None
+    return grant
+
+
 def add_abuse_rule(
     session: Session,
     redis: Redis,
@@ -114,19 +157,9 @@ def add_abuse_rule(
 ) -> AbuseRule:
     """A tenant's abuse rule, made by a platform admin through the service, committed and mirrored into Redis (the
     after-commit step the request boundary would run)."""
-    admin = create_user(session, role=Role.platform_admin, password=None)
-    principal = Principal(
-        user_id=admin.id,
-        email=admin.email,
-        role=Role.platform_admin,
-        tenant_id=None,
-        account_id=admin.account_id,
-        plan="platform",
-        scopes=scopes_for_role(Role.platform_admin),
-    )
     rule = abuse_service.create_rule(
         session,
-        context=RequestContext(principal=principal, request_id=None, ip="127.0.0.1"),
+        context=staff_context(session, Role.platform_admin),
         redis=redis,
         tenant_id=tenant_id,
         data=AbuseRuleCreate(kind=kind, action=action, **params),

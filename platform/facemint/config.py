@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     batch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     # Four-eyes approval: a recharge (one, or one batch row) above `approval_threshold_amount`, or a batch whose
-    # total is above `approval_threshold_batch_total`, waits for a second operator; unapproved, it expires.
+    # total is above `approval_threshold_batch_total`, waits for a second operator; unapproved, it expires. A
+    # pool-funded grant is weighed as a batch of one period; a platform-funded one always waits.
     approval_threshold_amount: int = Field(default=100_000, ge=1)
     approval_threshold_batch_total: int = Field(default=1_000_000, ge=1)
     approval_ttl_seconds: int = Field(default=86400, ge=60)

@@ -380,14 +380,15 @@ RULES: dict[Route, tuple[Rule, ...]] = {
     ("GET", "/admin/v1/tenants/{tenant_id}/integrations/zendesk/tickets"): rule(
         S.integrations_read, N.tenant_object, zendesk_path("/tickets", configured=False)
     ),
-    # Recurring grants: a tenant admin makes and changes its tenant's pool-funded grants; plan grants are staff's.
+    # Recurring grants: a tenant admin makes and changes its tenant's pool-funded grants; plan grants are staff's,
+    # and wait for a second operator (202 with the approval).
     ("POST", "/admin/v1/grants"): (
         Rule(S.grants_write, N.tenant_object, body_for("/admin/v1/grants", tenant_grant_body), ok=201),
         Rule(
             S.grants_write,
             N.nothing,
             fixed("/admin/v1/grants", json=PLAN_GRANT_BODY),
-            ok=201,
+            ok=202,
             staff_only="forbidden",
             case="plan",
         ),

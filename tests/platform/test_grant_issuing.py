@@ -29,14 +29,18 @@ from facemint.users import service as user_service
 from facemint.users.orm import Role, User, UserStatus
 from facemint.users.schemas import UserUpdate
 from facemint.worker.granting import GrantReport, grant_once
-from tests.factories import create_tenant, create_user, fund
+from tests.factories import approved_platform_grant, create_tenant, create_user, fund
 
 CEILING = 1_000_000
 
 
 def make_grant(session: Session, **fields: Any) -> CreditGrant:
+    """A grant in force: a pool-funded one made directly, a platform-funded one approved by a second operator."""
     values: dict[str, Any] = {"name": "test grant", "amount": 5, "period": Period.day} | fields
-    grant = grant_service.create(session, context=None, data=GrantCreate(**values), ceiling=CEILING)
+    data = GrantCreate(**values)
+    if data.funding is Funding.platform:
+        return approved_platform_grant(session, data, ceiling=CEILING)
+    grant = grant_service.create(session, context=None, data=data, ceiling=CEILING)
     session.commit()
     return grant
 

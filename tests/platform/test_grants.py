@@ -1,7 +1,7 @@
 """/admin/v1/grants and user labels through the API: who may make and change which grants (plan and platform-funded
 grants are staff's; a tenant admin's are its own tenant's, paid from its pool), what tenant roles see, bad input as
-422 problems, the audit trail, and a grant's periods after the workers ran it. (User labels, which tenant grants
-select on: test_user_labels.py.)"""
+422 problems, the audit trail, and a grant's periods after the workers ran it. (Four eyes on the grants that mint
+tokens: test_grant_approvals.py; user labels, which tenant grants select on: test_user_labels.py.)"""
 
 from __future__ import annotations
 
@@ -16,40 +16,15 @@ from facemint.users.orm import Role
 from facemint.worker.granting import grant_once
 from tests.factories import create_tenant, fund
 from tests.platform.conftest import MakeCaller
-
-GRANTS = "/admin/v1/grants"
-
-
-def plan_body(**fields: Any) -> dict[str, Any]:
-    body = {"name": "daily free", "scope": "plan", "plan": "free", "amount": 5, "period": "day", "funding": "platform"}
-    return body | fields
-
-
-def tenant_body(**fields: Any) -> dict[str, Any]:
-    return {"name": "vip daily", "scope": "tenant", "amount": 5, "period": "day", "funding": "tenant_pool"} | fields
-
-
-def created(response: Any) -> dict[str, Any]:
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-def audited(session: Session, action: str) -> list[dict[str, Any]]:
-    session.rollback()
-    rows = session.execute(
-        text("SELECT target_id, tenant_id, before, after FROM audit_events WHERE action = :a ORDER BY id"),
-        {"a": action},
-    ).mappings()
-    return [dict(r) for r in rows]
+from tests.platform.grant_helpers import (
+    GRANTS,
+    audited,
+    created,
+    made,
+    plan_body,
+    problem,
+    tenant_body,
+)
 
 
 class TestWhoMayMakeWhich:
@@ -57,9 +32,9 @@ class TestWhoMayMakeWhich:
     def test_staff_make_plan_grants_and_platform_funded_tenant_grants(
         self, client: TestClient, session: Session, make_caller: MakeCaller, role: Role
     ) -> None:
-        staff = make_caller(role)
+        staff, approver = make_caller(role), make_caller(Role.operator)
         tenant = create_tenant(session)
-        plan = created(client.post(GRANTS, json=plan_body(), headers=staff.headers))
+        plan = made(client, staff, approver, plan_body())
         assert (plan["scope"], plan["plan"], plan["tenant_id"], plan["priority"], plan["enabled"]) == (
             "plan",
             "free",
@@ -67,20 +42,23 @@ class TestWhoMayMakeWhich:
             10,
             True,
         )
-        issued = created(
-            client.post(
-                GRANTS,
-                json=tenant_body(tenant_id=tenant.id, funding="platform", label="VIP", priority=20),
-                headers=staff.headers,
-            )
+        issued = made(
+            client,
+            staff,
+            approver,
+            tenant_body(tenant_id=tenant.id, funding="platform", label="VIP", priority=20),
         )
         assert (issued["tenant_id"], issued["label"], issued["priority"]) == (tenant.id, "vip", 20)
         events = audited(session, "grant.create")
+        # Made by the requester (as the journal names actors), on the approver's approval.
+        key_id = session.execute(text("SELECT id FROM api_keys WHERE user_id = :u"), {"u": staff.id}).scalar_one()
+        assert plan["created_by"] == issued["created_by"] == f"key:{key_id}"
         assert [(e["target_id"], e["tenant_id"]) for e in events] == [
             (str(plan["id"]), None),
             (str(issued["id"]), tenant.id),
         ]
         assert events[1]["after"]["funding"] == "platform"
+        assert events[1]["after"]["requested_by_user_id"] == staff.id
 
     def test_a_tenant_admin_makes_its_own_tenants_pool_funded_grants_only(
         self, client: TestClient, session: Session, make_caller: MakeCaller
@@ -110,8 +88,8 @@ class TestWhoMayMakeWhich:
         tenant = create_tenant(session)
         admin, operator = make_caller(Role.tenant_admin, tenant), make_caller(Role.operator)
         own = created(client.post(GRANTS, json=tenant_body(), headers=admin.headers))
-        issued = created(
-            client.post(GRANTS, json=tenant_body(tenant_id=tenant.id, funding="platform"), headers=operator.headers)
+        issued = made(
+            client, operator, make_caller(Role.operator), tenant_body(tenant_id=tenant.id, funding="platform")
         )
         changed = client.patch(
             f"{GRANTS}/{own['id']}", json={"amount": 7, "label": "vip", "enabled": False}, headers=admin.headers
@@ -135,7 +113,7 @@ class TestWhatTenantRolesSee:
         tenant, other = create_tenant(session), create_tenant(session)
         operator, finance = make_caller(Role.operator), make_caller(Role.finance)
         admin, other_admin = make_caller(Role.tenant_admin, tenant), make_caller(Role.tenant_admin, other)
-        plan = created(client.post(GRANTS, json=plan_body(), headers=operator.headers))
+        plan = made(client, operator, make_caller(Role.operator), plan_body())
         own = created(client.post(GRANTS, json=tenant_body(), headers=admin.headers))
         theirs = created(client.post(GRANTS, json=tenant_body(), headers=other_admin.headers))
         ids = [g["id"] for g in client.get(GRANTS, headers=admin.headers).json()["items"]]
@@ -197,7 +175,7 @@ class TestBadInput:
             422,
             "invalid_grant",
         )
-        grant = created(client.post(GRANTS, json=plan_body(), headers=operator.headers))
+        grant = made(client, operator, make_caller(Role.operator), plan_body())
         path = f"{GRANTS}/{grant['id']}"
         problem(client.patch(path, json={"label": "vip"}, headers=operator.headers), 422, "invalid_grant")
         problem(client.patch(path, json={"amount": None}, headers=operator.headers), 422, "invalid_grant")

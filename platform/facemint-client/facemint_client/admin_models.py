@@ -148,7 +148,8 @@ class BatchRow:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Approval:
     """A request held for a second operator (202): nothing applied until approved. `kind`: single, batch,
-    adjustment or reversal; `result` is the applied outcome once approved."""
+    adjustment, reversal or grant (a recurring grant that mints tokens); `result` is the applied outcome once
+    approved."""
 
     id: int
     kind: str

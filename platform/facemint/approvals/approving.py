@@ -1,6 +1,7 @@
 """Approving a held request: the second operator's decision applies it, exactly once, as its requester asked,
 and marks it approved in the same transaction. Applying is the held request's own domain's work (recharges and
-batches: `facemint.recharges.approving`; adjustments and reversals: `facemint.balances.service`)."""
+batches: `facemint.recharges.approving`; adjustments and reversals: `facemint.balances.service`; recurring grants:
+`facemint.grants.approving`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from facemint.approvals.errors import SelfApproval
 from facemint.approvals.orm import ApprovalKind, ApprovalStatus, RechargeApproval
 from facemint.balances import service as balances
 from facemint.context import RequestContext
+from facemint.grants import approving as grants
 from facemint.recharges import approving as recharges
 
 Applier = Callable[..., approvals.Applied]
@@ -22,6 +24,7 @@ _APPLIERS: dict[str, Applier] = {
     ApprovalKind.batch: recharges.apply_approved_batch,
     ApprovalKind.adjustment: balances.apply_approved_adjustment,
     ApprovalKind.reversal: balances.apply_approved_reversal,
+    ApprovalKind.grant: grants.apply_approved_grant,
 }
 
 
@@ -30,7 +33,8 @@ def approve(session: Session, *, context: RequestContext, approval_id: int, note
 
     The approval row is locked first: a concurrent second approval waits, then finds it decided. If applying
     fails (the recipient was frozen since, an atomic batch now has failing rows, the pool or the account ran
-    dry), the error rolls everything back and the approval stays pending, to be rejected or retried."""
+    dry, a grant changed since), the error rolls everything back and the approval stays pending, to be rejected
+    or retried."""
     principal = context.principal
     approval = approvals.lock(session, approval_id=approval_id, tenant_scope=principal.tenant_scope)
     if approval.requested_by_user_id == principal.user_id:

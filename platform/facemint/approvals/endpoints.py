@@ -1,6 +1,7 @@
-"""Four-eyes approvals of held requests (large recharges and batches, adjustments, reversals, and whatever
-passes the requester's 24-hour total): read with `recharges:read` (tenant admins see their tenant's, with other
-tenants' users redacted), decide with `recharges:approve` (platform admins and operators)."""
+"""Four-eyes approvals of held requests (large recharges and batches, adjustments, reversals, whatever passes the
+requester's 24-hour total, and recurring grants that mint tokens): read with `recharges:read` (tenant admins see
+their tenant's, with other tenants' users redacted), decide with `recharges:approve` (platform admins and
+operators)."""
 
 from __future__ import annotations
 

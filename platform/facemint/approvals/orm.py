@@ -1,5 +1,5 @@
-"""Four-eyes approvals of held requests (recharges, batches, adjustments, reversals). Rules the database enforces
-(migrations 0005 and 0006), whatever the code does:
+"""Four-eyes approvals of held requests (recharges, batches, adjustments, reversals, recurring grants). Rules the
+database enforces (migrations 0005, 0006 and 0016), whatever the code does:
 - an approval leaves `pending` once, to exactly one outcome, and only its outcome columns change then;
 - nobody approves their own request, and nothing is approved at or after `expires_at`;
 - approvals are never deleted."""
@@ -34,6 +34,7 @@ class ApprovalKind(StrEnum):
     batch = "batch"
     adjustment = "adjustment"
     reversal = "reversal"
+    grant = "grant"  # a recurring grant's creation or change (`facemint.grants.approving`)
 
 
 class ApprovalStatus(StrEnum):
@@ -46,13 +47,18 @@ class ApprovalStatus(StrEnum):
 class RechargeApproval(Base):
     """A request held for a second operator. `payload` is everything needed to apply it later exactly as it was
     requested (and `held_because`, the policy's reason); `result` (and `transaction_id` / `batch_id`) what applying
-    it produced. `total_amount` is the tokens it moves (an adjustment's magnitude)."""
+    it produced. `total_amount` is the tokens it moves (an adjustment's magnitude; a grant's: one period's at the
+    accounts eligible when it was asked, `row_count`)."""
 
     __tablename__ = "recharge_approvals"
     __table_args__ = (
-        CheckConstraint("kind IN ('single', 'batch', 'adjustment', 'reversal')", name="kind"),
+        CheckConstraint("kind IN ('single', 'batch', 'adjustment', 'reversal', 'grant')", name="kind"),
         CheckConstraint("status IN ('pending', 'approved', 'rejected', 'expired')", name="status"),
-        CheckConstraint("total_amount > 0 AND row_count > 0", name="amounts_positive"),
+        # A grant's is one period's mint at the accounts eligible when it was asked: none yet is a real answer.
+        CheckConstraint(
+            "(total_amount > 0 AND row_count > 0) OR (kind = 'grant' AND total_amount >= 0 AND row_count >= 0)",
+            name="amounts_positive",
+        ),
         CheckConstraint(
             "(status = 'pending' AND decided_at IS NULL AND decided_by_user_id IS NULL)"
             " OR (status = 'expired' AND decided_at IS NOT NULL AND decided_by_user_id IS NULL)"

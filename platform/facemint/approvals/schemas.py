@@ -9,13 +9,14 @@ from facemint import tenancy
 from facemint.approvals.orm import RechargeApproval
 
 Status = Literal["pending", "approved", "rejected", "expired"]
-Kind = Literal["single", "batch", "adjustment", "reversal"]
+Kind = Literal["single", "batch", "adjustment", "reversal", "grant"]
 
 
 class ApprovalRead(BaseModel):
-    """A request held for a second operator: a recharge (`single`), a `batch`, an `adjustment` or a `reversal`.
-    `result` is the applied outcome once approved (the ledger `transaction_id`; a batch's `batch_id` too).
-    `total_amount` is the tokens it moves (an adjustment's magnitude)."""
+    """A request held for a second operator: a recharge (`single`), a `batch`, an `adjustment`, a `reversal`, or a
+    recurring `grant`'s creation or change. `result` is the applied outcome once approved (the ledger
+    `transaction_id`; a batch's `batch_id` too; a grant's `grant_id`). `total_amount` is the tokens it moves (an
+    adjustment's magnitude; a grant's: one period at the accounts eligible when it was asked, `row_count`)."""
 
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -43,9 +44,11 @@ class ApprovalRead(BaseModel):
 
 
 class ApprovalDetail(ApprovalRead):
-    """Adds what approving it would apply and why it was held (`held_because`: `amount`, `batch_total` or
-    `daily_total`): the recharge or adjustment body and its recipient, a reversal's original transaction, or a
-    batch's mode, scope and (for platform staff) its first rows."""
+    """Adds what approving it would apply and why it was held (`held_because`: `amount`, `batch_total`,
+    `daily_total` or `platform_grant`): the recharge or adjustment body and its recipient, a reversal's original
+    transaction, a batch's mode, scope and (for platform staff) its first rows, or a grant's `change` (`create`
+    or `update`), the `terms` it would take, its terms `before` and the `changes` asked (an update), and the
+    `eligible_accounts` when it was asked."""
 
     request: dict[str, Any]
 

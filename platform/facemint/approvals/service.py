@@ -1,7 +1,8 @@
 """Four-eyes approvals: when a request that moves staff tokens waits for a second operator (`Policy`, and the
-requester's rolling 24-hour total), storing held requests (recharges, batches, adjustments, reversals) and moving
-them, one way, to an outcome. Applying an approved request is its own domain's work, orchestrated by
-`facemint.approvals.approving.approve`: this module never moves tokens.
+requester's rolling 24-hour total), storing held requests (recharges, batches, adjustments, reversals, and
+recurring grants, which `facemint.grants.service` decides to hold) and moving them, one way, to an outcome.
+Applying an approved request is its own domain's work, orchestrated by `facemint.approvals.approving.approve`:
+this module never moves tokens.
 
 Services never commit; the request (or the worker's sweep) boundary does."""
 
@@ -278,6 +279,9 @@ def request_view(approval: RechargeApproval, *, staff: bool) -> dict[str, Any]:
         return {"body": payload["body"], "target": payload["target"], **held}
     if approval.kind == ApprovalKind.reversal:
         return {"body": payload["body"], "original": payload["original"], **held}
+    if approval.kind == ApprovalKind.grant:
+        keys = ("change", "grant_id", "terms", "before", "changes", "eligible_accounts")
+        return {key: payload[key] for key in keys if key in payload} | held
     rows = payload["rows"]
     view: dict[str, Any] = {
         "mode": payload["mode"],

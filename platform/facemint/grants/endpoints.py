@@ -1,13 +1,20 @@
 """/admin/v1/grants: recurring credit grants. Reading is `grants:read` (staff every grant, tenant admins their
 tenant's); making and changing is `grants:write`, plan grants and platform-funded grants for platform admins and
-operators only (`facemint.grants.service`). The workers do the granting (`facemint.grants.issuing`)."""
+operators only, and each of those, and any change that lets one mint more, held (202) until a second operator
+approves it at /admin/v1/recharge-approvals (`facemint.grants.service`). The workers do the granting
+(`facemint.grants.issuing`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import JSONResponse
 
+from facemint.approvals import service as approvals
+from facemint.approvals.endpoints import held_response
+from facemint.approvals.schemas import ApprovalRead
+from facemint.approvals.service import Held
 from facemint.auth.principal import Principal
 from facemint.auth.scopes import Scope
 from facemint.deps import SessionDep, SettingsDep, page_params, request_context, require
@@ -21,18 +28,30 @@ router = APIRouter(prefix="/admin/v1/grants", tags=["grants"])
 Reader = Annotated[Principal, Depends(require(Scope.grants_read))]
 Writer = Annotated[Principal, Depends(require(Scope.grants_write))]
 
+HELD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ApprovalRead,
+        "description": "held for a second operator (a platform-funded grant, or a change letting one mint more; a "
+        "pool-funded one above the approval thresholds): nothing made or changed until approved at "
+        "/admin/v1/recharge-approvals (kind `grant`). Not replayed: sending it again holds another",
+    }
+}
 
-@router.post("", response_model=GrantRead, status_code=status.HTTP_201_CREATED)
+
+@router.post("", response_model=GrantRead, status_code=status.HTTP_201_CREATED, responses=HELD_RESPONSES)
 def create_grant(
     body: GrantCreate, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer
-) -> GrantRead:
-    grant = grants.create(
+) -> GrantRead | JSONResponse:
+    outcome = grants.submit_create(
         session,
         context=request_context(request, principal, settings),
         data=body,
         ceiling=settings.recharge_max_amount,
+        policy=approvals.Policy.from_settings(settings),
     )
-    return GrantRead.model_validate(grant)
+    if isinstance(outcome, Held):
+        return held_response(outcome)
+    return GrantRead.model_validate(outcome)
 
 
 @router.get("", response_model=Page[GrantRead])
@@ -63,7 +82,7 @@ def get_grant(grant_id: int, session: SessionDep, principal: Reader) -> GrantRea
     return GrantRead.model_validate(grants.get(session, grant_id=grant_id, tenant_scope=principal.tenant_scope))
 
 
-@router.patch("/{grant_id}", response_model=GrantRead)
+@router.patch("/{grant_id}", response_model=GrantRead, responses=HELD_RESPONSES)
 def update_grant(
     grant_id: int,
     body: GrantUpdate,
@@ -71,16 +90,19 @@ def update_grant(
     session: SessionDep,
     settings: SettingsDep,
     principal: Writer,
-) -> GrantRead:
+) -> GrantRead | JSONResponse:
     grant = grants.get(session, grant_id=grant_id, tenant_scope=principal.tenant_scope)
-    grant = grants.update(
+    outcome = grants.submit_update(
         session,
         context=request_context(request, principal, settings),
         grant=grant,
         data=body,
         ceiling=settings.recharge_max_amount,
+        policy=approvals.Policy.from_settings(settings),
     )
-    return GrantRead.model_validate(grant)
+    if isinstance(outcome, Held):
+        return held_response(outcome)
+    return GrantRead.model_validate(outcome)
 
 
 @router.get("/{grant_id}/periods", response_model=Page[GrantPeriodRead])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from facemint.errors import NotFound, Unprocessable
+from facemint.errors import Conflict, NotFound, Unprocessable
 
 
 class GrantNotFound(NotFound):
@@ -11,3 +11,11 @@ class GrantNotFound(NotFound):
 class InvalidGrant(Unprocessable):
     code = "invalid_grant"
     title = "Invalid grant"
+
+
+class GrantChanged(Conflict):
+    """An approved change met a grant whose terms changed since it was asked for: approving it would set terms
+    nobody saw together. Nothing is applied; the approval stays pending, to be rejected and asked again."""
+
+    code = "grant_changed"
+    title = "Grant changed since the request"

@@ -11,6 +11,9 @@ granted to every eligible account that lacks it, set-based, one chunk per call.
 - Late: a run hours into a period grants that period, its lots expiring at the period's end. A period that has
   ended is never granted: only the current one is, so a period no run reached is skipped (its lots would be born
   expired).
+- Approved terms only: what `credit_grants` holds is what runs. A platform-funded grant is written there, and
+  may mint more, only once a second operator approves it (`facemint.grants.service`, checked again by the
+  database at commit); a change waiting for approval lives in its approval, so the old terms keep running.
 - Funding: `platform` credits from the issuance account in chunks of `limit` accounts, one transaction each;
   `tenant_pool` hands on from the tenant's pool all the accounts lacking the period in one transaction, or none of
   them when the pool cannot pay them all: the shortfall is recorded on the period (`credit_grant_periods`) and
@@ -133,26 +136,14 @@ def _stage_lacking(
 ) -> tuple[int, int | None]:
     """Stage the eligible accounts lacking the period's award, in account order (one statement); returns how many
     and the last one."""
-    conditions = [f"u.status = '{UserStatus.active.value}'", f"t.status = '{TenantStatus.active.value}'"]
-    params: dict[str, object] = {
+    conditions, params = _eligibility(scope=grant.scope, plan=grant.plan, tenant_id=grant.tenant_id, label=grant.label)
+    params |= {
         "grant_id": grant.id,
         "period_start": period_start,
         "period_end": period_end,
         "amount": grant.amount,
         "priority": grant.priority,
     }
-    if grant.scope == GrantScope.plan:
-        conditions.append("t.plan = :plan")
-        params["plan"] = grant.plan
-    else:
-        tenant_parts, tenant_params = tenancy.sql_conditions(
-            "u.tenant_id", tenant_scope=None, tenant_id=grant.tenant_id, named=True
-        )
-        conditions += tenant_parts
-        params |= tenant_params
-        if grant.label is not None:
-            conditions.append("u.labels @> ARRAY[CAST(:label AS text)]")
-            params["label"] = grant.label
     if after_account_id is not None:
         conditions.append("u.account_id > :after")
         params["after"] = after_account_id
@@ -183,6 +174,40 @@ def _stage_lacking(
         params,
     ).one()
     return int(row.n), row.last
+
+
+def _eligibility(
+    *, scope: str, plan: str | None, tenant_id: int | None, label: str | None
+) -> tuple[list[str], dict[str, object]]:
+    """The conditions on `users u JOIN tenants t` that make an account eligible for a grant of these terms."""
+    conditions = [f"u.status = '{UserStatus.active.value}'", f"t.status = '{TenantStatus.active.value}'"]
+    params: dict[str, object] = {}
+    if scope == GrantScope.plan:
+        conditions.append("t.plan = :plan")
+        params["plan"] = plan
+    else:
+        tenant_parts, tenant_params = tenancy.sql_conditions(
+            "u.tenant_id", tenant_scope=None, tenant_id=tenant_id, named=True
+        )
+        conditions += tenant_parts
+        params |= tenant_params
+        if label is not None:
+            conditions.append("u.labels @> ARRAY[CAST(:label AS text)]")
+            params["label"] = label
+    return conditions, params
+
+
+def eligible_accounts(
+    session: Session, *, scope: str, plan: str | None, tenant_id: int | None, label: str | None
+) -> int:
+    """How many accounts a grant of these terms would credit in a period now (what four-eyes weighs it by)."""
+    conditions, params = _eligibility(scope=scope, plan=plan, tenant_id=tenant_id, label=label)
+    return int(
+        session.execute(
+            text(f"SELECT count(*) FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE {' AND '.join(conditions)}"),
+            params,
+        ).scalar_one()
+    )
 
 
 def _record_period(

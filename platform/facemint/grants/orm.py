@@ -34,8 +34,10 @@ class Funding(StrEnum):
 
 
 class CreditGrant(Base):
-    """A recurring grant's definition. Its scope, period and funding never change (a new grant is made instead):
-    each decides what an award's (grant, period, account) key means."""
+    """A recurring grant's definition. Its scope, plan, tenant, period and funding never change (a new grant is made
+    instead): each decides what an award's (grant, period, account) key means. `approval_id` is the four-eyes
+    approval whose terms it last took: a platform-funded grant is made, and may mint more, only from one (a
+    deferred trigger, migration 0016, checks it at commit; `facemint.grants.approving`)."""
 
     __tablename__ = "credit_grants"
     __table_args__ = (
@@ -67,6 +69,7 @@ class CreditGrant(Base):
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(Text)
+    approval_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("recharge_approvals.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -18,7 +18,8 @@ Priority = Annotated[int, Field(ge=0, le=100)]
 class GrantCreate(BaseModel):
     """A recurring grant. `scope` `plan`: every user of every tenant on `plan`, issued by the platform (`funding`
     `platform`, no label). `scope` `tenant`: the users of `tenant_id` (a tenant admin's own tenant when omitted),
-    only those carrying `label` when given, issued by the platform (staff only) or paid from the tenant's pool."""
+    only those carrying `label` when given, issued by the platform (staff only) or paid from the tenant's pool.
+    A platform-funded grant is made only once a second operator approves it (202 with the approval until then)."""
 
     model_config = ConfigDict(extra="forbid")
     name: Name
@@ -53,7 +54,9 @@ class GrantCreate(BaseModel):
 class GrantUpdate(BaseModel):
     """What may change on a grant; a field left out stays. Its scope, plan, tenant, period and funding never
     change (make a new grant). A change applies from the next run: accounts already granted this period keep
-    what they got."""
+    what they got. A change that lets a platform-funded grant mint more (a larger `amount`, `enabled` again, its
+    `label` changed or cleared, an earlier `starts_at`, a later or no `ends_at`) waits for a second operator's
+    approval, the grant running on its current terms until then."""
 
     model_config = ConfigDict(extra="forbid")
     name: Name | None = None
@@ -81,6 +84,9 @@ class GrantRead(BaseModel):
     starts_at: datetime
     ends_at: datetime | None
     created_by: str | None
+    approval_id: int | None = Field(
+        description="the four-eyes approval whose terms the grant last took (null: none was needed)"
+    )
     created_at: datetime
     updated_at: datetime
 

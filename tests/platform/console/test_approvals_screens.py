@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import httpx
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from facemint.config import Settings
@@ -240,3 +241,41 @@ def test_held_adjustments_and_reversals_show_what_approving_applies(
     assert reject(approver, adjustment.json()["id"]).status_code == 303
     assert approve(approver, reversal.json()["id"]).status_code == 303
     assert balance_of(session, member.account_id) == 0
+
+
+def test_held_grants_show_the_terms_approving_makes_or_changes(
+    console_user: MakeConsoleUser, session: Session, settings: Settings
+) -> None:
+    """Held through the API (the console has no grants screen): the queue lists them under kind `grant`, and the
+    detail shows the terms a new grant takes, or a change's terms before and after."""
+    requester = staff(session, settings, Role.operator)
+    approver = console_user(Role.operator)
+    tenant = create_tenant(session)
+    create_user(session, tenant=tenant)
+    api = approver.client
+    body = {"name": "weekly gift", "scope": "tenant", "tenant_id": tenant.id, "label": "vip", "amount": 7}
+    new = api.post(
+        "/admin/v1/grants", json=body | {"period": "week", "funding": "platform"}, headers=requester.headers()
+    )
+    assert new.status_code == 202, new.text
+    page = approver.client.get(f"/admin/approvals/{new.json()['id']}")
+    assert page.status_code == 200, page.text
+    shown = re.sub(r"<[^>]+>", "", page.text)
+    assert (
+        f"A new recurring grant, platform-funded: 7 tokens a week to each user of tenant {tenant.id} labelled vip"
+        in shown
+    )
+    assert 'id="grant-terms"' in page.text
+    assert "Approve this grant?" in page.text
+    assert approve(approver, new.json()["id"]).status_code == 303
+    listed = approver.client.get("/admin/approvals", params={"status": "all", "kind": "grant"})
+    assert f'data-approval="{new.json()["id"]}"' in listed.text
+
+    (grant_id,) = session.execute(text("SELECT id FROM credit_grants")).scalars()
+    change = api.patch(f"/admin/v1/grants/{grant_id}", json={"amount": 9}, headers=requester.headers())
+    assert change.status_code == 202, change.text
+    page = approver.client.get(f"/admin/approvals/{change.json()['id']}")
+    assert f"A change to grant #{grant_id} (amount)" in page.text
+    terms = re.search(r'id="grant-terms".*?</table>', page.text, re.S)
+    assert terms
+    assert re.search(r"<td>amount</td><td>7</td><td>9</td>", terms.group(0))

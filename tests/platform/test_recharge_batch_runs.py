@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from billing.recharge.service import _BATCH_LOCK_KEY
+from billing.recharge.service import BATCH_LOCK_KEY
 from facemint.app import create_app
 from facemint.config import Settings
 from facemint.users.orm import Role
@@ -60,7 +60,7 @@ def _lock_waiters(engine: Engine, *, batch_lock_only: bool) -> int:
             sql = (
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
-        return int(conn.execute(text(sql), {"key": _BATCH_LOCK_KEY}).scalar_one())
+        return int(conn.execute(text(sql), {"key": BATCH_LOCK_KEY}).scalar_one())
 
 
 def _race(
@@ -76,7 +76,7 @@ def _race(
         return call()
 
     with engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _BATCH_LOCK_KEY})
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": BATCH_LOCK_KEY})
         holder.commit()
         try:
             with ThreadPoolExecutor(max_workers=len(calls)) as pool:
@@ -85,7 +85,7 @@ def _race(
                 while time.monotonic() < deadline and _lock_waiters(engine, batch_lock_only=batch_lock_only) < waiters:
                     time.sleep(0.05)
                 queued = _lock_waiters(engine, batch_lock_only=batch_lock_only)
-                holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _BATCH_LOCK_KEY})
+                holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": BATCH_LOCK_KEY})
                 holder.commit()
                 responses = [f.result(timeout=60) for f in futures]
         finally:

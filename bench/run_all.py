@@ -21,11 +21,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# name: (arguments for the full run, arguments for --quick); a name with a variant suffix runs its script's variant.
+SCRIPTS = {"holds_lots": "holds", "jobs_abuse": "jobs"}
 # name: (arguments for the full run, arguments for --quick)
 BENCHMARKS = {
     "batch_recharge": ([], ["--runs", "1"]),
     "batch_phases": ([], ["--runs", "1"]),
     "holds": ([], ["--runs", "1", "--seconds", "5"]),
+    # What credit lots cost a reserve+capture cycle: 1 and 5 lots per account against the lotless functions.
+    "holds_lots": (["--lots"], ["--lots", "--runs", "1", "--seconds", "3", "--accounts", "500"]),
     # A recurring grant's run over 10,000 users (platform-issued, rerun, pool-paid); --quick: 1,000 users, one run.
     "grants": ([], ["--users", "1000", "--runs", "1", "--baseline", "200"]),
     "engine": ([], ["--quick"]),  # the swap engine on the CPU (run when bench/engine.py is present)
@@ -36,6 +40,8 @@ BENCHMARKS = {
     "video": ([], ["--quick"]),
     # Metered jobs through HTTP and real workers; the load generator is wrk (`make bench-tools`), else httpx.
     "jobs": ([], ["--seconds", "4", "--rounds", "1", "--e2e-jobs", "100"]),
+    # What the abuse rules cost a submit: the tenant's rules on and off.
+    "jobs_abuse": (["--abuse-rules"], ["--abuse-rules", "--seconds", "3", "--rounds", "1"]),
     # API processes and workers against one Postgres; --quick: 1+1, 2+2 and 4+4, 30 jobs each.
     "scale": ([], ["--quick"]),
     "exports": ([], []),  # finance exports and reconciliation over 1,000,000 entries
@@ -53,9 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     failed = []
     for name, (full, quick) in BENCHMARKS.items():
-        if (args.only and name not in args.only) or not (HERE / f"{name}.py").exists():
+        script = HERE / f"{SCRIPTS.get(name, name)}.py"
+        if (args.only and name not in args.only) or not script.exists():
             continue
-        command = [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+        command = [sys.executable, str(script), *(quick if args.quick else full)]
         print(f"\n##### {name}: {' '.join(command[1:])}  (load average {os.getloadavg()[0]:.2f})", flush=True)
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=HERE.parent)

@@ -51,6 +51,7 @@ STAMP = "2026-12-05T10:00:00+00:00"
 ALERT = {"account": "user", "user_id": 1, "tenant_id": 3, "threshold": 10, "hysteresis": 1, "rearm_at": 11}
 RULE = {"id": 4, "tenant_id": 3, "kind": "jobs_per_window", "action": "freeze", "window_seconds": 60, "max_jobs": 2}
 TRIGGER = {"id": 5, "tenant_id": 3, "rule_id": 4, "user_id": 1, "status": "resolved", "unfroze": True}
+GRANT = {"id": 6, "name": "g", "scope": "tenant", "tenant_id": 3, "amount": 5, "period": "day", "enabled": True}
 JOB = {"id": "job_1", "operation": "swap.image", "status": "queued", "created_at": STAMP}
 # No jitter unless a test wants it: the schedule is then exact.
 EXACT = RetryPolicy(max_retries=3, initial_delay=0.2, max_delay=10.0, jitter=0.0)
@@ -216,6 +217,20 @@ def test_setting_a_state_is_retried_after_a_500_and_an_unkeyed_rule_is_not_creat
             3, kind="jobs_per_window", action="freeze", window_seconds=60, max_jobs=2
         )
     assert len(peer.seen) == 1  # the rule may exist now: look before creating it again
+
+
+def test_a_grant_create_or_change_whose_answer_was_lost_is_not_sent_again_and_a_read_is() -> None:
+    # Neither takes an Idempotency-Key, and sending either again would make (or hold) another.
+    with scripted_peer(Answer(0, hang_up=True), Answer(201, GRANT)) as peer, pytest.raises(APIConnectionError):
+        client(peer.url).admin.grants.create("g", scope="tenant", amount=5, period="day", funding="tenant_pool")
+    assert len(peer.seen) == 1
+    assert "idempotency-key" not in peer.seen[0].headers
+    with scripted_peer(Answer.problem(500, "internal_error"), Answer(200, GRANT)) as peer, pytest.raises(ServerError):
+        client(peer.url).admin.grants.update(6, amount=7)
+    assert len(peer.seen) == 1
+    with scripted_peer(Answer(0, hang_up=True), Answer(200, GRANT)) as peer:
+        assert client(peer.url).admin.grants.get(6).id == 6
+    assert len(peer.seen) == 2
 
 
 def test_a_delete_whose_answer_was_lost_is_done_when_its_retry_meets_not_found() -> None:

@@ -5,6 +5,7 @@ waiting and downloads, and a Standard Webhooks verifier. See docs/sdk.md in the 
 from __future__ import annotations
 
 from facemint_client._client import AsyncFacemint, Facemint
+from facemint_client._core import NOT_GIVEN, NotGiven
 from facemint_client._resource import AsyncPager, SyncPager
 from facemint_client._retry import RetryPolicy
 from facemint_client._version import __version__
@@ -21,12 +22,15 @@ from facemint_client.errors import (
     Conflict,
     FacemintError,
     Gone,
+    GrantChanged,
     IdempotencyConflict,
     IdempotencyKeyRequired,
     IncompleteExport,
     InsufficientScope,
     InsufficientTokens,
+    InvalidGrant,
     InvalidIdempotencyKey,
+    InvalidLotTerms,
     JobAlreadyFinished,
     JobFailed,
     JobNotFinished,
@@ -66,17 +70,22 @@ __all__ = [
     "Facemint",
     "FacemintError",
     "Gone",
+    "GrantChanged",
     "IdempotencyConflict",
     "IdempotencyKeyRequired",
     "IncompleteExport",
     "InsufficientScope",
     "InsufficientTokens",
+    "InvalidGrant",
     "InvalidIdempotencyKey",
+    "InvalidLotTerms",
     "JobAlreadyFinished",
     "JobFailed",
     "JobNotFinished",
     "LedgerContention",
+    "NOT_GIVEN",
     "NotFound",
+    "NotGiven",
     "Page",
     "PayloadTooLarge",
     "PaymentRequired",

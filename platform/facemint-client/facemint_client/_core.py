@@ -8,6 +8,7 @@ else, retries and idempotency keys included, is written once, here and in the re
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Final, Generic, TypeVar
 
 import httpx
 
@@ -137,6 +138,27 @@ def deleted_unless_found(*codes: str) -> Callable[[APIError], Settled[None] | No
         return Settled(None) if error.code in codes else None
 
     return recover
+
+
+class NotGiven(enum.Enum):
+    """`NOT_GIVEN`'s type: a parameter left out of the request, where None would send null (clear it)."""
+
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """A JSON body's members: NOT_GIVEN left out, None sent as null, dates and datetimes in ISO 8601."""
+    return {
+        name: value.isoformat() if isinstance(value, datetime | date) else value
+        for name, value in values.items()
+        if value is not NOT_GIVEN
+    }
 
 
 def query(**values: Any) -> dict[str, str]:

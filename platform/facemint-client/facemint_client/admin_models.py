@@ -1,6 +1,7 @@
 """Response models of the `/admin/v1` API: tenants (and their account events), users, keys, recharges and
-batches, approvals, balances and postings, prices, audit, finance logs and reports, admin job views, abuse rules
-and triggers. The Zendesk connector's are in `facemint_client.zendesk_models`."""
+batches, approvals, balances and postings, recurring grants and their periods, prices, audit, finance logs and
+reports, admin job views, abuse rules and triggers. The Zendesk connector's are in
+`facemint_client.zendesk_models`; credit lots (`Lot`, `NextExpiry`) in `facemint_client.models`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from facemint_client.models import Job, WebhookEventRecord
+from facemint_client.models import Job, Lot, NextExpiry, WebhookEventRecord
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -31,6 +32,7 @@ class User:
     status: str  # active | frozen
     created_at: datetime
     updated_at: datetime
+    labels: list[str] = field(default_factory=list)  # lower-cased; what a tenant's grants may select on
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,7 +79,8 @@ class AccountEvent(WebhookEventRecord):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Recharge:
-    """An applied recharge (`replayed`: this Idempotency-Key had already applied it; nothing moved twice)."""
+    """An applied recharge (`replayed`: this Idempotency-Key had already applied it; nothing moved twice) and
+    the credit lots it wrote (more than one when a pool handed on lots of its own)."""
 
     transaction_id: int
     amount: int
@@ -86,6 +89,7 @@ class Recharge:
     balance: int
     held: int
     available: int
+    lots: list[Lot] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,6 +171,12 @@ class Approval:
     result: dict[str, Any] | None
     created_at: datetime
 
+    @property
+    def grant_id(self) -> int | None:
+        """The grant an approved `grant` request made or changed (`result["grant_id"]`); None otherwise."""
+        value = (self.result or {}).get("grant_id") if self.kind == "grant" else None
+        return value if isinstance(value, int) else None
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ApprovalDetail(Approval):
@@ -175,6 +185,8 @@ class ApprovalDetail(Approval):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AccountBalance:
+    """A user's or a tenant pool's balance (`kind`), with its lots and next expiry as on `Balance`."""
+
     account_id: int
     kind: str
     available: int
@@ -183,6 +195,8 @@ class AccountBalance:
     user_id: int | None = None
     email: str | None = None
     tenant_id: int | None = None
+    lots: list[Lot] = field(default_factory=list)
+    next_expiry: NextExpiry | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -220,6 +234,53 @@ class AuditEvent:
     ip: str | None
     before: Any = None
     after: Any = None
+
+
+# --- recurring grants ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Grant:
+    """A recurring credit grant: `amount` tokens each UTC `period` (day, week, month) to every eligible account,
+    in lots of `priority` expiring at the period's end. `scope` `plan`: every user on `plan` (platform-funded);
+    `tenant`: the users of `tenant_id`, only those carrying `label` when set, `funding` `platform` (minted) or
+    `tenant_pool` (paid from the tenant's pool). `approval_id`: the approval whose terms it last took."""
+
+    id: int
+    name: str
+    scope: str  # plan | tenant
+    plan: str | None
+    tenant_id: int | None
+    label: str | None
+    amount: int
+    period: str  # day | week | month
+    priority: int
+    funding: str  # platform | tenant_pool
+    enabled: bool
+    starts_at: datetime
+    ends_at: datetime | None
+    created_by: str | None
+    approval_id: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GrantPeriod:
+    """One period of a grant as the workers left it: the accounts and tokens granted, and the last shortfall of a
+    pool-funded run the pool could not pay (`shortfall_needed` tokens against `shortfall_available`; None once a
+    run succeeds)."""
+
+    id: int
+    grant_id: int
+    period_start: datetime
+    period_end: datetime
+    granted_accounts: int
+    granted_tokens: int
+    shortfall_needed: int | None
+    shortfall_available: int | None
+    shortfall_at: datetime | None
+    updated_at: datetime
 
 
 # --- finance logs and reports --------------------------------------------------------------------------------
@@ -288,10 +349,16 @@ class LedgerLogRow:
     created_at: datetime
     approval_id: int | None = None
     approved_by_user_id: int | None = None
+    # On a user or pool account: the lots this entry wrote (a credit) or burned (a debit, negative `tokens`), each
+    # as the API sends it: `lot_id`, `tokens`, `priority`, `expires_at` (ISO 8601 or None).
+    lots: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DailyReportRow:
+    """One tenant's UTC day: opening + recharged - consumed + adjustments - expired = closing (`released` is
+    informational: holds do not change the balance)."""
+
     tenant_id: int | None
     day: date
     opening: int
@@ -299,6 +366,7 @@ class DailyReportRow:
     consumed: int
     released: int
     adjustments: int
+    expired: int
     closing: int
 
 
@@ -325,12 +393,25 @@ class TenantLiability:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ExpiryLiability(Liability):
+    """Outstanding tokens whose lots expire in one UTC day or month, `expires_from` (included) to
+    `expires_before`, or never (both None)."""
+
+    expires_from: date | None
+    expires_before: date | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LiabilityReport:
+    """Tokens outstanding; `by_expiry` (a report of now only, else None) splits `total` by when their lots expire:
+    never first, then per day or month (`expiry_bucket`)."""
+
     at: datetime | None
     users: Liability
     pool: Liability
     total: Liability
     tenants: list[TenantLiability]
+    by_expiry: list[ExpiryLiability] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

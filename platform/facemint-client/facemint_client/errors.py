@@ -170,6 +170,13 @@ class ApprovalNotPending(Conflict):
     codes = ("approval_not_pending", "approval_expired")
 
 
+class GrantChanged(Conflict):
+    """409 `grant_changed`: approving this grant change would meet a grant whose terms changed since it was asked
+    for (another change applied first). Nothing applied; the approval stays pending: reject it and ask again."""
+
+    codes = ("grant_changed",)
+
+
 class Gone(APIError):
     """410: e.g. `result_gone`, a job's result deleted, expired or never produced."""
 
@@ -200,6 +207,20 @@ class ValidationError(UnprocessableEntity):
     @property
     def errors(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self.problem.get("errors") or [] if isinstance(e, Mapping)]
+
+
+class InvalidLotTerms(UnprocessableEntity):
+    """422 `invalid_lot_terms`: a credit lot's priority or expiry cannot be written, e.g. an approved recharge whose
+    `expires_at` passed while it waited (the approval stays pending)."""
+
+    codes = ("invalid_lot_terms",)
+
+
+class InvalidGrant(UnprocessableEntity):
+    """422 `invalid_grant`: a grant that cannot be made or changed so (above the per-account ceiling, ending in the
+    past, a label on a plan grant...); `detail` says which."""
+
+    codes = ("invalid_grant",)
 
 
 class BatchRejected(UnprocessableEntity):

@@ -32,10 +32,44 @@ class AccessToken:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Lot:
+    """A credit lot: tokens credited together (`source`: recharge, grant, transfer from a pool, adjustment,
+    reversal, migration), spent in the burn order: lowest `priority` first, then the soonest `expires_at` (none
+    last), then the oldest. `remaining` tokens are left of `amount`, `held` of them by running jobs."""
+
+    id: int
+    source: str
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    amount: int
+    remaining: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.remaining - self.held
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NextExpiry:
+    """The soonest expiry among an account's lots with tokens left, and the tokens that expire then unless spent
+    first."""
+
+    expires_at: datetime
+    amount: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Balance:
+    """An account's tokens: `available` to spend, `held` by running jobs, `balance` in all; `lots` with tokens
+    left, in the order they are spent (the first 50), and the `next_expiry` (None: nothing expires)."""
+
     available: int
     held: int
     balance: int
+    lots: list[Lot] = field(default_factory=list)
+    next_expiry: NextExpiry | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -9,6 +9,7 @@ from facemint_client.resources.abuse import AbuseRules, AbuseTriggers
 from facemint_client.resources.account import Account, Auth
 from facemint_client.resources.alerts import BalanceAlerts
 from facemint_client.resources.directory import ApiKeys, Audit, Prices, Tenants, Users
+from facemint_client.resources.grants import Grants
 from facemint_client.resources.jobs import Jobs
 from facemint_client.resources.money import Approvals, Balances, Recharges
 from facemint_client.resources.reports import AdminJobs, Finance, Reports
@@ -19,7 +20,7 @@ __all__ = ["Account", "Admin", "Auth", "Jobs"]
 
 class Admin(Group, Generic[M]):
     """The `/admin/v1` API (what ops scripts use): `client.admin.tenants`, `.users`, `.api_keys`, `.recharges`,
-    `.approvals`, `.balances`, `.balance_alerts`, `.finance`, `.reports`, `.prices`, `.audit`, `.jobs`,
+    `.approvals`, `.balances`, `.balance_alerts`, `.grants`, `.finance`, `.reports`, `.prices`, `.audit`, `.jobs`,
     `.abuse_rules`, `.abuse_triggers`, `.zendesk`."""
 
     def __init__(self, runner: object) -> None:
@@ -29,6 +30,7 @@ class Admin(Group, Generic[M]):
         self.recharges: Recharges[M] = Recharges(runner)
         self.approvals: Approvals[M] = Approvals(runner)
         self.balances: Balances[M] = Balances(runner)
+        self.grants: Grants[M] = Grants(runner)
         self.finance: Finance[M] = Finance(runner)
         self.reports: Reports[M] = Reports(runner)
         self.prices: Prices[M] = Prices(runner)

@@ -131,9 +131,18 @@ class Users(Resource[M]):
         tenant_id: int | None = None,
         name: str | None = None,
         password: str | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Call[User]:
-        """A user with its account; `tenant_id` for `tenant_admin` and `member`, none for staff roles."""
-        body = _fields(email=email, role=role, tenant_id=tenant_id, name=name, password=password)
+        """A user with its account; `tenant_id` for `tenant_admin` and `member`, none for staff roles. `labels`
+        (at most 16, e.g. "vip"; stored lower-cased) are what a tenant's recurring grants may select on."""
+        body = _fields(
+            email=email,
+            role=role,
+            tenant_id=tenant_id,
+            name=name,
+            password=password,
+            labels=None if labels is None else list(labels),
+        )
         return Call(method="POST", path="/admin/v1/users", json=body, parse=parse_json(User))
 
     @endpoint("GET /admin/v1/users/{user_id}")
@@ -142,12 +151,19 @@ class Users(Resource[M]):
 
     @endpoint("PATCH /admin/v1/users/{user_id}")
     def update(
-        self, user_id: int, *, name: str | None = None, role: str | None = None, password: str | None = None
+        self,
+        user_id: int,
+        *,
+        name: str | None = None,
+        role: str | None = None,
+        password: str | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Call[User]:
+        """Change what is given; `labels` replaces the user's whole set (`[]` removes every label)."""
         return Call(
             method="PATCH",
             path=f"/admin/v1/users/{user_id}",
-            json=_fields(name=name, role=role, password=password),
+            json=_fields(name=name, role=role, password=password, labels=None if labels is None else list(labels)),
             parse=parse_json(User),
             replay_safe=True,
         )
@@ -177,8 +193,10 @@ class Users(Resource[M]):
         email: str | None = None,
         email_prefix: str | None = None,
         user_id: int | None = None,
+        label: str | None = None,
         limit: int | None = None,
     ) -> Listing[User]:
+        """Users, newest first (`label`: those carrying it)."""
         return listing(
             "/admin/v1/users",
             User,
@@ -189,6 +207,7 @@ class Users(Resource[M]):
             email=email,
             email_prefix=email_prefix,
             user_id=user_id,
+            label=label,
         )
 
 

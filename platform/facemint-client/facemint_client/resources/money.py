@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from facemint_client._convert import from_json
-from facemint_client._core import ApiResponse, Call, parse_json, replayed
+from facemint_client._core import ApiResponse, Call, given, parse_json, replayed
 from facemint_client._resource import Listing, M, Resource, endpoint, listing, paged
 from facemint_client._uploads import FileInput, Upload
 from facemint_client.admin_models import (
@@ -30,8 +31,9 @@ from facemint_client.admin_models import (
 from facemint_client.errors import APIError
 
 
-def _held_or(cls: type[Any]) -> Any:
-    """Parse a 202 as the `Approval` it is, anything else as `cls` (with `replayed` from the response header)."""
+def held_or(cls: type[Any]) -> Any:
+    """Parse a 202 as the `Approval` it is, anything else as `cls` (with `replayed` from the response header, when
+    `cls` has one)."""
 
     def parse(response: ApiResponse) -> Any:
         body = response.json()
@@ -45,7 +47,8 @@ def _held_or(cls: type[Any]) -> Any:
 
 
 def _fields(**values: Any) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if value is not None}
+    """A JSON body's members given a value (None left out), datetimes in ISO 8601."""
+    return given(**{name: value for name, value in values.items() if value is not None})
 
 
 class Recharges(Resource[M]):
@@ -59,17 +62,29 @@ class Recharges(Resource[M]):
         email: str | None = None,
         tenant_id: int | None = None,
         reference: str | None = None,
+        priority: int | None = None,
+        expires_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> Call[Recharge | Approval]:
-        """Credit one user (`user_id` or `email`) or, platform staff only, a tenant's pool (`tenant_id`)."""
+        """Credit one user (`user_id` or `email`) or, platform staff only, a tenant's pool (`tenant_id`). The
+        tokens land in one credit lot: `priority` 0 to 100, lower spent first (default 50, a paid recharge's), and
+        `expires_at` (with a time zone, in the future; default never). Tokens a tenant admin hands on from the pool
+        keep the pool's expiry when it is sooner."""
         body = _fields(
-            amount=amount, reason=reason, user_id=user_id, email=email, tenant_id=tenant_id, reference=reference
+            amount=amount,
+            reason=reason,
+            user_id=user_id,
+            email=email,
+            tenant_id=tenant_id,
+            reference=reference,
+            priority=priority,
+            expires_at=expires_at,
         )
         return Call(
             method="POST",
             path="/admin/v1/recharges",
             json=body,
-            parse=_held_or(Recharge),
+            parse=held_or(Recharge),
             idempotent=True,
             idempotency_key=idempotency_key,
         )
@@ -87,15 +102,18 @@ class Recharges(Resource[M]):
         idempotency_key: str | None = None,
     ) -> Call[BatchResult | Approval]:
         """Recharge many users in one ledger transaction: `items` (`{"email" or "user_id", "amount",
-        "reference"?}`) or `csv` (a path, bytes or binary file: header `email,amount[,reference]` or
-        `user_id,amount[,reference]`). `atomic` applies every row or none (422 `BatchRejected` lists the
-        failures); `partial` applies the valid rows and lists the others in `failed`."""
+        "reference"?, "priority"?, "expires_at"?}`, a datetime or an ISO 8601 string) or `csv` (a path, bytes or
+        binary file: header `email,amount` or `user_id,amount`, then any of `reference`, `priority`, `expires_at`
+        in any order). Each row's tokens land in a lot of its own terms; a bad priority or expiry fails that row
+        (`invalid_priority`, `invalid_expiry`; `expiry_passed` when an approved batch is applied after it).
+        `atomic` applies every row or none (422 `BatchRejected` lists the failures); `partial` applies the valid
+        rows and lists the others in `failed`."""
         if (items is None) == (csv is None):
             raise ValueError("give either items or csv")
         if csv is not None:
             content, content_type = Upload.of(csv, field="csv").read(), "text/csv"
         else:
-            content = json.dumps({"items": [dict(item) for item in items or ()]}).encode()
+            content = json.dumps({"items": [given(**item) for item in items or ()]}).encode()
             content_type = "application/json"
         params = {"mode": mode, "dry_run": "true" if dry_run else "false", "reason": reason}
         if tenant_id is not None:
@@ -106,7 +124,7 @@ class Recharges(Resource[M]):
             params=params,
             content=content,
             headers={"Content-Type": content_type},
-            parse=_held_or(BatchResult),
+            parse=held_or(BatchResult),
             idempotent=True,
             idempotency_key=idempotency_key,
         )
@@ -158,6 +176,7 @@ class Approvals(Resource[M]):
         tenant_id: int | None = None,
         limit: int | None = None,
     ) -> Listing[Approval]:
+        """Held requests, newest first; `kind`: single, batch, adjustment, reversal or grant."""
         return listing(
             "/admin/v1/recharge-approvals", Approval, limit=limit, status=status, kind=kind, tenant_id=tenant_id
         )
@@ -196,7 +215,7 @@ def _decide(approval_id: int, action: str, outcome: str, note: str | None) -> Ca
 class Balances(Resource[M]):
     @endpoint("GET /admin/v1/tenants/{tenant_id}/pool")
     def pool(self, tenant_id: int) -> Call[AccountBalance]:
-        """A tenant pool's balance."""
+        """A tenant pool's balance, with its lots and next expiry."""
         return Call(method="GET", path=f"/admin/v1/tenants/{tenant_id}/pool", parse=parse_json(AccountBalance))
 
     @endpoint("POST /admin/v1/adjustments")
@@ -208,7 +227,7 @@ class Balances(Resource[M]):
             method="POST",
             path="/admin/v1/adjustments",
             json={"user_id": user_id, "amount": amount, "reason": reason},
-            parse=_held_or(Posting),
+            parse=held_or(Posting),
             idempotent=True,
             idempotency_key=idempotency_key,
         )
@@ -222,7 +241,7 @@ class Balances(Resource[M]):
             method="POST",
             path=f"/admin/v1/transactions/{transaction_id}/reversal",
             json={"reason": reason},
-            parse=_held_or(Posting),
+            parse=held_or(Posting),
             idempotent=True,
             idempotency_key=idempotency_key,
         )
@@ -231,5 +250,5 @@ class Balances(Resource[M]):
     def list(
         self, *, tenant_id: int | None = None, user_id: int | None = None, limit: int | None = None
     ) -> Listing[AccountBalance]:
-        """Users' balances."""
+        """Users' balances, each with its lots and next expiry."""
         return listing("/admin/v1/balances", AccountBalance, limit=limit, tenant_id=tenant_id, user_id=user_id)

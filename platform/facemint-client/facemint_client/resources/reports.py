@@ -131,6 +131,8 @@ class Finance(Resource[M]):
         job_id: str | None = None,
         limit: int | None = None,
     ) -> Listing[LedgerLogRow]:
+        """Every ledger entry (`kind`: recharge, capture, adjustment, reversal or expiry), each on a user or pool
+        account with the credit lots it wrote or burned (`lots`)."""
         return _log("ledger", LedgerLogRow, **_filters(locals()))
 
     @paged("GET /admin/v1/finance/audit")
@@ -210,8 +212,8 @@ class Finance(Resource[M]):
     def daily_report(
         self, *, start: date | None = None, end: date | None = None, tenant_id: int | None = None
     ) -> Call[DailyReport]:
-        """Per tenant and UTC day, `start` to `end` included: opening + recharged - consumed + adjustments =
-        closing."""
+        """Per tenant and UTC day, `start` to `end` included: opening + recharged - consumed + adjustments -
+        expired = closing."""
         return Call(
             method="GET",
             path="/admin/v1/finance/reports/daily",
@@ -220,12 +222,19 @@ class Finance(Resource[M]):
         )
 
     @endpoint("GET /admin/v1/finance/reports/liability")
-    def liability(self, *, at: datetime | None = None, tenant_id: int | None = None) -> Call[LiabilityReport]:
-        """Tokens outstanding on user and pool accounts, now or at a past instant."""
+    def liability(
+        self,
+        *,
+        at: datetime | None = None,
+        tenant_id: int | None = None,
+        expiry_bucket: Literal["day", "month"] | None = None,
+    ) -> Call[LiabilityReport]:
+        """Tokens outstanding on user and pool accounts, now or at a past instant; now, also split by when their
+        lots expire (`by_expiry`: never, then per UTC `expiry_bucket`, month unless given)."""
         return Call(
             method="GET",
             path="/admin/v1/finance/reports/liability",
-            params=query(at=at, tenant_id=tenant_id),
+            params=query(at=at, tenant_id=tenant_id, expiry_bucket=expiry_bucket),
             parse=parse_json(LiabilityReport),
         )
 

@@ -20,6 +20,7 @@ class Tenant:
     plan: str  # free | pro | enterprise
     created_at: datetime
     updated_at: datetime
+    events_webhook_url: str | None = None  # where its account events go (low balance, abuse)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,8 +71,6 @@ class EventsWebhook:
 class AccountEvent(WebhookEventRecord):
     """A tenant's account event (`event_type` e.g. `balance.low`), with the body sent (`payload`) and every
     delivery attempt."""
-
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 # --- money ---------------------------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ class WebhookEventRecord:
     delivered_at: datetime | None
     created_at: datetime
     deliveries: list[WebhookDelivery] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)  # the body sent (or to be sent)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -231,14 +231,15 @@ def post(
             available=available,
         )
     if row.n_tracked:
-        lots.record_posting(
-            session,
-            transaction_id=row.transaction_id,
-            kind=kind,
-            legs=legs,
-            terms=lot_terms,
-            reverses_transaction_id=reverses_transaction_id,
-        )
+        with database_refusals():
+            lots.record_posting(
+                session,
+                transaction_id=row.transaction_id,
+                kind=kind,
+                legs=legs,
+                terms=lot_terms,
+                reverses_transaction_id=reverses_transaction_id,
+            )
     return Posting(
         transaction_id=row.transaction_id,
         kind=kind.value,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from itertools import permutations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -19,7 +20,7 @@ from facemint.pagination import Page, PageParams, make_page
 from facemint.recharges import batch as batch_service
 from facemint.recharges import service as recharge_service
 from facemint.recharges.errors import BatchNotFound, ReasonRequired
-from facemint.recharges.parsing import parse_csv, parse_json
+from facemint.recharges.parsing import OPTIONAL_COLUMNS, parse_csv, parse_json
 from facemint.recharges.schemas import (
     BatchDetail,
     BatchResult,
@@ -33,11 +34,17 @@ router = APIRouter(prefix="/admin/v1/recharges", tags=["recharges"])
 BATCH_PATH = "/admin/v1/recharges/batch"
 # What the batch parsers take (facemint.recharges.parsing), said in the OpenAPI document: a body of another shape
 # is 400 or 422; a schema-valid one may still meet rows that fail (unknown or frozen users: 422 in atomic mode).
+# The optional columns, each at most once, in any order: every ordering of every non-empty subset.
+_OPTIONAL_HEADERS = [
+    "".join(f",{column}" for column in order)
+    for n in range(1, len(OPTIONAL_COLUMNS) + 1)
+    for order in permutations(OPTIONAL_COLUMNS, n)
+]
 BATCH_CSV_SCHEMA = {
     "type": "string",
     "description": "a header `email,amount` or `user_id,amount`, then any of `reference`, `priority` (0 to 100, lower "
     "is spent first; default 50) and `expires_at` (ISO 8601 with a time zone; default: never), then one row per line",
-    "pattern": r"^(email|user_id),amount(,(reference|priority|expires_at))*\r?\n",
+    "pattern": r"^(email|user_id),amount(" + "|".join(_OPTIONAL_HEADERS) + r")?\r?\n",
 }
 BATCH_JSON_SCHEMA = {
     "type": "object",

@@ -39,21 +39,14 @@ from facemint.config import Settings
 from facemint.openapi import api_routes
 from facemint.users.orm import STAFF_ROLES, Role
 from tests.conftest import make_settings
-from tests.platform.access_world import (
-    OTHER,
-    OWN,
-    PEER,
+from tests.platform.access_calls import (
     PLAN_GRANT_BODY,
-    REASON,
     Builder,
     Call,
-    Side,
-    World,
     abuse_rule_path,
     admin_job_path,
     batch,
     body_for,
-    build,
     fixed,
     job_path,
     object_path,
@@ -64,7 +57,6 @@ from tests.platform.access_world import (
     sign_in,
     swap,
     tenant_filter,
-    tenant_grant_body,
     tenant_path,
     unique,
     user_alert,
@@ -74,6 +66,16 @@ from tests.platform.access_world import (
     zendesk_connector,
     zendesk_path,
     zendesk_webhook,
+)
+from tests.platform.access_world import (
+    OTHER,
+    OWN,
+    PEER,
+    REASON,
+    Side,
+    World,
+    build,
+    tenant_grant_body,
 )
 
 ROLES = tuple(Role)

@@ -366,3 +366,17 @@ def test_the_readme_roles_table_lists_what_each_role_holds() -> None:
         listed = table[role.value] | (v1 if role is Role.tenant_admin else set())
         assert listed == {scope.value for scope in ROLE_SCOPES[role]}, role
     assert all(Scope(value) for value in set().union(*table.values()))
+
+
+def test_the_database_roles_table_lists_every_table_with_its_privileges() -> None:
+    from facemint.migrate import TABLE_PRIVILEGES
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    listed: dict[str, str] = {}
+    for row in re.finditer(r"^\| (journal|state|read only|owner only) \| (.*?) \| (.*?) \|$", text, re.M):
+        for table in re.findall(r"`([a-z_]+)`", row.group(2)):
+            listed[table] = row.group(1)
+    classes = {("SELECT", "INSERT"): "journal", ("SELECT", "INSERT", "UPDATE"): "state", ("SELECT",): "read only"}
+    assert listed == {
+        table: classes.get(tuple(privileges), "owner only") for table, privileges in TABLE_PRIVILEGES.items()
+    }

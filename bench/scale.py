@@ -175,7 +175,7 @@ def main() -> None:
     report: dict = {"load": procs.load(), "cores": os.cpu_count(), "results": []}
     with common.servers("scale") as srv, ExitStack() as stack:
         report["environment"] = common.describe(srv)
-        keys = jobs.seed(srv, members=50)
+        _, keys = jobs.seed(srv, members=50)
         db = create_engine(sqlalchemy_url(srv.database_url), pool_size=1)
         postgres = procs.postgres_root(db)
         env = {"FACEMINT_DATA_DIR": str(tmp / "data"), "FACEMINT_PREFER_WAIT_MAX_SECONDS": "0"}

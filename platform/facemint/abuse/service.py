@@ -32,15 +32,23 @@ def snapshot(rule: AbuseRule) -> dict[str, Any]:
 def list_rules(session: Session, *, tenant_id: int, tenant_scope: int | None) -> list[AbuseRule]:
     """The tenant's rules (retired ones left out), oldest first."""
     tenant_service.get(session, tenant_id=tenant_id, tenant_scope=tenant_scope)
-    query = select(AbuseRule).where(AbuseRule.tenant_id == tenant_id, AbuseRule.deleted_at.is_(None))
+    query = within_tenant(
+        select(AbuseRule).where(AbuseRule.deleted_at.is_(None)),
+        AbuseRule.tenant_id,
+        tenant_scope=tenant_scope,
+        tenant_id=tenant_id,
+    )
     return list(session.scalars(query.order_by(AbuseRule.id)))
 
 
 def get_rule(session: Session, *, tenant_id: int, rule_id: int, tenant_scope: int | None) -> AbuseRule:
     tenant_service.get(session, tenant_id=tenant_id, tenant_scope=tenant_scope)
     rule = session.scalar(
-        select(AbuseRule).where(
-            AbuseRule.id == rule_id, AbuseRule.tenant_id == tenant_id, AbuseRule.deleted_at.is_(None)
+        within_tenant(
+            select(AbuseRule).where(AbuseRule.id == rule_id, AbuseRule.deleted_at.is_(None)),
+            AbuseRule.tenant_id,
+            tenant_scope=tenant_scope,
+            tenant_id=tenant_id,
         )
     )
     if rule is None:

@@ -84,7 +84,10 @@ def connector_by_public_id(session: Session, *, public_id: str) -> ZendeskConnec
 
 
 def _find(session: Session, *, tenant_id: int, for_update: bool = False) -> ZendeskConnector | None:
-    query = select(ZendeskConnector).where(ZendeskConnector.tenant_id == tenant_id)
+    # The caller has checked the tenant is visible; this names the tenant's one connector.
+    query = tenancy.within_tenant(
+        select(ZendeskConnector), ZendeskConnector.tenant_id, tenant_scope=None, tenant_id=tenant_id
+    )
     return session.scalar(query.with_for_update() if for_update else query)
 
 
